@@ -1,0 +1,83 @@
+/// Where a check is in its life: `processing` until it ends as one of the terminal states.
+package enum CheckState: String, Sendable, Hashable, CaseIterable {
+    case processing, done, failed, canceled
+
+    package var isTerminal: Bool { self != .processing }
+
+    /// The event type announcing a change into this state.
+    package var eventType: String {
+        switch self {
+        case .processing: "check.updated"
+        case .done: "check.done"
+        case .failed: "check.failed"
+        case .canceled: "check.canceled"
+        }
+    }
+}
+
+/// The asynchronous resource: created by a client, run by the server, read by its id.
+package struct Check: Sendable, Hashable {
+    package var id: CheckID
+    package var spec: CheckSpec
+    package var state: CheckState
+    package var result: JSONValue?
+    package var error: JSONValue?
+    /// Grows by one on every change; it is the check's `ETag`.
+    package var version: Int64
+    package var createdAt: Timestamp
+    package var updatedAt: Timestamp
+    package var completedAt: Timestamp?
+
+    package init(id: CheckID, spec: CheckSpec, createdAt: Timestamp) {
+        self.id = id
+        self.spec = spec
+        self.state = .processing
+        self.version = 1
+        self.createdAt = createdAt
+        self.updatedAt = createdAt
+    }
+
+    /// The check after it ended in `state`, one version later.
+    package func finished(
+        _ state: CheckState,
+        result: JSONValue?,
+        error: JSONValue?,
+        at time: Timestamp
+    ) -> Check {
+        var next = self
+        next.state = state
+        next.result = result
+        next.error = error
+        next.version += 1
+        next.updatedAt = time
+        next.completedAt = time
+        return next
+    }
+
+    /// The check as its public JSON document (the callback secret is never part of it).
+    package var json: String {
+        var writer = JSONWriter()
+        writer.string("id", id.rawValue)
+        writer.string("kind", spec.kind.rawValue)
+        writer.value("params", spec.paramsJSON)
+        writer.string("state", state.rawValue)
+        writer.value("result", result)
+        writer.value("error", error)
+        writer.int("version", version)
+        writer.string("created_at", createdAt.rfc3339)
+        writer.string("updated_at", updatedAt.rfc3339)
+        writer.string("completed_at", completedAt?.rfc3339)
+        writer.string("callback_url", spec.callbackURL)
+        var links = JSONWriter()
+        links.string("self", "/api/v1/checks/\(id)")
+        links.string("events", "/api/v1/checks/\(id)/events")
+        links.string("ws", "/api/v1/ws")
+        writer.raw("links", links.result)
+        return writer.result
+    }
+
+    /// An `error` object: `{"code": ..., "message": ...}`.
+    package static func errorValue(code: String, message: String) -> JSONValue {
+        .object(["code": .string(code), "message": .string(message)])
+    }
+}

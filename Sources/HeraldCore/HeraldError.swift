@@ -1,0 +1,47 @@
+/// An error that crosses a module boundary: a stable code, a message meant for the client
+/// (for client errors) or for the log (for internal ones), and an optional cause.
+///
+/// Each edge (HTTP, later WebSocket and gRPC) maps ``Code`` to its own status in one table.
+package struct HeraldError: Error, Sendable, CustomStringConvertible {
+    /// A stable, low-cardinality code, also used as a metrics label and in problem `type`s.
+    package struct Code: Sendable, Hashable, CustomStringConvertible {
+        package let rawValue: String
+        private init(_ rawValue: String) { self.rawValue = rawValue }
+        package var description: String { rawValue }
+
+        /// The request body is not well-formed (malformed JSON, bad query syntax).
+        package static let malformed = Code("malformed")
+        /// The request is well-formed but a value is not acceptable.
+        package static let invalid = Code("invalid")
+        package static let notFound = Code("not-found")
+        /// The request conflicts with the resource's state (a second completion, a canceled check).
+        package static let conflict = Code("conflict")
+        package static let unauthorized = Code("unauthorized")
+        package static let tooLarge = Code("too-large")
+        package static let unsupportedMediaType = Code("unsupported-media-type")
+        /// A bounded queue is full; retry later.
+        package static let overloaded = Code("overloaded")
+        /// The server is shutting down or not ready.
+        package static let unavailable = Code("unavailable")
+        /// A bug or a failure of a dependency; the message is for the log only.
+        package static let `internal` = Code("internal")
+    }
+
+    package var code: Code
+    package var message: String
+    package var cause: (any Error & Sendable)?
+
+    package init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+    }
+
+    package var description: String {
+        cause.map { "\(code): \(message) (\($0))" } ?? "\(code): \(message)"
+    }
+
+    package static func invalid(_ message: String) -> HeraldError { HeraldError(.invalid, message) }
+    package static func notFound(_ message: String) -> HeraldError { HeraldError(.notFound, message) }
+    package static func conflict(_ message: String) -> HeraldError { HeraldError(.conflict, message) }
+}

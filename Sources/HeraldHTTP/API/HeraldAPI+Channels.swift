@@ -1,0 +1,73 @@
+internal import Foundation
+internal import HTTPTypes
+internal import HeraldCore
+internal import HeraldHub
+internal import HeraldStore
+internal import Hummingbird
+
+extension HeraldAPI {
+    func registerChannels<Context: RequestContext>(on router: Router<Context>) {
+        router.post("/api/v1/channels/{name}/events") { request, context in
+            try await publish(request, channel: try channelName(context))
+        }
+        router.get("/api/v1/channels/{name}/events") { request, context in
+            try await pollChannel(request, channel: try channelName(context))
+        }
+    }
+
+    private func channelName(_ context: some RequestContext) throws(HeraldError) -> ChannelName {
+        let text = context.parameters.get("name") ?? ""
+        guard let name = ChannelName(text.removingPercentEncoding ?? text) else {
+            throw .invalid("channel name must match ^[A-Za-z0-9_\\-:.@]{1,200}$")
+        }
+        return name
+    }
+
+    /// `POST /api/v1/channels/{name}/events`: an application publishes `{"type", "data"}`.
+    private func publish(_ request: Request, channel: ChannelName) async throws -> Response {
+        try request.requireServerKey(configuration.apiKey)
+        if channel.isCheckChannel {
+            throw HeraldError.invalid("channels named check:… belong to checks; publish to another name")
+        }
+        let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
+        guard let members = body.objectValue else { throw HeraldError.invalid("the body must be a JSON object") }
+        if let unknown = members.keys.sorted().first(where: { $0 != "type" && $0 != "data" }) {
+            throw HeraldError.invalid("\(unknown) is not a known field (known: data, type)")
+        }
+        guard case .string(let type)? = members["type"], Event.isValidType(type) else {
+            throw HeraldError.invalid("type is required: 1 to 100 of A-Z a-z 0-9 _ - . :")
+        }
+        let event = try await store.append(type: type, data: (members["data"] ?? .null).jsonText, to: channel, at: .now())
+        hub.publish(event)
+        return jsonResponse(.created, event.json)
+    }
+
+    /// Polls, or with `wait` long-polls, a channel for the events after `since`.
+    func pollChannel(_ request: Request, channel: ChannelName) async throws -> Response {
+        let callback = try request.jsonpCallback()
+        let wait = try request.waitDuration(cap: configuration.maxWait)
+        let since = try request.query("since").flatMap { text throws(HeraldError) -> Offset? in
+            if text.isEmpty { return nil }
+            guard let offset = Offset(text), offset >= 0 else {
+                throw .invalid("since must be a non-negative integer offset, not '\(text)'")
+            }
+            return offset
+        }
+        let epoch = request.query("epoch").map(Epoch.init)
+        let limit = configuration.maxEventsPerPoll
+        var read = try await store.events(in: channel, after: since, epoch: epoch, limit: limit)
+        if wait > .zero && read.recovered && read.events.isEmpty {
+            // "From now" becomes a fixed position, so an event published while we wait is not skipped.
+            let position = since ?? read.next
+            let deadline = ContinuousClock.now.advanced(by: wait)
+            read =
+                try await whileConnected(request) {
+                    try await hub.wait(on: channel, until: deadline) {
+                        let next = try await store.events(in: channel, after: position, epoch: epoch, limit: limit)
+                        return next.events.isEmpty && next.recovered ? nil : next
+                    }
+                } ?? read
+        }
+        return jsonResponse(.ok, read.json(channel: channel), callback: callback)
+    }
+}

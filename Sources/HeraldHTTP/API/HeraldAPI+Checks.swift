@@ -1,0 +1,216 @@
+internal import Foundation
+internal import HTTPTypes
+internal import HeraldCore
+internal import HeraldHub
+internal import HeraldRunner
+internal import HeraldStore
+internal import Hummingbird
+
+extension HeraldAPI {
+    func registerChecks<Context: RequestContext>(on router: Router<Context>) {
+        router.post("/api/v1/checks") { request, _ in try await createCheck(request) }
+        router.get("/api/v1/checks") { request, _ in try await listChecks(request) }
+        router.get("/api/v1/checks/{id}") { request, context in
+            try await getCheck(request, id: try checkID(context))
+        }
+        router.delete("/api/v1/checks/{id}") { request, context in
+            try await cancelCheck(request, id: try checkID(context))
+        }
+        router.post("/api/v1/checks/{id}/complete") { request, context in
+            try await completeCheck(request, id: try checkID(context))
+        }
+        router.get("/api/v1/checks/{id}/events") { request, context in
+            let id = try checkID(context)
+            guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
+            return try await pollChannel(request, channel: id.channel)
+        }
+    }
+
+    private func checkID(_ context: some RequestContext) throws(HeraldError) -> CheckID {
+        let text = context.parameters.get("id") ?? ""
+        guard let id = CheckID(text) else { throw .notFound("no check with id \(text)") }
+        return id
+    }
+
+    // MARK: Create
+
+    private func createCheck(_ request: Request) async throws -> Response {
+        let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
+        var spec = try CheckSpec.validate(body)
+        let idempotency = try request.headers[.idempotencyKey].map { key throws(HeraldError) in
+            guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+                throw .invalid("Idempotency-Key must be 1 to 255 visible ASCII characters")
+            }
+            // The canonical text of the body, so formatting differences do not count as a new request.
+            return IdempotencyKey(key: key, fingerprint: fingerprint(body.jsonText))
+        }
+        try runner.admit(spec)
+        switch spec.parameters {
+        case .http(let url, _, _, _):
+            _ = try await resolver.resolve(try TargetURL(url, field: "params.url").host)
+        case .tcp(let host, _, _):
+            _ = try await resolver.resolve(host)
+        case .delay, .external:
+            break
+        }
+        if spec.callbackURL != nil && spec.callbackSecret == nil {
+            spec.callbackSecret = "whsec_" + Data(randomBytes(32)).base64EncodedString()
+        }
+        let creation = try await store.createCheck(
+            Check(id: .random(), spec: spec, createdAt: .now()), idempotency: idempotency)
+        if let event = creation.event {
+            hub.publish(event)
+            runner.submit(creation.check)
+        }
+        var headers = HTTPFields()
+        headers[.location] = "/api/v1/checks/\(creation.check.id)"
+        headers[.eTag] = "\"\(creation.check.version)\""
+        if !creation.isNew { headers[.idempotentReplayed] = "true" }
+        return jsonResponse(.accepted, createdJSON(creation.check), headers: headers)
+    }
+
+    /// The create answer: the check, plus its callback secret, which is never shown again.
+    private func createdJSON(_ check: Check) -> String {
+        guard let secret = check.spec.callbackSecret else { return check.json }
+        var json = check.json
+        json.removeLast()
+        var writer = JSONWriter()
+        writer.string("callback_secret", secret)
+        return json + "," + writer.result.dropFirst()
+    }
+
+    // MARK: Read: polling and long polling
+
+    private func getCheck(_ request: Request, id: CheckID) async throws -> Response {
+        let callback = try request.jsonpCallback()
+        let wait = try request.waitDuration(cap: configuration.maxWait)
+        let knownVersion = request.headers[.ifNoneMatch].flatMap(Self.version(fromETag:))
+        var check = try await requireCheck(id)
+        // A long poll answers once the check moved past what the client has seen.
+        let isNews = { (check: Check) in knownVersion.map { check.version != $0 } ?? check.state.isTerminal }
+        if wait > .zero && !isNews(check) {
+            let deadline = ContinuousClock.now.advanced(by: wait)
+            let news = try await whileConnected(request) {
+                try await hub.wait(on: id.channel, until: deadline) {
+                    let latest = try await requireCheck(id)
+                    return isNews(latest) ? latest : nil
+                }
+            }
+            if let news { check = news } else { check = try await requireCheck(id) }
+        }
+        var headers = HTTPFields()
+        headers[.eTag] = "\"\(check.version)\""
+        if wait > .zero { headers[.preferenceApplied] = "wait=\(wait.components.seconds)" }
+        if check.state == .processing { headers[.retryAfter] = String(retryAfterSeconds(check)) }
+        if wait == .zero && callback == nil && knownVersion == check.version {
+            return Response(status: .notModified, headers: headers)
+        }
+        return jsonResponse(.ok, check.json, headers: headers, callback: callback)
+    }
+
+    private func requireCheck(_ id: CheckID) async throws -> Check {
+        guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
+        return check
+    }
+
+    /// The version in an `If-None-Match` value such as `"3"` or `W/"3"` (the first, if several).
+    static func version(fromETag value: String) -> Int64? {
+        let first = value.split(separator: ",").first?.trimmingCharacters(in: .whitespaces) ?? ""
+        let tag = first.hasPrefix("W/") ? first.dropFirst(2) : Substring(first)
+        guard tag.count >= 2, tag.first == "\"", tag.last == "\"" else { return nil }
+        return Int64(tag.dropFirst().dropLast())
+    }
+
+    /// When a poller should look again: when a `delay` check is due, else soon.
+    private func retryAfterSeconds(_ check: Check) -> Int64 {
+        guard case .delay(let ms, _, _) = check.spec.parameters else { return 1 }
+        let remaining = check.createdAt.millisecondsSince1970 + ms - Timestamp.now().millisecondsSince1970
+        return min(60, max(1, (remaining + 999) / 1000))
+    }
+
+    // MARK: List
+
+    private func listChecks(_ request: Request) async throws -> Response {
+        try request.requireServerKey(configuration.apiKey)
+        var query = CheckQuery()
+        if let state = request.query("state") {
+            guard let value = CheckState(rawValue: state) else {
+                throw HeraldError.invalid("state must be one of processing, done, failed, canceled")
+            }
+            query.state = value
+        }
+        if let kind = request.query("kind") {
+            guard let value = CheckKind(rawValue: kind) else {
+                throw HeraldError.invalid("kind must be one of delay, http, tcp, external")
+            }
+            query.kind = value
+        }
+        if let limit = request.query("limit") {
+            guard let value = Int(limit), (1...500).contains(value) else {
+                throw HeraldError.invalid("limit must be an integer in 1...500")
+            }
+            query.limit = value
+        }
+        query.cursor = request.query("cursor")
+        let page = try await store.checks(matching: query)
+        var writer = JSONWriter()
+        writer.raw("checks", jsonArray(page.checks.lazy.map(\.json)))
+        writer.string("next_cursor", page.nextCursor)
+        return jsonResponse(.ok, writer.result)
+    }
+
+    // MARK: End
+
+    private func cancelCheck(_ request: Request, id: CheckID) async throws -> Response {
+        let finish = try await store.finishCheck(
+            id, as: .canceled, result: nil,
+            error: Check.errorValue(code: "canceled", message: "canceled by a client"), at: .now(), requiring: .any)
+        return try respond(to: finish, id: id)
+    }
+
+    private func completeCheck(_ request: Request, id: CheckID) async throws -> Response {
+        try request.requireServerKey(configuration.apiKey)
+        let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
+        guard let members = body.objectValue else { throw HeraldError.invalid("the body must be a JSON object") }
+        if let unknown = members.keys.sorted().first(where: { !["state", "result", "error"].contains($0) }) {
+            throw HeraldError.invalid("\(unknown) is not a known field (known: error, result, state)")
+        }
+        let state: CheckState
+        switch members["state"] {
+        case .string("done")?: state = .done
+        case .string("failed")?: state = .failed
+        default: throw HeraldError.invalid("state is required: \"done\" or \"failed\"")
+        }
+        let error = members["error"].flatMap { $0 == .null ? nil : $0 }
+        if state == .done && error != nil { throw HeraldError.invalid("error is only allowed with state \"failed\"") }
+        let finish = try await store.finishCheck(
+            id, as: state, result: members["result"].flatMap { $0 == .null ? nil : $0 },
+            error: error ?? (state == .failed ? Check.errorValue(code: "failed", message: "reported failed") : nil),
+            at: .now(), requiring: .externalKind)
+        return try respond(to: finish, id: id)
+    }
+
+    private func respond(to finish: CheckFinish, id: CheckID) throws -> Response {
+        switch finish {
+        case .finished(let check, let event):
+            hub.publish(event)
+            return jsonResponse(.ok, check.json, headers: [.eTag: "\"\(check.version)\""])
+        case .alreadyEnded(let check):
+            throw HeraldError.conflict("check \(id) already ended as \(check.state.rawValue)")
+        case .wrongKind(let check):
+            throw HeraldError.conflict("check \(id) is of kind \(check.spec.kind.rawValue); only external checks are completed by the API")
+        case .notFound:
+            throw HeraldError.notFound("no check with id \(id)")
+        }
+    }
+}
+
+/// FNV-1a, 64 bits, as hex: a stable fingerprint of a request body (not a security measure).
+func fingerprint(_ text: String) -> String {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in text.utf8 {
+        hash ^= UInt64(byte)
+        hash &*= 0x100_0000_01b3
+    }
+    return String(hash, radix: 16)
+}

@@ -1,0 +1,125 @@
+internal import Foundation
+internal import HTTPTypes
+internal import HeraldCore
+internal import Hummingbird
+internal import NIOCore
+
+extension HTTPField.Name {
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
+    static let prefer = HTTPField.Name("Prefer")!
+    static let preferenceApplied = HTTPField.Name("Preference-Applied")!
+}
+
+extension Request {
+    /// The body as JSON, after checking its media type and size.
+    ///
+    /// - Throws: `.unsupportedMediaType` (415) unless the type is JSON, `.tooLarge` (413)
+    ///   past `limit` bytes, `.malformed` (400) when it is not well-formed JSON.
+    func jsonBody(limit: Int) async throws -> JSONValue {
+        let type = headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        guard let type, type == "application/json" || (type.hasPrefix("application/") && type.hasSuffix("+json")) else {
+            throw HeraldError(.unsupportedMediaType, "the body must be application/json")
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await body.collect(upTo: limit)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw HeraldError(.tooLarge, "the body is larger than \(limit) bytes")
+        }
+        guard buffer.readableBytes > 0 else { throw HeraldError.malformed("the body is empty; a JSON object is expected") }
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw HeraldError.malformed("the body is not valid JSON: \(Self.describe(error))")
+        }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        guard let error = error as? DecodingError else { return "unreadable" }
+        switch error {
+        case .dataCorrupted(let context): return context.debugDescription
+        default: return "unreadable"
+        }
+    }
+
+    /// Requires `Authorization: Bearer <key>` with the server API key.
+    func requireServerKey(_ key: String) throws(HeraldError) {
+        guard let value = headers[.authorization], value.lowercased().hasPrefix("bearer ") else {
+            throw .unauthorized("this route needs the server API key: Authorization: Bearer <key>")
+        }
+        guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(key.utf8)) else {
+            throw .unauthorized("the API key is not valid")
+        }
+    }
+
+    /// A query parameter, or `nil` when absent.
+    func query(_ name: String) -> String? {
+        uri.queryParameters.get(name)
+    }
+
+    /// How long a long poll may hold: `?wait=S` or `Prefer: wait=S`, capped at `cap`;
+    /// zero when neither is given.
+    /// - Throws: `.invalid` when the value is not a non-negative number of seconds.
+    func waitDuration(cap: Duration) throws(HeraldError) -> Duration {
+        var text = query("wait")
+        if text == nil, let prefer = headers[.prefer] {
+            for preference in prefer.split(separator: ",") {
+                let parts = preference.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+                if parts.count == 2, parts[0].lowercased() == "wait" { text = parts[1] }
+            }
+        }
+        guard let text else { return .zero }
+        guard let seconds = Double(text), seconds.isFinite, seconds >= 0 else {
+            throw .invalid("wait must be a non-negative number of seconds, not '\(text)'")
+        }
+        return min(.milliseconds(Int64(seconds * 1000)), cap)
+    }
+
+    /// The JSONP callback name, validated, or `nil` when none was asked for.
+    /// - Throws: `.malformed` (400) when the name is not a safe JavaScript identifier path.
+    func jsonpCallback() throws(HeraldError) -> String? {
+        guard let name = query("callback") else { return nil }
+        let bytes = Array(name.utf8)
+        func isStart(_ byte: UInt8) -> Bool {
+            (65...90).contains(byte) || (97...122).contains(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "$")
+        }
+        guard let first = bytes.first, isStart(first), bytes.count <= 64,
+            bytes.dropFirst().allSatisfy({ isStart($0) || (48...57).contains($0) || $0 == UInt8(ascii: ".") })
+        else {
+            throw .malformed("callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+        }
+        return name
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+    guard lhs.count == rhs.count else { return false }
+    var difference: UInt8 = 0
+    for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
+    return difference == 0
+}
+
+/// A JSON answer, or a JSONP one when `callback` is given.
+///
+/// JSONP answers are `200` scripts `/**/NAME(...);` and are never cached.
+func jsonResponse(
+    _ status: HTTPResponse.Status = .ok,
+    _ json: String,
+    headers: HTTPFields = [:],
+    callback: String? = nil
+) -> Response {
+    var headers = headers
+    let body: String
+    if let callback {
+        body = "/**/\(callback)(\(json));"
+        headers[.contentType] = "application/javascript; charset=utf-8"
+        headers[.cacheControl] = "no-store"
+    } else {
+        body = json
+        headers[.contentType] = "application/json"
+        if headers[.cacheControl] == nil { headers[.cacheControl] = "no-cache" }
+    }
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+}

@@ -1,0 +1,66 @@
+package import HTTPTypes
+package import HeraldCore
+package import Hummingbird
+internal import NIOCore
+
+/// An RFC 9457 problem document, the body of every error answer.
+///
+/// ``HeraldError`` codes map to statuses in ``status(for:)``, the one table for HTTP.
+package struct Problem: HTTPResponseError, Sendable {
+    package var status: HTTPResponse.Status
+    package var code: String
+    package var detail: String
+    package var headers: HTTPFields
+
+    package init(status: HTTPResponse.Status, code: String, detail: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+    }
+
+    package init(_ error: HeraldError) {
+        var headers = HTTPFields()
+        if error.code == .overloaded { headers[.retryAfter] = "1" }
+        if error.code == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"herald\"" }
+        self.init(status: Self.status(for: error.code), code: error.code.rawValue, detail: error.message, headers: headers)
+    }
+
+    /// The HTTP status of each error code.
+    package static func status(for code: HeraldError.Code) -> HTTPResponse.Status {
+        switch code {
+        case .malformed: .badRequest
+        case .invalid: .unprocessableContent
+        case .notFound: .notFound
+        case .conflict: .conflict
+        case .unauthorized: .unauthorized
+        case .tooLarge: .contentTooLarge
+        case .unsupportedMediaType: .unsupportedMediaType
+        case .overloaded: .tooManyRequests
+        case .unavailable: .serviceUnavailable
+        default: .internalServerError
+        }
+    }
+
+    package var json: String {
+        var writer = JSONWriter()
+        writer.string("type", "urn:herald:problem:\(code)")
+        writer.string("title", status.reasonPhrase)
+        writer.int("status", Int64(status.code))
+        writer.string("detail", detail)
+        writer.string("code", code)
+        return writer.result
+    }
+
+    package func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers = self.headers
+        headers[.contentType] = "application/problem+json"
+        headers[.cacheControl] = "no-store"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+}
+
+extension HeraldError {
+    package static func malformed(_ message: String) -> HeraldError { HeraldError(.malformed, message) }
+    package static func unauthorized(_ message: String) -> HeraldError { HeraldError(.unauthorized, message) }
+}

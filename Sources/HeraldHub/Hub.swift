@@ -1,0 +1,165 @@
+package import HeraldCore
+package import Logging
+internal import ServiceLifecycle
+internal import Synchronization
+
+/// The per-process meeting point of committed events and the clients waiting for them.
+///
+/// A long poll registers a waiter on a channel *before* it reads the store, then parks; the
+/// publication of the next event on that channel wakes it directly (no sleep loop), and it
+/// reads again. Timeouts come from one ``DeadlineQueue`` for all waiters. On graceful
+/// shutdown every waiter is woken and new waits return at once, so held requests answer
+/// before the HTTP server drains.
+///
+/// Concurrency: all state sits in one `Mutex`; continuations are resumed after the lock is
+/// released. Per event, the cost is proportional to the waiters of that channel only.
+package final class Hub: Service, Sendable {
+    private enum Waiter {
+        /// Registered, not parked, nothing happened since the last read.
+        case armed
+        /// Something happened since the last read: the next park returns at once.
+        case signaled
+        case parked(CheckedContinuation<Void, Never>)
+    }
+
+    private struct WaiterKey: Hashable, Sendable {
+        var channel: ChannelName
+        var id: UInt64
+    }
+
+    private struct State {
+        var waiters: [ChannelName: [UInt64: Waiter]] = [:]
+        var nextID: UInt64 = 0
+        var isDraining = false
+        var count = 0
+    }
+
+    private let state = Mutex(State())
+    private let deadlines = DeadlineQueue<WaiterKey>()
+    private let logger: Logger
+
+    package init(logger: Logger = Logger(label: "herald.hub")) {
+        self.logger = logger
+    }
+
+    /// Number of held waiters (long polls) right now.
+    package var waiterCount: Int { state.withLock { $0.count } }
+
+    /// Announces a committed event: wakes every waiter of its channel.
+    ///
+    /// Call only after the event's transaction committed. Never blocks and never waits.
+    package func publish(_ event: Event) {
+        let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard var channel = state.waiters[event.channel] else { return [] }
+            var wake: [CheckedContinuation<Void, Never>] = []
+            for (id, waiter) in channel {
+                if case .parked(let continuation) = waiter { wake.append(continuation) }
+                channel[id] = .signaled
+            }
+            state.waiters[event.channel] = channel
+            return wake
+        }
+        for continuation in wake { continuation.resume() }
+    }
+
+    /// Repeats `read` until it returns a value, waiting for an event on `channel` between
+    /// reads, until `deadline`.
+    ///
+    /// - Returns: the first non-`nil` value of `read`, or `nil` at the deadline, on
+    ///   cancellation (the client went away), or when the server is draining.
+    package func wait<Value: Sendable>(
+        on channel: ChannelName,
+        until deadline: ContinuousClock.Instant,
+        read: () async throws -> Value?
+    ) async throws -> Value? {
+        let key = register(channel, deadline: deadline)
+        defer { unregister(key) }
+        while true {
+            if let value = try await read() { return value }
+            if Task.isCancelled || ContinuousClock.now >= deadline || isDraining { return nil }
+            await park(key)
+        }
+    }
+
+    private var isDraining: Bool { state.withLock { $0.isDraining } }
+
+    private func register(_ channel: ChannelName, deadline: ContinuousClock.Instant) -> WaiterKey {
+        let key = state.withLock { state in
+            state.nextID += 1
+            state.count += 1
+            state.waiters[channel, default: [:]][state.nextID] = .armed
+            return WaiterKey(channel: channel, id: state.nextID)
+        }
+        deadlines.schedule(key, at: deadline)
+        return key
+    }
+
+    private func unregister(_ key: WaiterKey) {
+        let orphan = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiters[key.channel]?.removeValue(forKey: key.id) else { return nil }
+            state.count -= 1
+            if state.waiters[key.channel]?.isEmpty == true { state.waiters[key.channel] = nil }
+            if case .parked(let continuation) = waiter { return continuation }
+            return nil
+        }
+        orphan?.resume()
+    }
+
+    /// Parks until signaled, woken by the deadline queue, cancelled or drained.
+    private func park(_ key: WaiterKey) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let resumeNow = state.withLock { state -> Bool in
+                    guard let waiter = state.waiters[key.channel]?[key.id] else { return true }
+                    if case .signaled = waiter {
+                        state.waiters[key.channel]?[key.id] = .armed
+                        return true
+                    }
+                    if state.isDraining || Task.isCancelled { return true }
+                    state.waiters[key.channel]?[key.id] = .parked(continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            signal(key)
+        }
+    }
+
+    private func signal(_ key: WaiterKey) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiters[key.channel]?[key.id] else { return nil }
+            state.waiters[key.channel]?[key.id] = .signaled
+            if case .parked(let continuation) = waiter { return continuation }
+            return nil
+        }
+        continuation?.resume()
+    }
+
+    private func drain() {
+        let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.isDraining = true
+            var wake: [CheckedContinuation<Void, Never>] = []
+            for (channel, waiters) in state.waiters {
+                for (id, waiter) in waiters {
+                    if case .parked(let continuation) = waiter { wake.append(continuation) }
+                    state.waiters[channel]?[id] = .signaled
+                }
+            }
+            return wake
+        }
+        logger.info("draining", metadata: ["herald.waiters": "\(wake.count)"])
+        for continuation in wake { continuation.resume() }
+    }
+
+    /// Expires waiters at their deadlines until graceful shutdown, then wakes them all.
+    package func run() async throws {
+        await withGracefulShutdownHandler {
+            await cancelWhenGracefulShutdown {
+                await self.deadlines.run(tick: .milliseconds(100)) { key in self.signal(key) }
+            }
+        } onGracefulShutdown: {
+            self.drain()
+        }
+    }
+}

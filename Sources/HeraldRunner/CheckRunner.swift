@@ -1,0 +1,212 @@
+internal import DequeModule
+package import HeraldCore
+package import HeraldHub
+package import HeraldStore
+package import Logging
+internal import ServiceLifecycle
+internal import Synchronization
+
+/// Bounds of the runner.
+package struct RunnerConfiguration: Sendable, Hashable {
+    /// Network checks (`http`, `tcp`) running at once (`runner-concurrency`,
+    /// `HERALD_RUNNER_CONCURRENCY`, default 64). Timers (`delay`, `external` timeouts) cost no slot.
+    package var maxConcurrentChecks: Int
+    /// Network checks waiting for a slot before new ones are refused with 429
+    /// (`runner-queue`, `HERALD_RUNNER_QUEUE`, default 10000; 10000 × ~200 B ≈ 2 MB).
+    package var maxQueuedChecks: Int
+    /// How long an `external` check waits for its completion before it fails with
+    /// `timeout` (`external-timeout`, `HERALD_EXTERNAL_TIMEOUT`, default 86400 s).
+    package var externalTimeout: Duration
+
+    package init(maxConcurrentChecks: Int = 64, maxQueuedChecks: Int = 10_000, externalTimeout: Duration = .seconds(86_400)) {
+        self.maxConcurrentChecks = maxConcurrentChecks
+        self.maxQueuedChecks = maxQueuedChecks
+        self.externalTimeout = externalTimeout
+    }
+}
+
+/// Runs checks to their end: timers for `delay` (and `external` timeouts), a bounded pool of
+/// slots for network kinds.
+///
+/// Lifecycle: ``run()`` first resumes every check the store still has as `processing` (a
+/// `delay` check keeps its original deadline, computed from `created_at`), then serves
+/// until graceful shutdown, when in-flight work is cancelled; what was cancelled is still
+/// `processing` in the store and resumes at the next start. Ending a check goes through
+/// ``Store/finishCheck(_:as:result:error:at:requiring:)``, so a cancel or an external
+/// completion that won the race makes the runner's result a no-op.
+package final class CheckRunner: Service, Sendable {
+    private struct State {
+        var queue = Deque<Check>()
+        var running = 0
+        var waiter: CheckedContinuation<Check?, Never>?
+        var isStopped = false
+    }
+
+    private let store: any Store
+    private let hub: Hub
+    private let probe: NetworkProbe
+    private let configuration: RunnerConfiguration
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let timers = DeadlineQueue<CheckID>()
+
+    package init(
+        store: any Store,
+        hub: Hub,
+        resolver: TargetResolver,
+        configuration: RunnerConfiguration,
+        logger: Logger = Logger(label: "herald.runner")
+    ) {
+        self.store = store
+        self.hub = hub
+        self.probe = NetworkProbe(resolver: resolver)
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Throws `.overloaded` when the queue of network checks is full, before anything is written.
+    package func admit(_ spec: CheckSpec) throws(HeraldError) {
+        guard spec.kind == .http || spec.kind == .tcp else { return }
+        let queued = state.withLock { $0.queue.count }
+        if queued >= configuration.maxQueuedChecks {
+            throw HeraldError(.overloaded, "\(queued) network checks are waiting to run; retry later")
+        }
+    }
+
+    /// Schedules a check that was just created (or found processing at start-up).
+    package func submit(_ check: Check) {
+        switch check.spec.parameters {
+        case .delay(let ms, _, _):
+            timers.schedule(check.id, at: instant(of: check.createdAt.adding(milliseconds: ms)))
+        case .external:
+            timers.schedule(
+                check.id, at: instant(of: check.createdAt.adding(milliseconds: configuration.externalTimeout.milliseconds)))
+        case .http, .tcp:
+            let handoff = state.withLock { state in
+                state.queue.append(check)
+                return dispatch(&state)
+            }
+            handoff.map { $0.waiter.resume(returning: $0.check) }
+        }
+    }
+
+    package func run() async throws {
+        for check in try await store.processingChecks() { submit(check) }
+        logger.info("runner started", metadata: ["herald.timers": "\(timers.count)"])
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    await self.timers.run(tick: .milliseconds(10)) { id in await self.fire(id) }
+                }
+                while let check = await self.nextWork() {
+                    group.addTask {
+                        await self.execute(check)
+                        self.release()
+                    }
+                }
+                group.cancelAll()
+            }
+        }
+        let waiter = state.withLock { state in
+            state.isStopped = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    // MARK: Slots
+
+    /// When a slot is free, work waits and the loop is parked: takes the slot and the first
+    /// queued check, to be handed to the loop after unlocking.
+    private func dispatch(_ state: inout State) -> (waiter: CheckedContinuation<Check?, Never>, check: Check)? {
+        guard state.running < configuration.maxConcurrentChecks, let waiter = state.waiter,
+            let check = state.queue.popFirst()
+        else { return nil }
+        state.waiter = nil
+        state.running += 1
+        return (waiter, check)
+    }
+
+    private func nextWork() async -> Check? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = state.withLock { state -> Check?? in
+                    if state.isStopped || Task.isCancelled { return .some(nil) }
+                    if state.running < configuration.maxConcurrentChecks, let check = state.queue.popFirst() {
+                        state.running += 1
+                        return .some(check)
+                    }
+                    state.waiter = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                state.isStopped = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    private func release() {
+        let handoff = state.withLock { state in
+            state.running -= 1
+            return dispatch(&state)
+        }
+        handoff.map { $0.waiter.resume(returning: $0.check) }
+    }
+
+    // MARK: Work
+
+    private func execute(_ check: Check) async {
+        let outcome: CheckOutcome
+        switch check.spec.parameters {
+        case .http(let url, let method, let expect, let timeout):
+            outcome = await probe.http(url: url, method: method, expectStatus: expect, timeoutMilliseconds: timeout)
+        case .tcp(let host, let port, let timeout):
+            outcome = await probe.tcp(host: host, port: port, timeoutMilliseconds: timeout)
+        case .delay, .external:
+            return
+        }
+        // Interrupted by shutdown: leave it processing, it runs again at the next start.
+        guard !Task.isCancelled else { return }
+        await finish(check.id, outcome)
+    }
+
+    private func fire(_ id: CheckID) async {
+        do {
+            guard let check = try await store.check(id), check.state == .processing else { return }
+            switch check.spec.parameters {
+            case .delay(_, let outcome, let result):
+                let error = Check.errorValue(code: "failed", message: "the delay check was asked to fail")
+                await finish(id, CheckOutcome(state: outcome, result: result, error: outcome == .failed ? error : nil))
+            case .external:
+                await finish(
+                    id,
+                    .failed(code: "timeout", "no completion within \(configuration.externalTimeout.milliseconds / 1000) s"))
+            case .http, .tcp:
+                return
+            }
+        } catch {
+            logger.error("cannot read a due check", metadata: ["herald.check_id": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func finish(_ id: CheckID, _ outcome: CheckOutcome) async {
+        do {
+            let finish = try await store.finishCheck(
+                id, as: outcome.state, result: outcome.result, error: outcome.error, at: .now(), requiring: .any)
+            if case .finished(_, let event) = finish { hub.publish(event) }
+        } catch {
+            logger.error("cannot record a check's outcome", metadata: ["herald.check_id": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func instant(of time: Timestamp) -> ContinuousClock.Instant {
+        ContinuousClock.now.advanced(by: .milliseconds(time.millisecondsSince1970 - Timestamp.now().millisecondsSince1970))
+    }
+}

@@ -1,0 +1,66 @@
+internal import Foundation
+package import HeraldCore
+internal import NIOPosix
+
+/// Resolves a host name and applies the SSRF guard to every address it resolves to.
+///
+/// The caller connects to the address returned here, never to the name again, so a DNS
+/// answer that changes between the check and the connection (DNS rebinding) cannot steer
+/// Herald to a private address.
+package struct TargetResolver: Sendable {
+    /// Whether loopback, private and other non-public addresses are allowed
+    /// (`--allow-private-targets`, `HERALD_ALLOW_PRIVATE_TARGETS`, default off).
+    package var allowPrivateTargets: Bool
+
+    package init(allowPrivateTargets: Bool) {
+        self.allowPrivateTargets = allowPrivateTargets
+    }
+
+    /// The address to connect to for `host`.
+    ///
+    /// Runs `getaddrinfo` on NIO's blocking-I/O thread pool, never on an event loop.
+    /// - Throws: ``HeraldError`` `.invalid` when the name does not resolve, or when any address
+    ///   it resolves to is not public and private targets are not allowed.
+    package func resolve(_ host: String) async throws -> IPAddress {
+        let addresses: [IPAddress]
+        if let literal = IPAddress(host) {
+            addresses = [literal]
+        } else {
+            addresses = try await NIOThreadPool.singleton.runIfActive { Self.lookUp(host) }
+        }
+        guard let first = addresses.first else { throw HeraldError.invalid("host \(host) does not resolve") }
+        if !allowPrivateTargets, let refused = addresses.first(where: { !AddressPolicy.isPublic($0) }) {
+            throw HeraldError.invalid(
+                "host \(host) resolves to \(refused), which is not a public address (see --allow-private-targets)")
+        }
+        // Prefer IPv4 when both exist: loopback test servers usually listen on 127.0.0.1 only.
+        return addresses.first { $0.bytes.count == 4 } ?? first
+    }
+
+    private static func lookUp(_ host: String) -> [IPAddress] {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let head = list else { return [] }
+        defer { freeaddrinfo(head) }
+        var addresses: [IPAddress] = []
+        var cursor: UnsafeMutablePointer<addrinfo>? = head
+        while let entry = cursor {
+            if let sockaddr = entry.pointee.ai_addr {
+                switch Int32(entry.pointee.ai_family) {
+                case AF_INET:
+                    var address = sockaddr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                    addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
+                case AF_INET6:
+                    var address = sockaddr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                    addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
+                default:
+                    break
+                }
+            }
+            cursor = entry.pointee.ai_next
+        }
+        return Array(Set(addresses)).sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) }
+    }
+}

@@ -1,0 +1,304 @@
+package import Foundation
+internal import GRDB
+package import HeraldCore
+package import HeraldStore
+
+/// The embedded store: one SQLite file in WAL mode under the data directory.
+///
+/// GRDB's `DatabasePool` gives one writer connection and several reader connections on
+/// their own threads: writes are serialized (the "one writer path"), and reads see the last
+/// committed state without waiting for a write in progress. No call blocks a NIO event loop.
+package final class SQLiteStore: Store {
+    private let pool: DatabasePool
+    private let retention: RetentionConfiguration
+
+    /// How hard a commit is pushed to disk.
+    package enum Durability: String, Sendable, CaseIterable {
+        /// `synchronous=NORMAL`: a commit survives a crash or `kill -9` of Herald; an OS crash
+        /// or power loss may lose the last few commits (never corrupt the file).
+        case normal
+        /// `synchronous=FULL`: every commit is fsynced before it is acknowledged.
+        case full
+    }
+
+    /// Opens (creating if needed) `herald.sqlite` in `directory` and migrates it.
+    ///
+    /// - Throws: ``HeraldError`` `.unavailable` when the directory or file cannot be used.
+    package init(directory: URL, retention: RetentionConfiguration, durability: Durability = .normal) throws {
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw HeraldError(.unavailable, "cannot create data directory \(directory.path): \(error.localizedDescription)")
+        }
+        var configuration = Configuration()
+        configuration.label = "herald"
+        // A reader never waits on the writer in WAL mode; the writer only waits on a checkpoint.
+        configuration.busyMode = .timeout(5)
+        configuration.maximumReaderCount = 4
+        let synchronous = durability == .full ? "FULL" : "NORMAL"
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+        }
+        do {
+            pool = try DatabasePool(path: directory.appendingPathComponent("herald.sqlite").path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw HeraldError(.unavailable, "cannot open the SQLite store in \(directory.path): \(error)")
+        }
+        self.retention = retention
+    }
+
+    // MARK: Checks
+
+    package func createCheck(_ check: Check, idempotency: IdempotencyKey?) async throws -> CheckCreation {
+        let keyLifetime = retention.idempotencyKeyLifetime.milliseconds
+        return try await pool.write { db in
+            if let idempotency,
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT fingerprint, check_id FROM idempotency_keys WHERE key = ? AND created_at > ?",
+                    arguments: [idempotency.key, check.createdAt.millisecondsSince1970 - keyLifetime])
+            {
+                guard row["fingerprint"] as String == idempotency.fingerprint else {
+                    throw HeraldError.invalid("Idempotency-Key was already used with a different request body")
+                }
+                let id: String = row["check_id"]
+                if let first = try Self.fetchCheck(db, id: id) { return CheckCreation(check: first, event: nil) }
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO checks (id, kind, params, state, result, error, version, created_at, updated_at,
+                                        completed_at, callback_url, callback_secret)
+                    VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, NULL, ?, ?)
+                    """,
+                arguments: [
+                    check.id.rawValue, check.spec.kind.rawValue, check.spec.paramsJSON.jsonText, check.state.rawValue,
+                    check.version, check.createdAt.millisecondsSince1970, check.updatedAt.millisecondsSince1970,
+                    check.spec.callbackURL, check.spec.callbackSecret,
+                ])
+            if let idempotency {
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, check_id, created_at) VALUES (?, ?, ?, ?)",
+                    arguments: [idempotency.key, idempotency.fingerprint, check.id.rawValue,
+                        check.createdAt.millisecondsSince1970])
+            }
+            let event = try Self.append(db, type: "check.created", data: check.json, to: check.id.channel,
+                at: check.createdAt, maxEvents: nil)
+            return CheckCreation(check: check, event: event)
+        }
+    }
+
+    package func check(_ id: CheckID) async throws -> Check? {
+        try await pool.read { db in try Self.fetchCheck(db, id: id.rawValue) }
+    }
+
+    package func checks(matching query: CheckQuery) async throws -> CheckPage {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let state = query.state {
+            conditions.append("state = ?")
+            _ = arguments.append(contentsOf: [state.rawValue])
+        }
+        if let kind = query.kind {
+            conditions.append("kind = ?")
+            _ = arguments.append(contentsOf: [kind.rawValue])
+        }
+        if let cursor = query.cursor {
+            guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
+            conditions.append("seq < ?")
+            _ = arguments.append(contentsOf: [seq])
+        }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        _ = arguments.append(contentsOf: [query.limit + 1])
+        let sql = "SELECT * FROM checks \(whereClause) ORDER BY seq DESC LIMIT ?"
+        let bound = arguments
+        let limit = query.limit
+        return try await pool.read { db in
+            let rows = try Row.fetchAll(db, sql: sql, arguments: bound)
+            let page = rows.prefix(limit)
+            let next = rows.count > limit ? page.last.map { String($0["seq"] as Int64, radix: 36) } : nil
+            return CheckPage(checks: try page.map(Self.check(from:)), nextCursor: next)
+        }
+    }
+
+    package func processingChecks() async throws -> [Check] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM checks WHERE state = 'processing' ORDER BY seq")
+                .map(Self.check(from:))
+        }
+    }
+
+    package func finishCheck(
+        _ id: CheckID,
+        as state: CheckState,
+        result: JSONValue?,
+        error: JSONValue?,
+        at time: Timestamp,
+        requiring condition: FinishCondition
+    ) async throws -> CheckFinish {
+        try await pool.write { db in
+            guard let current = try Self.fetchCheck(db, id: id.rawValue) else { return .notFound }
+            if condition == .externalKind && current.spec.kind != .external { return .wrongKind(current) }
+            guard !current.state.isTerminal else { return .alreadyEnded(current) }
+            let next = current.finished(state, result: result, error: error, at: time)
+            try db.execute(
+                sql: """
+                    UPDATE checks SET state = ?, result = ?, error = ?, version = ?, updated_at = ?, completed_at = ?
+                    WHERE id = ? AND version = ?
+                    """,
+                arguments: [
+                    next.state.rawValue, next.result?.jsonText, next.error?.jsonText, next.version,
+                    time.millisecondsSince1970, time.millisecondsSince1970, id.rawValue, current.version,
+                ])
+            let event = try Self.append(db, type: state.eventType, data: next.json, to: id.channel, at: time, maxEvents: nil)
+            return .finished(next, event)
+        }
+    }
+
+    // MARK: Channels
+
+    package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
+        let maxEvents = retention.maxEventsPerChannel
+        return try await pool.write { db in
+            try Self.append(db, type: type, data: data, to: channel, at: time, maxEvents: maxEvents)
+        }
+    }
+
+    package func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws
+        -> EventRead
+    {
+        try await pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+                arguments: [channel.rawValue])
+            else {
+                // No history yet: any position at 0 (or "now") is current; anything else is lost.
+                let lost = (offset ?? 0) != 0
+                return EventRead(epoch: Epoch(""), recovered: !lost, events: [], next: 0)
+            }
+            let current = Epoch(row["epoch"])
+            let last: Offset = row["last_offset"]
+            guard let offset else { return EventRead(epoch: current, recovered: true, events: [], next: last) }
+            let first: Offset = try Offset.fetchOne(
+                db, sql: "SELECT MIN(offset) FROM events WHERE channel = ?", arguments: [channel.rawValue]) ?? (last + 1)
+            let epochMatches = epoch.map { $0.rawValue.isEmpty || $0 == current } ?? true
+            if epochMatches && offset >= first - 1 && offset <= last {
+                let events = try Self.fetchEvents(db, channel, epoch: current, after: offset, limit: limit)
+                return EventRead(epoch: current, recovered: true, events: events, next: events.last?.offset ?? offset)
+            }
+            // The position is gone. A check channel's latest event carries the full check.
+            let events =
+                channel.isCheckChannel
+                ? try Self.fetchEvents(db, channel, epoch: current, after: last - 1, limit: 1)
+                : try Self.fetchEvents(db, channel, epoch: current, after: first - 1, limit: limit)
+            return EventRead(epoch: current, recovered: false, events: events, next: events.last?.offset ?? last)
+        }
+    }
+
+    package func prune(now: Timestamp) async throws -> Int {
+        let eventCutoff = now.millisecondsSince1970 - retention.maxEventAge.milliseconds
+        let checkCutoff = now.millisecondsSince1970 - retention.checkRetention.milliseconds
+        let keyCutoff = now.millisecondsSince1970 - retention.idempotencyKeyLifetime.milliseconds
+        return try await pool.write { db in
+            // Ended checks past retention go with their whole channel.
+            try db.execute(
+                sql: """
+                    DELETE FROM channels WHERE name IN
+                      (SELECT 'check:' || id FROM checks WHERE state != 'processing' AND completed_at < ?)
+                    """, arguments: [checkCutoff])
+            var removed = db.changesCount
+            try db.execute(
+                sql: "DELETE FROM checks WHERE state != 'processing' AND completed_at < ?", arguments: [checkCutoff])
+            removed += db.changesCount
+            // A check channel keeps its history while the check is kept: it is the snapshot.
+            try db.execute(
+                sql: "DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'", arguments: [eventCutoff])
+            removed += db.changesCount
+            try db.execute(
+                sql: """
+                    DELETE FROM channels WHERE updated_at < ? AND name NOT LIKE 'check:%'
+                      AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
+                    """, arguments: [eventCutoff])
+            removed += db.changesCount
+            try db.execute(sql: "DELETE FROM idempotency_keys WHERE created_at < ?", arguments: [keyCutoff])
+            return removed + db.changesCount
+        }
+    }
+
+    package func ping() async throws {
+        _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
+    }
+
+    // MARK: Rows
+
+    private static func append(
+        _ db: Database,
+        type: String,
+        data: String,
+        to channel: ChannelName,
+        at time: Timestamp,
+        maxEvents: Int?
+    ) throws -> Event {
+        let epoch: Epoch
+        let offset: Offset
+        if let row = try Row.fetchOne(db, sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+            arguments: [channel.rawValue])
+        {
+            epoch = Epoch(row["epoch"])
+            offset = (row["last_offset"] as Offset) + 1
+            try db.execute(sql: "UPDATE channels SET last_offset = ?, updated_at = ? WHERE name = ?",
+                arguments: [offset, time.millisecondsSince1970, channel.rawValue])
+        } else {
+            epoch = Epoch.random()
+            offset = 1
+            try db.execute(sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES (?, ?, 1, ?)",
+                arguments: [channel.rawValue, epoch.rawValue, time.millisecondsSince1970])
+        }
+        try db.execute(sql: "INSERT INTO events (channel, offset, type, time, data) VALUES (?, ?, ?, ?, ?)",
+            arguments: [channel.rawValue, offset, type, time.millisecondsSince1970, data])
+        if let maxEvents, offset > Offset(maxEvents) {
+            try db.execute(sql: "DELETE FROM events WHERE channel = ? AND offset <= ?",
+                arguments: [channel.rawValue, offset - Offset(maxEvents)])
+        }
+        return Event(channel: channel, offset: offset, epoch: epoch, type: type, time: time, data: data)
+    }
+
+    private static func fetchEvents(_ db: Database, _ channel: ChannelName, epoch: Epoch, after offset: Offset,
+        limit: Int) throws -> [Event]
+    {
+        try Row.fetchAll(
+            db, sql: "SELECT offset, type, time, data FROM events WHERE channel = ? AND offset > ? ORDER BY offset LIMIT ?",
+            arguments: [channel.rawValue, offset, limit]
+        ).map { row in
+            Event(channel: channel, offset: row["offset"], epoch: epoch, type: row["type"],
+                time: Timestamp(millisecondsSince1970: row["time"]), data: row["data"])
+        }
+    }
+
+    private static func fetchCheck(_ db: Database, id: String) throws -> Check? {
+        try Row.fetchOne(db, sql: "SELECT * FROM checks WHERE id = ?", arguments: [id]).map(check(from:))
+    }
+
+    private static func check(from row: Row) throws -> Check {
+        func json(_ column: String) throws -> JSONValue? {
+            guard let text: String = row[column] else { return nil }
+            return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        }
+        let idText: String = row["id"]
+        var request: [String: JSONValue] = ["kind": .string(row["kind"]), "params": try json("params") ?? .null]
+        if let url: String = row["callback_url"] { request["callback_url"] = .string(url) }
+        if let secret: String = row["callback_secret"] { request["callback_secret"] = .string(secret) }
+        guard let id = CheckID(idText), let state = CheckState(rawValue: row["state"]) else {
+            throw HeraldError(.internal, "stored check \(idText) is not valid")
+        }
+        var check = Check(id: id, spec: try CheckSpec.validate(.object(request)),
+            createdAt: Timestamp(millisecondsSince1970: row["created_at"]))
+        check.state = state
+        check.result = try json("result")
+        check.error = try json("error")
+        check.version = row["version"]
+        check.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
+        check.completedAt = (row["completed_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        return check
+    }
+}

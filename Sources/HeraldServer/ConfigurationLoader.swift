@@ -1,0 +1,198 @@
+internal import Foundation
+internal import HeraldCore
+internal import HeraldHTTP
+internal import HeraldRunner
+internal import HeraldStore
+internal import HeraldSQLite
+internal import Logging
+
+/// A configuration that cannot be used; its message is the one line `herald` prints.
+package struct ConfigurationError: Error, CustomStringConvertible {
+    package var message: String
+    package var description: String { message }
+}
+
+/// Resolves every setting from flags, the environment, a JSON config file and defaults, in
+/// that order of precedence, and validates it once. Nothing else reads the environment.
+package enum ConfigurationLoader {
+    /// One setting: its name (the flag without `--`, and the config file key) and how it applies.
+    struct Setting: Sendable {
+        var name: String
+        var help: String
+        var apply: @Sendable (inout HeraldConfiguration, String) throws(ConfigurationError) -> Void
+
+        /// The environment variable: `HERALD_` and the name in upper snake case.
+        var environmentName: String { "HERALD_" + name.uppercased().replacingOccurrences(of: "-", with: "_") }
+    }
+
+    /// Every setting `herald serve` knows, as documented in docs/operations.md.
+    static let settings: [Setting] = [
+        Setting(name: "host", help: "listen address") { c, v throws(ConfigurationError) in c.host = v },
+        Setting(name: "port", help: "HTTP port") { c, v throws(ConfigurationError) in c.port = try int(v, "port", 0...65535) },
+        Setting(name: "grpc-port", help: "gRPC port, 0 turns gRPC off") { c, v throws(ConfigurationError) in
+            c.grpcPort = try int(v, "grpc-port", 0...65535)
+        },
+        Setting(name: "data-dir", help: "directory of the SQLite store") { c, v throws(ConfigurationError) in
+            c.dataDirectory = v
+        },
+        Setting(name: "store", help: "sqlite, or a postgres:// URL") { c, v throws(ConfigurationError) in
+            if v == "sqlite" {
+                c.store = .sqlite
+            } else if let url = URLComponents(string: v), url.scheme == "postgres" || url.scheme == "postgresql",
+                url.host?.isEmpty == false
+            {
+                c.store = .postgres(url: v)
+            } else {
+                throw ConfigurationError(message: "store must be 'sqlite' or a postgres://user:pass@host:port/db URL")
+            }
+        },
+        Setting(name: "api-key", help: "server API key") { c, v throws(ConfigurationError) in
+            guard v.utf8.count >= 8, v.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+                throw ConfigurationError(message: "api-key must be at least 8 visible ASCII characters")
+            }
+            c.http.apiKey = v
+        },
+        Setting(name: "allow-private-targets", help: "allow loopback and private targets") {
+            c, v throws(ConfigurationError) in c.allowPrivateTargets = try bool(v, "allow-private-targets")
+        },
+        Setting(name: "heartbeat", help: "seconds between stream heartbeats") { c, v throws(ConfigurationError) in
+            c.heartbeat = .seconds(try int(v, "heartbeat", 1...3600))
+        },
+        Setting(name: "tls-cert", help: "PEM certificate file") { c, v throws(ConfigurationError) in
+            c.tlsCertificatePath = v
+        },
+        Setting(name: "tls-key", help: "PEM private key file") { c, v throws(ConfigurationError) in c.tlsKeyPath = v },
+        Setting(name: "webhook-retry-schedule", help: "seconds before each retry, comma-separated") {
+            c, v throws(ConfigurationError) in
+            var schedule: [Duration] = []
+            for part in v.split(separator: ",", omittingEmptySubsequences: false) {
+                schedule.append(.seconds(try int(part.trimmingCharacters(in: .whitespaces), "webhook-retry-schedule", 0...604_800)))
+            }
+            c.webhookRetrySchedule = schedule
+        },
+        Setting(name: "webhook-timeout", help: "seconds a webhook target has to answer") {
+            c, v throws(ConfigurationError) in c.webhookTimeout = .seconds(try int(v, "webhook-timeout", 1...300))
+        },
+        Setting(name: "max-body-bytes", help: "largest request body") { c, v throws(ConfigurationError) in
+            c.http.maxBodyBytes = try int(v, "max-body-bytes", 1024...16_777_216)
+        },
+        Setting(name: "max-wait", help: "cap on a long poll's wait, seconds") { c, v throws(ConfigurationError) in
+            c.http.maxWait = .seconds(try int(v, "max-wait", 1...3600))
+        },
+        Setting(name: "poll-max-events", help: "most events in one poll answer") { c, v throws(ConfigurationError) in
+            c.http.maxEventsPerPoll = try int(v, "poll-max-events", 1...100_000)
+        },
+        Setting(name: "history-max-events", help: "events kept per channel") { c, v throws(ConfigurationError) in
+            c.retention.maxEventsPerChannel = try int(v, "history-max-events", 1...10_000_000)
+        },
+        Setting(name: "history-max-age", help: "seconds events are kept") { c, v throws(ConfigurationError) in
+            c.retention.maxEventAge = .seconds(try int(v, "history-max-age", 1...31_536_000))
+        },
+        Setting(name: "check-retention", help: "seconds ended checks are kept") { c, v throws(ConfigurationError) in
+            c.retention.checkRetention = .seconds(try int(v, "check-retention", 1...315_360_000))
+        },
+        Setting(name: "runner-concurrency", help: "network checks running at once") { c, v throws(ConfigurationError) in
+            c.runner.maxConcurrentChecks = try int(v, "runner-concurrency", 1...10_000)
+        },
+        Setting(name: "runner-queue", help: "network checks waiting before 429") { c, v throws(ConfigurationError) in
+            c.runner.maxQueuedChecks = try int(v, "runner-queue", 1...1_000_000)
+        },
+        Setting(name: "external-timeout", help: "seconds an external check waits") { c, v throws(ConfigurationError) in
+            c.runner.externalTimeout = .seconds(try int(v, "external-timeout", 1...31_536_000))
+        },
+        Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
+            guard let value = SQLiteStore.Durability(rawValue: v) else {
+                throw ConfigurationError(message: "durability must be 'normal' or 'full'")
+            }
+            c.durability = value
+        },
+        Setting(name: "log-level", help: "trace, debug, info, notice, warning, error, critical") {
+            c, v throws(ConfigurationError) in
+            guard let level = Logger.Level(rawValue: v) else {
+                throw ConfigurationError(message: "log-level must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            c.logLevel = level
+        },
+    ]
+
+    /// Resolves the configuration.
+    ///
+    /// - Parameters:
+    ///   - flags: values given on the command line, by setting name (plus `config`).
+    ///   - environment: the process environment.
+    /// - Throws: ``ConfigurationError`` naming the first bad value, or an unreadable file.
+    package static func load(flags: [String: String], environment: [String: String]) throws(ConfigurationError)
+        -> HeraldConfiguration
+    {
+        var values: [String: String] = [:]
+        if let path = flags["config"] ?? environment["HERALD_CONFIG"] {
+            values = try readFile(path)
+        }
+        for setting in settings {
+            if let value = environment[setting.environmentName] { values[setting.name] = value }
+            if let value = flags[setting.name] { values[setting.name] = value }
+        }
+        let known = Set(settings.map(\.name) + ["config"])
+        if let unknown = flags.keys.first(where: { !known.contains($0) }) {
+            throw ConfigurationError(message: "unknown setting '\(unknown)'")
+        }
+        var configuration = HeraldConfiguration()
+        for setting in settings {
+            if let value = values[setting.name] { try setting.apply(&configuration, value) }
+        }
+        if configuration.http.apiKey.isEmpty {
+            configuration.http.apiKey = randomToken(bytes: 24)
+            configuration.apiKeyWasGenerated = true
+        }
+        if (configuration.tlsCertificatePath == nil) != (configuration.tlsKeyPath == nil) {
+            throw ConfigurationError(message: "tls-cert and tls-key go together")
+        }
+        return configuration
+    }
+
+    /// Reads a JSON object whose keys are setting names and whose values are strings,
+    /// numbers, booleans or (for the retry schedule) arrays of numbers.
+    private static func readFile(_ path: String) throws(ConfigurationError) -> [String: String] {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationError(message: "cannot read config file \(path)")
+        }
+        guard let object = try? JSONDecoder().decode(JSONValue.self, from: data), let members = object.objectValue else {
+            throw ConfigurationError(message: "config file \(path) is not a JSON object")
+        }
+        var values: [String: String] = [:]
+        for (key, value) in members {
+            guard settings.contains(where: { $0.name == key }) else {
+                throw ConfigurationError(message: "config file \(path): unknown setting '\(key)'")
+            }
+            switch value {
+            case .string(let text): values[key] = text
+            case .int(let number): values[key] = String(number)
+            case .bool(let flag): values[key] = String(flag)
+            case .array(let items):
+                values[key] = items.map { item in if case .int(let n) = item { String(n) } else { "?" } }
+                    .joined(separator: ",")
+            default:
+                throw ConfigurationError(message: "config file \(path): '\(key)' must be a string, number or boolean")
+            }
+        }
+        return values
+    }
+
+    private static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let value = Int(text), range.contains(value) else {
+            throw ConfigurationError(message: "\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not '\(text)'")
+        }
+        return value
+    }
+
+    private static func bool(_ text: String, _ name: String) throws(ConfigurationError) -> Bool {
+        switch text.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ConfigurationError(message: "\(name) must be true or false, not '\(text)'")
+        }
+    }
+}

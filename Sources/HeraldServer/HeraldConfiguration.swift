@@ -1,0 +1,55 @@
+package import HeraldHTTP
+package import HeraldRunner
+package import HeraldSQLite
+package import HeraldStore
+package import Logging
+
+/// Everything `herald serve` can be told, as a tree of slices; each component gets its own.
+///
+/// Built only by ``ConfigurationLoader``, which resolves flag > environment > config file >
+/// default and validates once. Defaults live in the initializers of the slices.
+package struct HeraldConfiguration: Sendable {
+    /// Listen address (`--host`, `HERALD_HOST`, default `127.0.0.1`).
+    package var host: String = "127.0.0.1"
+    /// HTTP port (`--port`, `HERALD_PORT`, default 8080; 0 picks a free port).
+    package var port: Int = 8080
+    /// gRPC port (`--grpc-port`, `HERALD_GRPC_PORT`, default 8081; 0 turns gRPC off).
+    package var grpcPort: Int = 8081
+    /// Where the SQLite store lives (`--data-dir`, `HERALD_DATA_DIR`, default `./.herald`).
+    package var dataDirectory: String = "./.herald"
+    /// The store (`--store`, `HERALD_STORE`, default `sqlite`).
+    package var store: StoreKind = .sqlite
+    /// How hard a commit is pushed to disk (`durability`, `HERALD_DURABILITY`, default `normal`).
+    package var durability: SQLiteStore.Durability = .normal
+    /// Whether checks and webhooks may reach non-public addresses
+    /// (`--allow-private-targets`, `HERALD_ALLOW_PRIVATE_TARGETS`, default off).
+    package var allowPrivateTargets = false
+    /// Seconds between heartbeats on idle streams (`--heartbeat`, `HERALD_HEARTBEAT`, default 15).
+    package var heartbeat: Duration = .seconds(15)
+    /// PEM certificate and key for TLS on the HTTP port (`--tls-cert`, `--tls-key`).
+    package var tlsCertificatePath: String?
+    package var tlsKeyPath: String?
+    /// Seconds before each webhook retry (`--webhook-retry-schedule`).
+    package var webhookRetrySchedule: [Duration] = [5, 300, 1800, 7200, 18000, 36000, 36000].map { .seconds($0) }
+    /// Seconds a webhook target has to answer (`--webhook-timeout`, default 15).
+    package var webhookTimeout: Duration = .seconds(15)
+    /// Whether the API key was generated (and must be printed once) rather than given.
+    package var apiKeyWasGenerated = false
+    /// Log level (`log-level`, `HERALD_LOG_LEVEL`, default `info`).
+    package var logLevel: Logger.Level = .info
+
+    package var http = HTTPConfiguration(apiKey: "")
+    package var runner = RunnerConfiguration()
+    package var retention = RetentionConfiguration()
+
+    /// Where the data lives.
+    package enum StoreKind: Sendable, Hashable {
+        case sqlite
+        case postgres(url: String)
+    }
+
+    package init() {}
+
+    /// The server API key clients send as `Authorization: Bearer <key>`.
+    package var apiKey: String { http.apiKey }
+}

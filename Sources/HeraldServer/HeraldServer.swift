@@ -1,0 +1,154 @@
+internal import Foundation
+internal import HeraldCore
+internal import HeraldHTTP
+internal import HeraldHub
+internal import HeraldRunner
+internal import HeraldSQLite
+internal import HeraldStore
+internal import Hummingbird
+package import Logging
+internal import NIOCore
+internal import ServiceLifecycle
+internal import UnixSignals
+
+/// Herald assembled from a configuration: the store, hub, runner and HTTP server, run as one
+/// `ServiceGroup` until SIGTERM or SIGINT.
+///
+/// Shutdown order is the reverse of start-up: the hub drains first (held long polls answer
+/// at once), then the HTTP server stops accepting and finishes what is in flight, then the
+/// runner stops (checks it was running stay `processing` and resume at the next start).
+/// The executable and the tests both start Herald through this type.
+package struct HeraldServer: Sendable {
+    let configuration: HeraldConfiguration
+    let logger: Logger
+
+    package init(configuration: HeraldConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Runs until a shutdown signal; calls `onListening` with the base URL once the port is bound.
+    ///
+    /// - Throws: ``ConfigurationError`` with a one-line reason when Herald cannot start.
+    package func run(onListening: @escaping @Sendable (String) -> Void) async throws {
+        if case .postgres = configuration.store {
+            throw ConfigurationError(message: "the postgres store is not available in this build; use --store sqlite")
+        }
+        if configuration.tlsCertificatePath != nil {
+            throw ConfigurationError(message: "TLS is not available in this build; terminate TLS in a proxy for now")
+        }
+        let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
+        let store: SQLiteStore
+        do {
+            store = try SQLiteStore(directory: directory, retention: configuration.retention,
+                durability: configuration.durability)
+        } catch let error as HeraldError {
+            throw ConfigurationError(message: error.message)
+        }
+        let lock = try DataDirectoryLock(directory: directory)
+        let hub = Hub(logger: logger.labelled("herald.hub"))
+        let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
+        let runner = CheckRunner(store: store, hub: hub, resolver: resolver, configuration: configuration.runner,
+            logger: logger.labelled("herald.runner"))
+        let api = HeraldAPI(store: store, hub: hub, runner: runner, resolver: resolver,
+            configuration: configuration.http, logger: logger.labelled("herald.http"))
+
+        let router = Router()
+        api.register(on: router)
+        let openAPI = try Self.resource("openapi.yaml")
+        router.get("/openapi.yaml") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/yaml"],
+                body: .init(byteBuffer: ByteBuffer(string: openAPI)))
+        }
+
+        let host = configuration.host
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: configuration.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                let displayHost = host.contains(":") ? "[\(host)]" : host
+                onListening("http://\(displayHost):\(port)")
+            },
+            logger: logger.labelled("herald.http")
+        )
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: runner),
+                    .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
+                    .init(service: app),
+                    .init(service: hub),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger.labelled("herald.lifecycle")
+            ))
+        do {
+            try await group.run()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): the address is in use")
+        } catch let error as IOError {
+            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
+        }
+        withExtendedLifetime(lock) {}
+    }
+
+    /// The text of a file shipped in `Public/`.
+    static func resource(_ name: String) throws -> String {
+        let url = Bundle.module.url(forResource: name, withExtension: nil, subdirectory: "Public")
+        guard let url, let text = try? String(contentsOf: url, encoding: .utf8) else {
+            throw ConfigurationError(message: "the resource \(name) is missing from the build")
+        }
+        return text
+    }
+}
+
+/// Removes what is past its retention once a minute.
+struct Janitor: Service {
+    let store: any Store
+    let logger: Logger
+    var interval: Duration = .seconds(60)
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    let removed = try await store.prune(now: .now())
+                    if removed > 0 { logger.debug("pruned", metadata: ["herald.rows": "\(removed)"]) }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    logger.warning("pruning failed", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+}
+
+/// An exclusive `flock` on `herald.lock` in the data directory, so two processes never share
+/// one SQLite store by mistake. The kernel releases it when the process ends, even by `kill -9`.
+final class DataDirectoryLock: Sendable {
+    private let descriptor: Int32
+
+    init(directory: URL) throws {
+        let path = directory.appendingPathComponent("herald.lock").path
+        descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw ConfigurationError(message: "cannot open \(path)") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            throw ConfigurationError(message: "data directory \(directory.path) is in use by another herald process")
+        }
+    }
+
+    deinit { close(descriptor) }
+}
+
+extension Logger {
+    /// The same handler and level under another label.
+    func labelled(_ label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = logLevel
+        return logger
+    }
+}

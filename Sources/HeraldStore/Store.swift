@@ -1,0 +1,156 @@
+package import HeraldCore
+
+/// Durable state: checks, channel logs, idempotency keys.
+///
+/// Every write that belongs together is one transaction: a check's change and the event
+/// announcing it commit together or not at all, so a reader never sees one without the other
+/// and a crash never loses an acknowledged change. Implementations are safe to call from any
+/// task; reads never wait for a long write. Callers publish returned events to the hub only
+/// after the call returns, that is, after commit.
+package protocol Store: Sendable {
+    /// Creates `check` with its `check.created` event (offset 1 of a fresh channel).
+    ///
+    /// With an idempotency key already used by an identical request, returns that first
+    /// check instead (`isNew == false`) and writes nothing.
+    /// - Throws: ``HeraldError`` `.invalid` when the key was used by a different request.
+    func createCheck(_ check: Check, idempotency: IdempotencyKey?) async throws -> CheckCreation
+
+    /// The check with `id`, or `nil`.
+    func check(_ id: CheckID) async throws -> Check?
+
+    /// Checks matching `query`, newest first, one page at a time.
+    func checks(matching query: CheckQuery) async throws -> CheckPage
+
+    /// Every check still `processing`, oldest first: what the runner resumes at start-up.
+    func processingChecks() async throws -> [Check]
+
+    /// Ends a processing check as `state`, appending its event in the same transaction.
+    ///
+    /// Returns `.alreadyEnded` (writing nothing) when the check is terminal, so the runner,
+    /// a cancel and an external completion can race safely: exactly one of them wins.
+    func finishCheck(
+        _ id: CheckID,
+        as state: CheckState,
+        result: JSONValue?,
+        error: JSONValue?,
+        at time: Timestamp,
+        requiring condition: FinishCondition
+    ) async throws -> CheckFinish
+
+    /// Appends an event to `channel` with the channel's next offset, creating the channel
+    /// (with a fresh epoch) on first use, and trims the channel to the history bound.
+    func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event
+
+    /// Events of `channel` after `offset`, at most `limit`. See ``EventRead`` for `recovered`.
+    ///
+    /// `offset == nil` means "from now": no events, and `next` is the channel's last offset.
+    /// When the position is lost, a check channel answers with its latest event alone (its
+    /// current snapshot), any other channel with the oldest events it still keeps.
+    func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead
+
+    /// Removes what is past its retention: events older than the history age, empty
+    /// channels, expired idempotency keys, and ended checks past their retention.
+    /// - Returns: how many rows were removed.
+    func prune(now: Timestamp) async throws -> Int
+
+    /// Succeeds when the store can serve reads and writes (for `/readyz`).
+    func ping() async throws
+}
+
+/// A client's `Idempotency-Key` and a fingerprint of the request it came with.
+package struct IdempotencyKey: Sendable, Hashable {
+    package var key: String
+    package var fingerprint: String
+
+    package init(key: String, fingerprint: String) {
+        self.key = key
+        self.fingerprint = fingerprint
+    }
+}
+
+/// What ``Store/createCheck(_:idempotency:)`` did.
+package struct CheckCreation: Sendable {
+    package var check: Check
+    /// The `check.created` event, when the check is new.
+    package var event: Event?
+    package var isNew: Bool { event != nil }
+
+    package init(check: Check, event: Event?) {
+        self.check = check
+        self.event = event
+    }
+}
+
+/// Which checks ``Store/finishCheck(_:as:result:error:at:requiring:)`` may end.
+package enum FinishCondition: Sendable {
+    /// Any processing check (the runner, a cancel).
+    case any
+    /// Only an `external` check (the completion API).
+    case externalKind
+}
+
+/// What ``Store/finishCheck(_:as:result:error:at:requiring:)`` did.
+package enum CheckFinish: Sendable {
+    case finished(Check, Event)
+    case alreadyEnded(Check)
+    case wrongKind(Check)
+    case notFound
+}
+
+/// A filter and a page position for listing checks.
+package struct CheckQuery: Sendable, Hashable {
+    package var state: CheckState?
+    package var kind: CheckKind?
+    package var limit: Int
+    /// The opaque cursor of the previous page's last check; `nil` for the first page.
+    package var cursor: String?
+
+    package init(state: CheckState? = nil, kind: CheckKind? = nil, limit: Int = 50, cursor: String? = nil) {
+        self.state = state
+        self.kind = kind
+        self.limit = limit
+        self.cursor = cursor
+    }
+}
+
+/// One page of checks and the cursor of the next page (`nil` on the last page).
+package struct CheckPage: Sendable {
+    package var checks: [Check]
+    package var nextCursor: String?
+
+    package init(checks: [Check], nextCursor: String?) {
+        self.checks = checks
+        self.nextCursor = nextCursor
+    }
+}
+
+/// How much history a channel keeps for resume, and how long ended checks are kept.
+package struct RetentionConfiguration: Sendable, Hashable {
+    /// Events kept per channel (`history-max-events`, `HERALD_HISTORY_MAX_EVENTS`, default 1000).
+    package var maxEventsPerChannel: Int
+    /// Age past which events are removed (`history-max-age`, `HERALD_HISTORY_MAX_AGE`, default 86400 s).
+    package var maxEventAge: Duration
+    /// Age past which ended checks are removed (`check-retention`, `HERALD_CHECK_RETENTION`, default 7 days).
+    package var checkRetention: Duration
+    /// How long an `Idempotency-Key` is remembered: 24 hours.
+    package var idempotencyKeyLifetime: Duration
+
+    package init(
+        maxEventsPerChannel: Int = 1000,
+        maxEventAge: Duration = .seconds(86_400),
+        checkRetention: Duration = .seconds(7 * 86_400),
+        idempotencyKeyLifetime: Duration = .seconds(86_400)
+    ) {
+        self.maxEventsPerChannel = maxEventsPerChannel
+        self.maxEventAge = maxEventAge
+        self.checkRetention = checkRetention
+        self.idempotencyKeyLifetime = idempotencyKeyLifetime
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, for storing and comparing with ``Timestamp``.
+    package var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

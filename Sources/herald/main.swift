@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import HeraldServer
+import Logging
+
+/// `herald`: the Herald server and its tools.
+@main
+struct Herald: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Herald, a self-hosted server-push system.",
+        subcommands: [Serve.self]
+    )
+
+    /// Parses and runs, printing a one-line reason for a bad flag instead of a usage page.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as ConfigurationError {
+            FileHandle.standardError.write(Data("herald: \(error.message)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)
+            }
+            let message = Herald.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("herald: \(message)\n".utf8))
+            Foundation.exit(code.rawValue == 0 ? 1 : code.rawValue)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the Herald server.",
+        discussion: """
+            Settings come from flags, then HERALD_* environment variables, then the JSON config
+            file, then defaults. Finer settings (history-max-events, max-wait, runner-concurrency,
+            ...) are set in the config file or as HERALD_* variables; see docs/operations.md.
+            """
+    )
+
+    @Option(help: "Listen address (HERALD_HOST, default 127.0.0.1).") var host: String?
+    @Option(help: "HTTP port, 0 for any free port (HERALD_PORT, default 8080).") var port: String?
+    @Option(name: .customLong("grpc-port"), help: "gRPC port, 0 turns gRPC off (HERALD_GRPC_PORT, default 8081).")
+    var grpcPort: String?
+    @Option(name: .customLong("data-dir"), help: "Directory of the SQLite store (HERALD_DATA_DIR, default ./.herald).")
+    var dataDir: String?
+    @Option(help: "sqlite or postgres://user:pass@host:port/db (HERALD_STORE, default sqlite).") var store: String?
+    @Option(name: .customLong("api-key"), help: "Server API key (HERALD_API_KEY; generated and printed when unset).")
+    var apiKey: String?
+    @Flag(name: .customLong("allow-private-targets"), help: "Let checks and webhooks reach loopback and private addresses.")
+    var allowPrivateTargets = false
+    @Option(help: "Seconds between heartbeats on idle streams (HERALD_HEARTBEAT, default 15).") var heartbeat: String?
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate for TLS on the HTTP port.") var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: "PEM private key for TLS on the HTTP port.") var tlsKey: String?
+    @Option(name: .customLong("webhook-retry-schedule"), help: "Seconds before each webhook retry, comma-separated.")
+    var webhookRetrySchedule: String?
+    @Option(name: .customLong("webhook-timeout"), help: "Seconds a webhook target has to answer (default 15).")
+    var webhookTimeout: String?
+    @Option(help: "JSON config file (HERALD_CONFIG).") var config: String?
+
+    func run() async throws {
+        var flags: [String: String] = [:]
+        flags["host"] = host
+        flags["port"] = port
+        flags["grpc-port"] = grpcPort
+        flags["data-dir"] = dataDir
+        flags["store"] = store
+        flags["api-key"] = apiKey
+        if allowPrivateTargets { flags["allow-private-targets"] = "true" }
+        flags["heartbeat"] = heartbeat
+        flags["tls-cert"] = tlsCert
+        flags["tls-key"] = tlsKey
+        flags["webhook-retry-schedule"] = webhookRetrySchedule
+        flags["webhook-timeout"] = webhookTimeout
+        flags["config"] = config
+        let configuration = try ConfigurationLoader.load(flags: flags, environment: ProcessInfo.processInfo.environment)
+
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "herald")
+        logger.logLevel = level
+        if configuration.apiKeyWasGenerated {
+            say("herald: generated API key \(configuration.apiKey) (set --api-key or HERALD_API_KEY to choose one)")
+        }
+        try await HeraldServer(configuration: configuration, logger: logger).run { url in
+            say("herald listening on \(url)")
+        }
+    }
+}
+
+/// Writes one line to standard output at once (unbuffered, so scripts see it immediately).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

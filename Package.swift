@@ -94,10 +94,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HeraldServerTests",
-            dependencies: [
-                "HeraldServer",
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
-            ],
+            dependencies: ["HeraldServer", "HeraldHTTP", "HeraldStore"],
             swiftSettings: swiftSettings
         ),
 

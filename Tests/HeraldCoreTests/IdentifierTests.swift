@@ -1,0 +1,29 @@
+import Testing
+
+@testable import HeraldCore
+
+@Suite struct IdentifierTests {
+    @Test func checkIDsAreRandomURLSafeAnd128Bits() {
+        let ids = Set((0..<1000).map { _ in CheckID.random().rawValue })
+        #expect(ids.count == 1000)
+        for id in ids { #expect(CheckID(id) != nil && id.utf8.count == 22) }
+    }
+
+    @Test(arguments: ["", "abc", "rE22zp4hZharey9mUf6kq/", "rE22zp4hZharey9mUf6kqQQ", "../../../etc/passwd"])
+    func malformedCheckIDsAreRefused(text: String) {
+        #expect(CheckID(text) == nil)
+    }
+
+    @Test(arguments: [("orders", true), ("a:b.c-d_e@f", true), ("check:x", true), ("", false),
+        ("has space", false), ("slash/no", false), (String(repeating: "a", count: 201), false)])
+    func channelNamesFollowTheContract(name: String, valid: Bool) {
+        #expect((ChannelName(name) != nil) == valid)
+    }
+
+    @Test func base64URLMatchesRFC4648() {
+        #expect(base64URL(Array("f".utf8)) == "Zg")
+        #expect(base64URL(Array("fo".utf8)) == "Zm8")
+        #expect(base64URL(Array("foo".utf8)) == "Zm9v")
+        #expect(base64URL([0xfb, 0xff]) == "-_8")
+    }
+}

@@ -1,0 +1,30 @@
+import Foundation
+import Testing
+
+@testable import HeraldCore
+
+@Suite struct JSONTests {
+    @Test func stringsAreSafeInsideScriptAndJSONP() {
+        var out = ""
+        JSONWriter.appendString("</script><b>&\u{2028}\u{2029}\"\\\n\u{01}", to: &out)
+        #expect(out == #""\u003c/script\u003e\u003cb\u003e\u0026\u2028\u2029\"\\\n\u0001""#)
+        #expect(!out.contains("<") && !out.contains(">"))
+    }
+
+    @Test func valuesRoundTripWithIntegersKept() throws {
+        let text = #"{"b":[1,2.5,true,null,"x"],"a":{"n":-7}}"#
+        let value = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        #expect(value.jsonText == #"{"a":{"n":-7},"b":[1,2.5,true,null,"x"]}"#)
+        let again = try JSONDecoder().decode(JSONValue.self, from: Data(value.jsonText.utf8))
+        #expect(again == value)
+    }
+
+    @Test func writerKeepsOrderAndWritesNulls() {
+        var writer = JSONWriter()
+        writer.string("id", "x")
+        writer.value("result", nil)
+        writer.int("version", 3)
+        writer.raw("data", "[1]")
+        #expect(writer.result == #"{"id":"x","result":null,"version":3,"data":[1]}"#)
+    }
+}

@@ -119,7 +119,9 @@ extension CheckSpec {
             return .delay(milliseconds: ms, outcome: outcome, result: p["result"])
         case .http:
             try rejectUnknown(p, allowed: ["url", "method", "expect_status", "timeout_ms"], in: "params.")
-            guard case .string(let url)? = p["url"] else { throw .invalid("params.url is required: an http or https URL") }
+            guard case .string(let url)? = p["url"] else {
+                throw .invalid("params.url is required: an http or https URL")
+            }
             try TargetURL.validate(url, field: "params.url")
             let method: String
             switch p["method"] {
@@ -129,7 +131,11 @@ extension CheckSpec {
             }
             let expect = try integer(p["expect_status"], "params.expect_status", in: 100...599, default: 200)
             let timeout = try integer(
-                p["timeout_ms"], "params.timeout_ms", in: 1...maxTimeoutMilliseconds, default: defaultTimeoutMilliseconds)
+                p["timeout_ms"],
+                "params.timeout_ms",
+                in: 1...maxTimeoutMilliseconds,
+                default: defaultTimeoutMilliseconds
+            )
             return .http(url: url, method: method, expectStatus: Int(expect), timeoutMilliseconds: timeout)
         case .tcp:
             try rejectUnknown(p, allowed: ["host", "port", "timeout_ms"], in: "params.")
@@ -138,7 +144,11 @@ extension CheckSpec {
             }
             let port = try integer(p["port"], "params.port", in: 1...65535, default: nil)
             let timeout = try integer(
-                p["timeout_ms"], "params.timeout_ms", in: 1...maxTimeoutMilliseconds, default: defaultTimeoutMilliseconds)
+                p["timeout_ms"],
+                "params.timeout_ms",
+                in: 1...maxTimeoutMilliseconds,
+                default: defaultTimeoutMilliseconds
+            )
             return .tcp(host: host, port: Int(port), timeoutMilliseconds: timeout)
         case .external:
             return .external(params)
@@ -169,7 +179,9 @@ extension CheckSpec {
         in prefix: String
     ) throws(HeraldError) {
         if let unknown = members.keys.sorted().first(where: { !allowed.contains($0) }) {
-            throw .invalid("\(prefix)\(unknown) is not a known field (known: \(allowed.sorted().joined(separator: ", ")))")
+            throw .invalid(
+                "\(prefix)\(unknown) is not a known field (known: \(allowed.sorted().joined(separator: ", ")))"
+            )
         }
     }
 }

@@ -9,7 +9,12 @@ package struct HTTPConfiguration: Sendable, Hashable {
     /// Most events one poll answer carries (`poll-max-events`, `HERALD_POLL_MAX_EVENTS`, default 1000).
     package var maxEventsPerPoll: Int
 
-    package init(maxBodyBytes: Int = 65_536, maxWait: Duration = .seconds(60), apiKey: String, maxEventsPerPoll: Int = 1000) {
+    package init(
+        maxBodyBytes: Int = 65_536,
+        maxWait: Duration = .seconds(60),
+        apiKey: String,
+        maxEventsPerPoll: Int = 1000
+    ) {
         self.maxBodyBytes = maxBodyBytes
         self.maxWait = maxWait
         self.apiKey = apiKey

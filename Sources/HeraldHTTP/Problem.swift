@@ -23,7 +23,12 @@ package struct Problem: HTTPResponseError, Sendable {
         var headers = HTTPFields()
         if error.code == .overloaded { headers[.retryAfter] = "1" }
         if error.code == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"herald\"" }
-        self.init(status: Self.status(for: error.code), code: error.code.rawValue, detail: error.message, headers: headers)
+        self.init(
+            status: Self.status(for: error.code),
+            code: error.code.rawValue,
+            detail: error.message,
+            headers: headers
+        )
     }
 
     /// The HTTP status of each error code.

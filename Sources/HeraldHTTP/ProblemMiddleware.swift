@@ -1,5 +1,5 @@
-package import Hummingbird
 internal import HeraldCore
+package import Hummingbird
 package import Logging
 
 /// Turns every error into a problem document, so no answer is ever a bare 500 or an HTML page.
@@ -12,7 +12,11 @@ package struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
 
     package init(logger: Logger) { self.logger = logger }
 
-    package func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+    package func handle(
+        _ request: Request,
+        context: Context,
+        next: (Request, Context) async throws -> Response
+    )
         async throws -> Response
     {
         var response: Response
@@ -27,11 +31,23 @@ package struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             let problem: Problem
             switch error.status {
             case .notFound:
-                problem = Problem(status: .notFound, code: "not-found", detail: "no route for \(request.method) \(request.uri.path)")
+                problem = Problem(
+                    status: .notFound,
+                    code: "not-found",
+                    detail: "no route for \(request.method) \(request.uri.path)"
+                )
             case .contentTooLarge:
-                problem = Problem(status: .contentTooLarge, code: "too-large", detail: "the body is larger than the limit")
+                problem = Problem(
+                    status: .contentTooLarge,
+                    code: "too-large",
+                    detail: "the body is larger than the limit"
+                )
             default:
-                problem = Problem(status: error.status, code: "http-\(error.status.code)", detail: error.body ?? error.status.reasonPhrase)
+                problem = Problem(
+                    status: error.status,
+                    code: "http-\(error.status.code)",
+                    detail: error.body ?? error.status.reasonPhrase
+                )
             }
             response = try problem.response(from: request, context: context)
         } catch is CancellationError {

@@ -29,7 +29,12 @@ package struct NetworkProbe: Sendable {
 
     /// Requests `url`; done with `status`, `latency_ms`, `ok` when the target answered,
     /// failed when it was refused by the guard, could not be reached, or timed out.
-    package func http(url text: String, method: String, expectStatus: Int, timeoutMilliseconds: Int64) async
+    package func http(
+        url text: String,
+        method: String,
+        expectStatus: Int,
+        timeoutMilliseconds: Int64
+    ) async
         -> CheckOutcome
     {
         let start = ContinuousClock.now
@@ -43,7 +48,8 @@ package struct NetworkProbe: Sendable {
         }
         var configuration = HTTPClient.Configuration(
             redirectConfiguration: .disallow,
-            timeout: .init(connect: .milliseconds(timeoutMilliseconds), read: .milliseconds(timeoutMilliseconds)))
+            timeout: .init(connect: .milliseconds(timeoutMilliseconds), read: .milliseconds(timeoutMilliseconds))
+        )
         // Connect to the checked address; TLS still verifies (and sends SNI for) the name.
         configuration.dnsOverride = [url.host: address.description]
         configuration.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
@@ -65,10 +71,12 @@ package struct NetworkProbe: Sendable {
             outcome = .done(
                 .object([
                     "status": .int(Int64(status)), "latency_ms": .int(latency), "ok": .bool(status == expectStatus),
-                ]))
+                ])
+            )
         } catch is CancellationError {
             outcome = .failed(code: "canceled", "the check was interrupted")
-        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout
+        } catch let error as HTTPClientError
+            where error == .deadlineExceeded || error == .readTimeout
             || error == .connectTimeout
         {
             outcome = .failed(code: "timeout", "no answer within \(timeoutMilliseconds) ms")
@@ -100,7 +108,8 @@ package struct NetworkProbe: Sendable {
         } catch {
             let latency = (ContinuousClock.now - start).milliseconds
             return .done(
-                .object(["connected": .bool(false), "latency_ms": .int(latency), "error": .string(message(error))]))
+                .object(["connected": .bool(false), "latency_ms": .int(latency), "error": .string(message(error))])
+            )
         }
     }
 }

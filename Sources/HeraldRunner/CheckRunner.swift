@@ -18,7 +18,11 @@ package struct RunnerConfiguration: Sendable, Hashable {
     /// `timeout` (`external-timeout`, `HERALD_EXTERNAL_TIMEOUT`, default 86400 s).
     package var externalTimeout: Duration
 
-    package init(maxConcurrentChecks: Int = 64, maxQueuedChecks: Int = 10_000, externalTimeout: Duration = .seconds(86_400)) {
+    package init(
+        maxConcurrentChecks: Int = 64,
+        maxQueuedChecks: Int = 10_000,
+        externalTimeout: Duration = .seconds(86_400)
+    ) {
         self.maxConcurrentChecks = maxConcurrentChecks
         self.maxQueuedChecks = maxQueuedChecks
         self.externalTimeout = externalTimeout
@@ -80,7 +84,9 @@ package final class CheckRunner: Service, Sendable {
             timers.schedule(check.id, at: instant(of: check.createdAt.adding(milliseconds: ms)))
         case .external:
             timers.schedule(
-                check.id, at: instant(of: check.createdAt.adding(milliseconds: configuration.externalTimeout.milliseconds)))
+                check.id,
+                at: instant(of: check.createdAt.adding(milliseconds: configuration.externalTimeout.milliseconds))
+            )
         case .http, .tcp:
             let handoff = state.withLock { state in
                 state.queue.append(check)
@@ -92,7 +98,7 @@ package final class CheckRunner: Service, Sendable {
 
     package func run() async throws {
         for check in try await store.processingChecks() { submit(check) }
-        logger.info("runner started", metadata: ["herald.timers": "\(timers.count)"])
+        logger.debug("runner started", metadata: ["herald.timers": "\(timers.count)"])
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 group.addTask {
@@ -187,7 +193,11 @@ package final class CheckRunner: Service, Sendable {
             case .external:
                 await finish(
                     id,
-                    .failed(code: "timeout", "no completion within \(configuration.externalTimeout.milliseconds / 1000) s"))
+                    .failed(
+                        code: "timeout",
+                        "no completion within \(configuration.externalTimeout.milliseconds / 1000) s"
+                    )
+                )
             case .http, .tcp:
                 return
             }
@@ -199,14 +209,25 @@ package final class CheckRunner: Service, Sendable {
     private func finish(_ id: CheckID, _ outcome: CheckOutcome) async {
         do {
             let finish = try await store.finishCheck(
-                id, as: outcome.state, result: outcome.result, error: outcome.error, at: .now(), requiring: .any)
+                id,
+                as: outcome.state,
+                result: outcome.result,
+                error: outcome.error,
+                at: .now(),
+                requiring: .any
+            )
             if case .finished(_, let event) = finish { hub.publish(event) }
         } catch {
-            logger.error("cannot record a check's outcome", metadata: ["herald.check_id": "\(id)", "error": "\(error)"])
+            logger.error(
+                "cannot record a check's outcome",
+                metadata: ["herald.check_id": "\(id)", "error": "\(error)"]
+            )
         }
     }
 
     private func instant(of time: Timestamp) -> ContinuousClock.Instant {
-        ContinuousClock.now.advanced(by: .milliseconds(time.millisecondsSince1970 - Timestamp.now().millisecondsSince1970))
+        ContinuousClock.now.advanced(
+            by: .milliseconds(time.millisecondsSince1970 - Timestamp.now().millisecondsSince1970)
+        )
     }
 }

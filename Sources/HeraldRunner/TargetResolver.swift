@@ -31,7 +31,8 @@ package struct TargetResolver: Sendable {
         guard let first = addresses.first else { throw HeraldError.invalid("host \(host) does not resolve") }
         if !allowPrivateTargets, let refused = addresses.first(where: { !AddressPolicy.isPublic($0) }) {
             throw HeraldError.invalid(
-                "host \(host) resolves to \(refused), which is not a public address (see --allow-private-targets)")
+                "host \(host) resolves to \(refused), which is not a public address (see --allow-private-targets)"
+            )
         }
         // Prefer IPv4 when both exist: loopback test servers usually listen on 127.0.0.1 only.
         return addresses.first { $0.bytes.count == 4 } ?? first
@@ -53,7 +54,9 @@ package struct TargetResolver: Sendable {
                     var address = sockaddr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
                     addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
                 case AF_INET6:
-                    var address = sockaddr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                    var address = sockaddr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+                        $0.pointee.sin6_addr
+                    }
                     addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
                 default:
                     break

@@ -47,7 +47,8 @@ extension SQLiteStore {
                         PRIMARY KEY (channel, offset)
                     ) WITHOUT ROWID;
                     CREATE INDEX events_time ON events(time);
-                    """)
+                    """
+            )
         }
         return migrator
     }

@@ -28,7 +28,10 @@ package final class SQLiteStore: Store {
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         } catch {
-            throw HeraldError(.unavailable, "cannot create data directory \(directory.path): \(error.localizedDescription)")
+            throw HeraldError(
+                .unavailable,
+                "cannot create data directory \(directory.path): \(error.localizedDescription)"
+            )
         }
         var configuration = Configuration()
         configuration.label = "herald"
@@ -41,7 +44,10 @@ package final class SQLiteStore: Store {
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
         do {
-            pool = try DatabasePool(path: directory.appendingPathComponent("herald.sqlite").path, configuration: configuration)
+            pool = try DatabasePool(
+                path: directory.appendingPathComponent("herald.sqlite").path,
+                configuration: configuration
+            )
             try Self.migrator.migrate(pool)
         } catch {
             throw HeraldError(.unavailable, "cannot open the SQLite store in \(directory.path): \(error)")
@@ -58,7 +64,8 @@ package final class SQLiteStore: Store {
                 let row = try Row.fetchOne(
                     db,
                     sql: "SELECT fingerprint, check_id FROM idempotency_keys WHERE key = ? AND created_at > ?",
-                    arguments: [idempotency.key, check.createdAt.millisecondsSince1970 - keyLifetime])
+                    arguments: [idempotency.key, check.createdAt.millisecondsSince1970 - keyLifetime]
+                )
             {
                 guard row["fingerprint"] as String == idempotency.fingerprint else {
                     throw HeraldError.invalid("Idempotency-Key was already used with a different request body")
@@ -76,15 +83,26 @@ package final class SQLiteStore: Store {
                     check.id.rawValue, check.spec.kind.rawValue, check.spec.paramsJSON.jsonText, check.state.rawValue,
                     check.version, check.createdAt.millisecondsSince1970, check.updatedAt.millisecondsSince1970,
                     check.spec.callbackURL, check.spec.callbackSecret,
-                ])
+                ]
+            )
             if let idempotency {
                 try db.execute(
-                    sql: "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, check_id, created_at) VALUES (?, ?, ?, ?)",
-                    arguments: [idempotency.key, idempotency.fingerprint, check.id.rawValue,
-                        check.createdAt.millisecondsSince1970])
+                    sql:
+                        "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, check_id, created_at) VALUES (?, ?, ?, ?)",
+                    arguments: [
+                        idempotency.key, idempotency.fingerprint, check.id.rawValue,
+                        check.createdAt.millisecondsSince1970,
+                    ]
+                )
             }
-            let event = try Self.append(db, type: "check.created", data: check.json, to: check.id.channel,
-                at: check.createdAt, maxEvents: nil)
+            let event = try Self.append(
+                db,
+                type: "check.created",
+                data: check.json,
+                to: check.id.channel,
+                at: check.createdAt,
+                maxEvents: nil
+            )
             return CheckCreation(check: check, event: event)
         }
     }
@@ -150,8 +168,16 @@ package final class SQLiteStore: Store {
                 arguments: [
                     next.state.rawValue, next.result?.jsonText, next.error?.jsonText, next.version,
                     time.millisecondsSince1970, time.millisecondsSince1970, id.rawValue, current.version,
-                ])
-            let event = try Self.append(db, type: state.eventType, data: next.json, to: id.channel, at: time, maxEvents: nil)
+                ]
+            )
+            let event = try Self.append(
+                db,
+                type: state.eventType,
+                data: next.json,
+                to: id.channel,
+                at: time,
+                maxEvents: nil
+            )
             return .finished(next, event)
         }
     }
@@ -165,12 +191,21 @@ package final class SQLiteStore: Store {
         }
     }
 
-    package func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws
+    package func events(
+        in channel: ChannelName,
+        after offset: Offset?,
+        epoch: Epoch?,
+        limit: Int
+    ) async throws
         -> EventRead
     {
         try await pool.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
-                arguments: [channel.rawValue])
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+                    arguments: [channel.rawValue]
+                )
             else {
                 // No history yet: any position at 0 (or "now") is current; anything else is lost.
                 let lost = (offset ?? 0) != 0
@@ -179,8 +214,12 @@ package final class SQLiteStore: Store {
             let current = Epoch(row["epoch"])
             let last: Offset = row["last_offset"]
             guard let offset else { return EventRead(epoch: current, recovered: true, events: [], next: last) }
-            let first: Offset = try Offset.fetchOne(
-                db, sql: "SELECT MIN(offset) FROM events WHERE channel = ?", arguments: [channel.rawValue]) ?? (last + 1)
+            let first: Offset =
+                try Offset.fetchOne(
+                    db,
+                    sql: "SELECT MIN(offset) FROM events WHERE channel = ?",
+                    arguments: [channel.rawValue]
+                ) ?? (last + 1)
             let epochMatches = epoch.map { $0.rawValue.isEmpty || $0 == current } ?? true
             if epochMatches && offset >= first - 1 && offset <= last {
                 let events = try Self.fetchEvents(db, channel, epoch: current, after: offset, limit: limit)
@@ -205,20 +244,28 @@ package final class SQLiteStore: Store {
                 sql: """
                     DELETE FROM channels WHERE name IN
                       (SELECT 'check:' || id FROM checks WHERE state != 'processing' AND completed_at < ?)
-                    """, arguments: [checkCutoff])
+                    """,
+                arguments: [checkCutoff]
+            )
             var removed = db.changesCount
             try db.execute(
-                sql: "DELETE FROM checks WHERE state != 'processing' AND completed_at < ?", arguments: [checkCutoff])
+                sql: "DELETE FROM checks WHERE state != 'processing' AND completed_at < ?",
+                arguments: [checkCutoff]
+            )
             removed += db.changesCount
             // A check channel keeps its history while the check is kept: it is the snapshot.
             try db.execute(
-                sql: "DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'", arguments: [eventCutoff])
+                sql: "DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'",
+                arguments: [eventCutoff]
+            )
             removed += db.changesCount
             try db.execute(
                 sql: """
                     DELETE FROM channels WHERE updated_at < ? AND name NOT LIKE 'check:%'
                       AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
-                    """, arguments: [eventCutoff])
+                    """,
+                arguments: [eventCutoff]
+            )
             removed += db.changesCount
             try db.execute(sql: "DELETE FROM idempotency_keys WHERE created_at < ?", arguments: [keyCutoff])
             return removed + db.changesCount
@@ -241,37 +288,58 @@ package final class SQLiteStore: Store {
     ) throws -> Event {
         let epoch: Epoch
         let offset: Offset
-        if let row = try Row.fetchOne(db, sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
-            arguments: [channel.rawValue])
-        {
+        if let row = try Row.fetchOne(
+            db,
+            sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+            arguments: [channel.rawValue]
+        ) {
             epoch = Epoch(row["epoch"])
             offset = (row["last_offset"] as Offset) + 1
-            try db.execute(sql: "UPDATE channels SET last_offset = ?, updated_at = ? WHERE name = ?",
-                arguments: [offset, time.millisecondsSince1970, channel.rawValue])
+            try db.execute(
+                sql: "UPDATE channels SET last_offset = ?, updated_at = ? WHERE name = ?",
+                arguments: [offset, time.millisecondsSince1970, channel.rawValue]
+            )
         } else {
             epoch = Epoch.random()
             offset = 1
-            try db.execute(sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES (?, ?, 1, ?)",
-                arguments: [channel.rawValue, epoch.rawValue, time.millisecondsSince1970])
+            try db.execute(
+                sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES (?, ?, 1, ?)",
+                arguments: [channel.rawValue, epoch.rawValue, time.millisecondsSince1970]
+            )
         }
-        try db.execute(sql: "INSERT INTO events (channel, offset, type, time, data) VALUES (?, ?, ?, ?, ?)",
-            arguments: [channel.rawValue, offset, type, time.millisecondsSince1970, data])
+        try db.execute(
+            sql: "INSERT INTO events (channel, offset, type, time, data) VALUES (?, ?, ?, ?, ?)",
+            arguments: [channel.rawValue, offset, type, time.millisecondsSince1970, data]
+        )
         if let maxEvents, offset > Offset(maxEvents) {
-            try db.execute(sql: "DELETE FROM events WHERE channel = ? AND offset <= ?",
-                arguments: [channel.rawValue, offset - Offset(maxEvents)])
+            try db.execute(
+                sql: "DELETE FROM events WHERE channel = ? AND offset <= ?",
+                arguments: [channel.rawValue, offset - Offset(maxEvents)]
+            )
         }
         return Event(channel: channel, offset: offset, epoch: epoch, type: type, time: time, data: data)
     }
 
-    private static func fetchEvents(_ db: Database, _ channel: ChannelName, epoch: Epoch, after offset: Offset,
-        limit: Int) throws -> [Event]
-    {
+    private static func fetchEvents(
+        _ db: Database,
+        _ channel: ChannelName,
+        epoch: Epoch,
+        after offset: Offset,
+        limit: Int
+    ) throws -> [Event] {
         try Row.fetchAll(
-            db, sql: "SELECT offset, type, time, data FROM events WHERE channel = ? AND offset > ? ORDER BY offset LIMIT ?",
+            db,
+            sql: "SELECT offset, type, time, data FROM events WHERE channel = ? AND offset > ? ORDER BY offset LIMIT ?",
             arguments: [channel.rawValue, offset, limit]
         ).map { row in
-            Event(channel: channel, offset: row["offset"], epoch: epoch, type: row["type"],
-                time: Timestamp(millisecondsSince1970: row["time"]), data: row["data"])
+            Event(
+                channel: channel,
+                offset: row["offset"],
+                epoch: epoch,
+                type: row["type"],
+                time: Timestamp(millisecondsSince1970: row["time"]),
+                data: row["data"]
+            )
         }
     }
 
@@ -291,8 +359,11 @@ package final class SQLiteStore: Store {
         guard let id = CheckID(idText), let state = CheckState(rawValue: row["state"]) else {
             throw HeraldError(.internal, "stored check \(idText) is not valid")
         }
-        var check = Check(id: id, spec: try CheckSpec.validate(.object(request)),
-            createdAt: Timestamp(millisecondsSince1970: row["created_at"]))
+        var check = Check(
+            id: id,
+            spec: try CheckSpec.validate(.object(request)),
+            createdAt: Timestamp(millisecondsSince1970: row["created_at"])
+        )
         check.state = state
         check.result = try json("result")
         check.error = try json("error")

@@ -2,8 +2,8 @@ internal import Foundation
 internal import HeraldCore
 internal import HeraldHTTP
 internal import HeraldRunner
-internal import HeraldStore
 internal import HeraldSQLite
+internal import HeraldStore
 internal import Logging
 
 /// A configuration that cannot be used; its message is the one line `herald` prints.
@@ -28,7 +28,9 @@ package enum ConfigurationLoader {
     /// Every setting `herald serve` knows, as documented in docs/operations.md.
     static let settings: [Setting] = [
         Setting(name: "host", help: "listen address") { c, v throws(ConfigurationError) in c.host = v },
-        Setting(name: "port", help: "HTTP port") { c, v throws(ConfigurationError) in c.port = try int(v, "port", 0...65535) },
+        Setting(name: "port", help: "HTTP port") { c, v throws(ConfigurationError) in
+            c.port = try int(v, "port", 0...65535)
+        },
         Setting(name: "grpc-port", help: "gRPC port, 0 turns gRPC off") { c, v throws(ConfigurationError) in
             c.grpcPort = try int(v, "grpc-port", 0...65535)
         },
@@ -53,7 +55,8 @@ package enum ConfigurationLoader {
             c.http.apiKey = v
         },
         Setting(name: "allow-private-targets", help: "allow loopback and private targets") {
-            c, v throws(ConfigurationError) in c.allowPrivateTargets = try bool(v, "allow-private-targets")
+            c,
+            v throws(ConfigurationError) in c.allowPrivateTargets = try bool(v, "allow-private-targets")
         },
         Setting(name: "heartbeat", help: "seconds between stream heartbeats") { c, v throws(ConfigurationError) in
             c.heartbeat = .seconds(try int(v, "heartbeat", 1...3600))
@@ -63,15 +66,19 @@ package enum ConfigurationLoader {
         },
         Setting(name: "tls-key", help: "PEM private key file") { c, v throws(ConfigurationError) in c.tlsKeyPath = v },
         Setting(name: "webhook-retry-schedule", help: "seconds before each retry, comma-separated") {
-            c, v throws(ConfigurationError) in
+            c,
+            v throws(ConfigurationError) in
             var schedule: [Duration] = []
             for part in v.split(separator: ",", omittingEmptySubsequences: false) {
-                schedule.append(.seconds(try int(part.trimmingCharacters(in: .whitespaces), "webhook-retry-schedule", 0...604_800)))
+                schedule.append(
+                    .seconds(try int(part.trimmingCharacters(in: .whitespaces), "webhook-retry-schedule", 0...604_800))
+                )
             }
             c.webhookRetrySchedule = schedule
         },
         Setting(name: "webhook-timeout", help: "seconds a webhook target has to answer") {
-            c, v throws(ConfigurationError) in c.webhookTimeout = .seconds(try int(v, "webhook-timeout", 1...300))
+            c,
+            v throws(ConfigurationError) in c.webhookTimeout = .seconds(try int(v, "webhook-timeout", 1...300))
         },
         Setting(name: "max-body-bytes", help: "largest request body") { c, v throws(ConfigurationError) in
             c.http.maxBodyBytes = try int(v, "max-body-bytes", 1024...16_777_216)
@@ -107,9 +114,12 @@ package enum ConfigurationLoader {
             c.durability = value
         },
         Setting(name: "log-level", help: "trace, debug, info, notice, warning, error, critical") {
-            c, v throws(ConfigurationError) in
+            c,
+            v throws(ConfigurationError) in
             guard let level = Logger.Level(rawValue: v) else {
-                throw ConfigurationError(message: "log-level must be one of trace, debug, info, notice, warning, error, critical")
+                throw ConfigurationError(
+                    message: "log-level must be one of trace, debug, info, notice, warning, error, critical"
+                )
             }
             c.logLevel = level
         },
@@ -121,7 +131,10 @@ package enum ConfigurationLoader {
     ///   - flags: values given on the command line, by setting name (plus `config`).
     ///   - environment: the process environment.
     /// - Throws: ``ConfigurationError`` naming the first bad value, or an unreadable file.
-    package static func load(flags: [String: String], environment: [String: String]) throws(ConfigurationError)
+    package static func load(
+        flags: [String: String],
+        environment: [String: String]
+    ) throws(ConfigurationError)
         -> HeraldConfiguration
     {
         var values: [String: String] = [:]
@@ -159,7 +172,8 @@ package enum ConfigurationLoader {
         } catch {
             throw ConfigurationError(message: "cannot read config file \(path)")
         }
-        guard let object = try? JSONDecoder().decode(JSONValue.self, from: data), let members = object.objectValue else {
+        guard let object = try? JSONDecoder().decode(JSONValue.self, from: data), let members = object.objectValue
+        else {
             throw ConfigurationError(message: "config file \(path) is not a JSON object")
         }
         var values: [String: String] = [:]
@@ -181,9 +195,12 @@ package enum ConfigurationLoader {
         return values
     }
 
-    private static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+    private static func int(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int
+    {
         guard let value = Int(text), range.contains(value) else {
-            throw ConfigurationError(message: "\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not '\(text)'")
+            throw ConfigurationError(
+                message: "\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not '\(text)'"
+            )
         }
         return value
     }

@@ -40,25 +40,42 @@ package struct HeraldServer: Sendable {
         let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
         let store: SQLiteStore
         do {
-            store = try SQLiteStore(directory: directory, retention: configuration.retention,
-                durability: configuration.durability)
+            store = try SQLiteStore(
+                directory: directory,
+                retention: configuration.retention,
+                durability: configuration.durability
+            )
         } catch let error as HeraldError {
             throw ConfigurationError(message: error.message)
         }
         let lock = try DataDirectoryLock(directory: directory)
         let hub = Hub(logger: logger.labelled("herald.hub"))
         let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
-        let runner = CheckRunner(store: store, hub: hub, resolver: resolver, configuration: configuration.runner,
-            logger: logger.labelled("herald.runner"))
-        let api = HeraldAPI(store: store, hub: hub, runner: runner, resolver: resolver,
-            configuration: configuration.http, logger: logger.labelled("herald.http"))
+        let runner = CheckRunner(
+            store: store,
+            hub: hub,
+            resolver: resolver,
+            configuration: configuration.runner,
+            logger: logger.labelled("herald.runner")
+        )
+        let api = HeraldAPI(
+            store: store,
+            hub: hub,
+            runner: runner,
+            resolver: resolver,
+            configuration: configuration.http,
+            logger: logger.labelled("herald.http")
+        )
 
         let router = Router()
         api.register(on: router)
         let openAPI = try Self.resource("openapi.yaml")
         router.get("/openapi.yaml") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/yaml"],
-                body: .init(byteBuffer: ByteBuffer(string: openAPI)))
+            Response(
+                status: .ok,
+                headers: [.contentType: "application/yaml"],
+                body: .init(byteBuffer: ByteBuffer(string: openAPI))
+            )
         }
 
         let host = configuration.host
@@ -82,7 +99,8 @@ package struct HeraldServer: Sendable {
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger.labelled("herald.lifecycle")
-            ))
+            )
+        )
         do {
             try await group.run()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {

@@ -54,7 +54,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "sqlite or postgres://user:pass@host:port/db (HERALD_STORE, default sqlite).") var store: String?
     @Option(name: .customLong("api-key"), help: "Server API key (HERALD_API_KEY; generated and printed when unset).")
     var apiKey: String?
-    @Flag(name: .customLong("allow-private-targets"), help: "Let checks and webhooks reach loopback and private addresses.")
+    @Flag(
+        name: .customLong("allow-private-targets"),
+        help: "Let checks and webhooks reach loopback and private addresses."
+    )
     var allowPrivateTargets = false
     @Option(help: "Seconds between heartbeats on idle streams (HERALD_HEARTBEAT, default 15).") var heartbeat: String?
     @Option(name: .customLong("tls-cert"), help: "PEM certificate for TLS on the HTTP port.") var tlsCert: String?

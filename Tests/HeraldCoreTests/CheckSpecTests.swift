@@ -9,12 +9,23 @@ import Testing
     }
 
     @Test func validRequestsGetTheirDefaults() throws {
-        #expect(try spec(#"{"kind":"delay","params":{"ms":300}}"#).parameters == .delay(milliseconds: 300, outcome: .done, result: nil))
+        #expect(
+            try spec(#"{"kind":"delay","params":{"ms":300}}"#).parameters
+                == .delay(milliseconds: 300, outcome: .done, result: nil)
+        )
         #expect(
             try spec(#"{"kind":"http","params":{"url":"https://example.com/x?y=1"}}"#).parameters
-                == .http(url: "https://example.com/x?y=1", method: "GET", expectStatus: 200, timeoutMilliseconds: 10_000))
-        #expect(try spec(#"{"kind":"tcp","params":{"host":"example.com","port":443}}"#).parameters
-            == .tcp(host: "example.com", port: 443, timeoutMilliseconds: 10_000))
+                == .http(
+                    url: "https://example.com/x?y=1",
+                    method: "GET",
+                    expectStatus: 200,
+                    timeoutMilliseconds: 10_000
+                )
+        )
+        #expect(
+            try spec(#"{"kind":"tcp","params":{"host":"example.com","port":443}}"#).parameters
+                == .tcp(host: "example.com", port: 443, timeoutMilliseconds: 10_000)
+        )
         #expect(try spec(#"{"kind":"external","params":{"anything":[1]}}"#).kind == .external)
     }
 
@@ -34,7 +45,10 @@ import Testing
         (#"{"kind":"tcp","params":{"host":"bad host","port":1}}"#, "params.host"),
         (#"{"kind":"tcp","params":{"host":"x.test","port":70000}}"#, "params.port"),
         (#"{"kind":"delay","params":{"ms":1},"callback_url":"javascript:alert(1)"}"#, "callback_url"),
-        (#"{"kind":"delay","params":{"ms":1},"callback_url":"https://x.test/","callback_secret":"nope"}"#, "callback_secret"),
+        (
+            #"{"kind":"delay","params":{"ms":1},"callback_url":"https://x.test/","callback_secret":"nope"}"#,
+            "callback_secret"
+        ),
         (#"{"kind":"delay","params":{"ms":1},"color":"red"}"#, "color is not a known field"),
     ])
     func invalidRequestsNameTheField(json: String, message: String) throws {

@@ -14,8 +14,10 @@ import Testing
         #expect(CheckID(text) == nil)
     }
 
-    @Test(arguments: [("orders", true), ("a:b.c-d_e@f", true), ("check:x", true), ("", false),
-        ("has space", false), ("slash/no", false), (String(repeating: "a", count: 201), false)])
+    @Test(arguments: [
+        ("orders", true), ("a:b.c-d_e@f", true), ("check:x", true), ("", false),
+        ("has space", false), ("slash/no", false), (String(repeating: "a", count: 201), false),
+    ])
     func channelNamesFollowTheContract(name: String, valid: Bool) {
         #expect((ChannelName(name) != nil) == valid)
     }

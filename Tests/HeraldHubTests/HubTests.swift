@@ -32,8 +32,14 @@ import Testing
         let reads = Mutex(0)
         // The first read "misses" the event, which is published before the waiter parks.
         let value = try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { () -> Int? in
-            let count = reads.withLock { $0 += 1; return $0 }
-            if count == 1 { hub.publish(event(1)); return nil }
+            let count = reads.withLock {
+                $0 += 1
+                return $0
+            }
+            if count == 1 {
+                hub.publish(event(1))
+                return nil
+            }
             return count
         }
         #expect(value == 2)
@@ -63,8 +69,20 @@ import Testing
         let reads = Mutex(0)
         let running = Task { try await hub.run() }
         let value: Int? = try await hub.wait(on: channel, until: .now.advanced(by: .milliseconds(300))) {
-            if reads.withLock({ $0 += 1; return $0 }) == 1 {
-                hub.publish(Event(channel: ChannelName("other")!, offset: 1, epoch: Epoch("e"), type: "t", time: .now(), data: "1"))
+            if reads.withLock({
+                $0 += 1
+                return $0
+            }) == 1 {
+                hub.publish(
+                    Event(
+                        channel: ChannelName("other")!,
+                        offset: 1,
+                        epoch: Epoch("e"),
+                        type: "t",
+                        time: .now(),
+                        data: "1"
+                    )
+                )
             }
             return nil
         }

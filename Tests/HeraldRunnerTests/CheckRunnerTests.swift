@@ -9,11 +9,17 @@ import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct CheckRunnerTests {
     private func makeRunner(allowPrivate: Bool = false) throws -> (SQLiteStore, Hub, CheckRunner) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-runner-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "herald-runner-\(UUID().uuidString)"
+        )
         let store = try SQLiteStore(directory: directory, retention: .init())
         let hub = Hub()
-        let runner = CheckRunner(store: store, hub: hub, resolver: TargetResolver(allowPrivateTargets: allowPrivate),
-            configuration: .init())
+        let runner = CheckRunner(
+            store: store,
+            hub: hub,
+            resolver: TargetResolver(allowPrivateTargets: allowPrivate),
+            configuration: .init()
+        )
         return (store, hub, runner)
     }
 
@@ -28,9 +34,11 @@ import Testing
         let (store, _, runner) = try makeRunner()
         // Created 10 s ago with a 12 s delay, as if Herald had been down for 10 s.
         let created = Timestamp.now().adding(milliseconds: -10_000)
-        let check = Check(id: .random(),
+        let check = Check(
+            id: .random(),
             spec: CheckSpec(parameters: .delay(milliseconds: 12_000, outcome: .done, result: .string("r"))),
-            createdAt: created)
+            createdAt: created
+        )
         _ = try await store.createCheck(check, idempotency: nil)
         let running = Task { try await runner.run() }
         let ended = try await waitUntilEnded(store, check.id)
@@ -43,8 +51,11 @@ import Testing
 
     @Test func aNetworkCheckToAPrivateAddressFailsWithoutConnecting() async throws {
         let (store, _, runner) = try makeRunner()
-        let check = Check(id: .random(),
-            spec: CheckSpec(parameters: .tcp(host: "127.0.0.1", port: 9, timeoutMilliseconds: 1000)), createdAt: .now())
+        let check = Check(
+            id: .random(),
+            spec: CheckSpec(parameters: .tcp(host: "127.0.0.1", port: 9, timeoutMilliseconds: 1000)),
+            createdAt: .now()
+        )
         _ = try await store.createCheck(check, idempotency: nil)
         runner.submit(check)
         let running = Task { try await runner.run() }
@@ -56,8 +67,11 @@ import Testing
 
     @Test func theRunnerLosesTheRaceToACancelGracefully() async throws {
         let (store, hub, runner) = try makeRunner()
-        let check = Check(id: .random(),
-            spec: CheckSpec(parameters: .delay(milliseconds: 300, outcome: .done, result: nil)), createdAt: .now())
+        let check = Check(
+            id: .random(),
+            spec: CheckSpec(parameters: .delay(milliseconds: 300, outcome: .done, result: nil)),
+            createdAt: .now()
+        )
         _ = try await store.createCheck(check, idempotency: nil)
         runner.submit(check)
         _ = try await store.finishCheck(check.id, as: .canceled, result: nil, error: nil, at: .now(), requiring: .any)
@@ -71,11 +85,17 @@ import Testing
 
     @Test func aFullQueueRefusesNetworkChecksOnly() throws {
         let (store, hub, _) = try makeRunner()
-        let runner = CheckRunner(store: store, hub: hub, resolver: TargetResolver(allowPrivateTargets: false),
-            configuration: .init(maxConcurrentChecks: 1, maxQueuedChecks: 1))
+        let runner = CheckRunner(
+            store: store,
+            hub: hub,
+            resolver: TargetResolver(allowPrivateTargets: false),
+            configuration: .init(maxConcurrentChecks: 1, maxQueuedChecks: 1)
+        )
         let tcp = CheckSpec(parameters: .tcp(host: "example.com", port: 1, timeoutMilliseconds: 1))
         runner.submit(Check(id: .random(), spec: tcp, createdAt: .now()))
         #expect(throws: HeraldError.self) { try runner.admit(tcp) }
-        #expect(throws: Never.self) { try runner.admit(CheckSpec(parameters: .delay(milliseconds: 1, outcome: .done, result: nil))) }
+        #expect(throws: Never.self) {
+            try runner.admit(CheckSpec(parameters: .delay(milliseconds: 1, outcome: .done, result: nil)))
+        }
     }
 }

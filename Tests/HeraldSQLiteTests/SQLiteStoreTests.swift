@@ -12,7 +12,11 @@ func makeStore(_ retention: RetentionConfiguration = .init()) throws -> (SQLiteS
 }
 
 private func delayCheck(_ ms: Int64 = 100) -> Check {
-    Check(id: .random(), spec: CheckSpec(parameters: .delay(milliseconds: ms, outcome: .done, result: nil)), createdAt: .now())
+    Check(
+        id: .random(),
+        spec: CheckSpec(parameters: .delay(milliseconds: ms, outcome: .done, result: nil)),
+        createdAt: .now()
+    )
 }
 
 @Suite struct SQLiteStoreTests {
@@ -46,8 +50,13 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
             for state in [CheckState.done, .failed, .canceled, .done] {
                 group.addTask {
                     if case .finished = try await store.finishCheck(
-                        check.id, as: state, result: nil, error: nil, at: .now(), requiring: .any)
-                    {
+                        check.id,
+                        as: state,
+                        result: nil,
+                        error: nil,
+                        at: .now(),
+                        requiring: .any
+                    ) {
                         return true
                     }
                     return false
@@ -64,16 +73,28 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         let (store, _) = try makeStore()
         let check = delayCheck()
         _ = try await store.createCheck(check, idempotency: nil)
-        guard case .wrongKind = try await store.finishCheck(
-            check.id, as: .done, result: nil, error: nil, at: .now(), requiring: .externalKind)
-        else { Issue.record("a delay check was completed externally"); return }
+        guard
+            case .wrongKind = try await store.finishCheck(
+                check.id,
+                as: .done,
+                result: nil,
+                error: nil,
+                at: .now(),
+                requiring: .externalKind
+            )
+        else {
+            Issue.record("a delay check was completed externally")
+            return
+        }
     }
 
     @Test func offsetsGrowByOneAndHistoryIsBounded() async throws {
         let (store, _) = try makeStore(.init(maxEventsPerChannel: 3))
         let channel = try #require(ChannelName("orders"))
         var events: [Event] = []
-        for index in 1...5 { events.append(try await store.append(type: "t", data: "\(index)", to: channel, at: .now())) }
+        for index in 1...5 {
+            events.append(try await store.append(type: "t", data: "\(index)", to: channel, at: .now()))
+        }
         #expect(events.map(\.offset) == [1, 2, 3, 4, 5])
         #expect(Set(events.map(\.epoch)).count == 1)
         let kept = try await store.events(in: channel, after: 2, epoch: events[0].epoch, limit: 10)

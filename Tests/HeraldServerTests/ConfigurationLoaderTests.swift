@@ -7,7 +7,8 @@ import Testing
 
 @Suite struct ConfigurationLoaderTests {
     private func file(_ json: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("herald-\(UUID().uuidString).json").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("herald-\(UUID().uuidString).json")
+            .path
         try json.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -16,7 +17,8 @@ import Testing
         let path = try file(#"{"port": 9001, "host": "0.0.0.0", "max-wait": 30, "history-max-events": 5}"#)
         let configuration = try ConfigurationLoader.load(
             flags: ["config": path, "port": "9003"],
-            environment: ["HERALD_PORT": "9002", "HERALD_HOST": "::1", "HERALD_API_KEY": "k-123456789"])
+            environment: ["HERALD_PORT": "9002", "HERALD_HOST": "::1", "HERALD_API_KEY": "k-123456789"]
+        )
         #expect(configuration.port == 9003)
         #expect(configuration.host == "::1")
         #expect(configuration.http.maxWait == .seconds(30))
@@ -48,6 +50,8 @@ import Testing
 
     @Test func aConfigFileWithAnUnknownKeyIsRefused() throws {
         let path = try file(#"{"prot": 1}"#)
-        #expect(throws: ConfigurationError.self) { try ConfigurationLoader.load(flags: ["config": path], environment: [:]) }
+        #expect(throws: ConfigurationError.self) {
+            try ConfigurationLoader.load(flags: ["config": path], environment: [:])
+        }
     }
 }

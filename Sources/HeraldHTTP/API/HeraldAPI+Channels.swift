@@ -37,7 +37,12 @@ extension HeraldAPI {
         guard case .string(let type)? = members["type"], Event.isValidType(type) else {
             throw HeraldError.invalid("type is required: 1 to 100 of A-Z a-z 0-9 _ - . :")
         }
-        let event = try await store.append(type: type, data: (members["data"] ?? .null).jsonText, to: channel, at: .now())
+        let event = try await store.append(
+            type: type,
+            data: (members["data"] ?? .null).jsonText,
+            to: channel,
+            at: .now()
+        )
         hub.publish(event)
         return jsonResponse(.created, event.json)
     }

@@ -57,7 +57,9 @@ extension HeraldAPI {
             spec.callbackSecret = "whsec_" + Data(randomBytes(32)).base64EncodedString()
         }
         let creation = try await store.createCheck(
-            Check(id: .random(), spec: spec, createdAt: .now()), idempotency: idempotency)
+            Check(id: .random(), spec: spec, createdAt: .now()),
+            idempotency: idempotency
+        )
         if let event = creation.event {
             hub.publish(event)
             runner.submit(creation.check)
@@ -163,8 +165,13 @@ extension HeraldAPI {
 
     private func cancelCheck(_ request: Request, id: CheckID) async throws -> Response {
         let finish = try await store.finishCheck(
-            id, as: .canceled, result: nil,
-            error: Check.errorValue(code: "canceled", message: "canceled by a client"), at: .now(), requiring: .any)
+            id,
+            as: .canceled,
+            result: nil,
+            error: Check.errorValue(code: "canceled", message: "canceled by a client"),
+            at: .now(),
+            requiring: .any
+        )
         return try respond(to: finish, id: id)
     }
 
@@ -184,9 +191,13 @@ extension HeraldAPI {
         let error = members["error"].flatMap { $0 == .null ? nil : $0 }
         if state == .done && error != nil { throw HeraldError.invalid("error is only allowed with state \"failed\"") }
         let finish = try await store.finishCheck(
-            id, as: state, result: members["result"].flatMap { $0 == .null ? nil : $0 },
+            id,
+            as: state,
+            result: members["result"].flatMap { $0 == .null ? nil : $0 },
             error: error ?? (state == .failed ? Check.errorValue(code: "failed", message: "reported failed") : nil),
-            at: .now(), requiring: .externalKind)
+            at: .now(),
+            requiring: .externalKind
+        )
         return try respond(to: finish, id: id)
     }
 
@@ -198,7 +209,9 @@ extension HeraldAPI {
         case .alreadyEnded(let check):
             throw HeraldError.conflict("check \(id) already ended as \(check.state.rawValue)")
         case .wrongKind(let check):
-            throw HeraldError.conflict("check \(id) is of kind \(check.spec.kind.rawValue); only external checks are completed by the API")
+            throw HeraldError.conflict(
+                "check \(id) is of kind \(check.spec.kind.rawValue); only external checks are completed by the API"
+            )
         case .notFound:
             throw HeraldError.notFound("no check with id \(id)")
         }

@@ -52,7 +52,10 @@ package struct HeraldAPI: Sendable {
 
     /// Runs `operation`, cancelling it as soon as the client closes its connection, so a
     /// held long poll costs nothing once nobody waits for it.
-    func whileConnected<Value: Sendable>(_ request: Request, _ operation: () async throws -> Value) async throws
+    func whileConnected<Value: Sendable>(
+        _ request: Request,
+        _ operation: () async throws -> Value
+    ) async throws
         -> Value
     {
         try await request.body.consumeWithCancellationOnInboundClose { _ in try await operation() }

@@ -24,10 +24,14 @@ extension Request {
         let buffer: ByteBuffer
         do {
             buffer = try await body.collect(upTo: limit)
+        } catch is NIOTooManyBytesError {
+            throw HeraldError(.tooLarge, "the body is larger than \(limit) bytes")
         } catch let error as HTTPError where error.status == .contentTooLarge {
             throw HeraldError(.tooLarge, "the body is larger than \(limit) bytes")
         }
-        guard buffer.readableBytes > 0 else { throw HeraldError.malformed("the body is empty; a JSON object is expected") }
+        guard buffer.readableBytes > 0 else {
+            throw HeraldError.malformed("the body is empty; a JSON object is expected")
+        }
         do {
             return try JSONDecoder().decode(JSONValue.self, from: Data(buffer.readableBytesView))
         } catch {
@@ -65,7 +69,9 @@ extension Request {
         var text = query("wait")
         if text == nil, let prefer = headers[.prefer] {
             for preference in prefer.split(separator: ",") {
-                let parts = preference.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+                let parts = preference.split(separator: "=", maxSplits: 1).map {
+                    String($0).trimmingCharacters(in: .whitespaces)
+                }
                 if parts.count == 2, parts[0].lowercased() == "wait" { text = parts[1] }
             }
         }
@@ -82,7 +88,8 @@ extension Request {
         guard let name = query("callback") else { return nil }
         let bytes = Array(name.utf8)
         func isStart(_ byte: UInt8) -> Bool {
-            (65...90).contains(byte) || (97...122).contains(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "$")
+            (65...90).contains(byte) || (97...122).contains(byte) || byte == UInt8(ascii: "_")
+                || byte == UInt8(ascii: "$")
         }
         guard let first = bytes.first, isStart(first), bytes.count <= 64,
             bytes.dropFirst().allSatisfy({ isStart($0) || (48...57).contains($0) || $0 == UInt8(ascii: ".") })

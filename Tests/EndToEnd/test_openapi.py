@@ -1,0 +1,43 @@
+"""The OpenAPI document matches what is served: every listed route is called and answers as documented."""
+
+import yaml
+from openapi_spec_validator import validate
+
+from conftest import AUTH, create
+
+
+def test_every_documented_route_answers_with_a_documented_status(api):
+    response = api.get("/openapi.yaml")
+    assert response.status_code == 200
+    document = yaml.safe_load(response.text)
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+    called = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            url = path.replace("{name}", "openapi-walk")
+            if "{id}" in path:
+                url = url.replace("{id}", create(api, {"kind": "external"}).json()["id"])
+            headers = dict(AUTH) if operation.get("security") else {}
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+            answer = api.request(method.upper(), url, json=body, headers=headers)
+            documented = {int(code) for code in operation["responses"]}
+            assert answer.status_code in documented, (method, path, answer.status_code, answer.text)
+            assert 200 <= answer.status_code < 300, (method, path, answer.text)
+            if answer.status_code >= 400:
+                assert answer.headers["content-type"] == "application/problem+json"
+            called += 1
+    assert called == 11
+
+
+def test_every_route_served_is_documented(api):
+    document = yaml.safe_load(api.get("/openapi.yaml").text)
+    served = {("post", "/api/v1/checks"), ("get", "/api/v1/checks"), ("get", "/api/v1/checks/{id}"),
+              ("delete", "/api/v1/checks/{id}"), ("post", "/api/v1/checks/{id}/complete"),
+              ("get", "/api/v1/checks/{id}/events"), ("post", "/api/v1/channels/{name}/events"),
+              ("get", "/api/v1/channels/{name}/events"), ("get", "/healthz"), ("get", "/readyz"),
+              ("get", "/openapi.yaml")}
+    listed = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}
+    assert served <= listed

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of Herald on a fresh Debian machine: installs what the tests need (Debian
+# packages as root, a Python venv from PyPI), builds, runs the Swift unit tests, then the
+# end-to-end suite against real `herald serve` processes. Nothing is skipped: a missing
+# dependency fails the run and says how to provide it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+packages=()
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: ${packages[*]}; run this script as root, or: sudo apt-get install -y ${packages[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+echo "chromium: $(chromium --version 2>/dev/null | head -1)"
+
+step "python venv for the third-party clients"
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/pip install -q --disable-pip-version-check -r Tests/EndToEnd/requirements.txt
+
+step "format"
+swift format lint --strict --recursive Package.swift Sources Tests
+
+step "build"
+swift build --build-tests 2>&1 | grep -v "unhandled; explicitly declare them as resources" | tail -n 3
+test -x .build/debug/herald
+
+step "unit tests (swift test)"
+swift test --skip-build 2>&1 | tail -n 40 | grep -E "✔ Test run|✘|Test run with|passed|failed" | tail -n 20
+swift test --skip-build >/dev/null 2>&1 || { swift test --skip-build; exit 1; }
+
+step "end-to-end tests (pytest)"
+HERALD_BIN="$PWD/.build/debug/herald" .venv/bin/python -m pytest Tests/EndToEnd -q -p no:cacheprovider "$@"

@@ -17,8 +17,9 @@ package final class Hub: Service, Sendable {
     private enum Waiter {
         /// Registered, not parked, nothing happened since the last read.
         case armed
-        /// Something happened since the last read: the next park returns at once.
-        case signaled
+        /// Something happened since the last read: the next park returns at once. Carries the
+        /// first event published since then, when an event (not a deadline) was the cause.
+        case signaled(Event?)
         case parked(CheckedContinuation<Void, Never>)
     }
 
@@ -53,8 +54,15 @@ package final class Hub: Service, Sendable {
             guard var channel = state.waiters[event.channel] else { return [] }
             var wake: [CheckedContinuation<Void, Never>] = []
             for (id, waiter) in channel {
-                if case .parked(let continuation) = waiter { wake.append(continuation) }
-                channel[id] = .signaled
+                switch waiter {
+                case .parked(let continuation):
+                    wake.append(continuation)
+                    channel[id] = .signaled(event)
+                case .armed:
+                    channel[id] = .signaled(event)
+                case .signaled:
+                    break  // keep the first event: the reader resumes from there, nothing is skipped
+                }
             }
             state.waiters[event.channel] = channel
             return wake
@@ -65,19 +73,23 @@ package final class Hub: Service, Sendable {
     /// Repeats `read` until it returns a value, waiting for an event on `channel` between
     /// reads, until `deadline`.
     ///
+    /// `read` gets the event that woke the waiter (the first published since the previous
+    /// read), or `nil` on the first read and after a wake-up by the deadline, so a reader that
+    /// sits right before that event can answer without going back to the store.
     /// - Returns: the first non-`nil` value of `read`, or `nil` at the deadline, on
     ///   cancellation (the client went away), or when the server is draining.
     package func wait<Value: Sendable>(
         on channel: ChannelName,
         until deadline: ContinuousClock.Instant,
-        read: () async throws -> Value?
+        read: (Event?) async throws -> Value?
     ) async throws -> Value? {
         let key = register(channel, deadline: deadline)
         defer { unregister(key) }
+        var event: Event?
         while true {
-            if let value = try await read() { return value }
+            if let value = try await read(event) { return value }
             if Task.isCancelled || ContinuousClock.now >= deadline || isDraining { return nil }
-            await park(key)
+            event = await park(key)
         }
     }
 
@@ -106,20 +118,23 @@ package final class Hub: Service, Sendable {
     }
 
     /// Parks until signaled, woken by the deadline queue, cancelled or drained.
-    private func park(_ key: WaiterKey) async {
+    /// - Returns: the event that caused the wake-up, if one did.
+    private func park(_ key: WaiterKey) async -> Event? {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state -> Bool in
                     guard let waiter = state.waiters[key.channel]?[key.id] else { return true }
-                    if case .signaled = waiter {
-                        state.waiters[key.channel]?[key.id] = .armed
-                        return true
-                    }
+                    if case .signaled = waiter { return true }
                     if state.isDraining || Task.isCancelled { return true }
                     state.waiters[key.channel]?[key.id] = .parked(continuation)
                     return false
                 }
                 if resumeNow { continuation.resume() }
+            }
+            return state.withLock { state -> Event? in
+                guard case .signaled(let event)? = state.waiters[key.channel]?[key.id] else { return nil }
+                state.waiters[key.channel]?[key.id] = .armed
+                return event
             }
         } onCancel: {
             signal(key)
@@ -129,8 +144,11 @@ package final class Hub: Service, Sendable {
     private func signal(_ key: WaiterKey) {
         let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
             guard let waiter = state.waiters[key.channel]?[key.id] else { return nil }
-            state.waiters[key.channel]?[key.id] = .signaled
-            if case .parked(let continuation) = waiter { return continuation }
+            if case .parked(let continuation) = waiter {
+                state.waiters[key.channel]?[key.id] = .signaled(nil)
+                return continuation
+            }
+            if case .armed = waiter { state.waiters[key.channel]?[key.id] = .signaled(nil) }
             return nil
         }
         continuation?.resume()
@@ -142,8 +160,10 @@ package final class Hub: Service, Sendable {
             var wake: [CheckedContinuation<Void, Never>] = []
             for (channel, waiters) in state.waiters {
                 for (id, waiter) in waiters {
-                    if case .parked(let continuation) = waiter { wake.append(continuation) }
-                    state.waiters[channel]?[id] = .signaled
+                    if case .parked(let continuation) = waiter {
+                        wake.append(continuation)
+                        state.waiters[channel]?[id] = .signaled(nil)
+                    }
                 }
             }
             return wake

@@ -49,15 +49,14 @@ package struct TargetResolver: Sendable {
         var cursor: UnsafeMutablePointer<addrinfo>? = head
         while let entry = cursor {
             if let sockaddr = entry.pointee.ai_addr {
-                switch Int32(entry.pointee.ai_family) {
+                // Linux layouts: sockaddr_in keeps the address at byte 4 (4 bytes), sockaddr_in6 at
+                // byte 8 (16 bytes). Reading raw bytes avoids depending on which module exports them.
+                let raw = UnsafeRawPointer(sockaddr)
+                switch entry.pointee.ai_family {
                 case AF_INET:
-                    var address = sockaddr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
-                    addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
+                    addresses.append(IPAddress(bytes: Array(UnsafeRawBufferPointer(start: raw + 4, count: 4))))
                 case AF_INET6:
-                    var address = sockaddr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
-                        $0.pointee.sin6_addr
-                    }
-                    addresses.append(IPAddress(bytes: withUnsafeBytes(of: &address) { Array($0) }))
+                    addresses.append(IPAddress(bytes: Array(UnsafeRawBufferPointer(start: raw + 8, count: 16))))
                 default:
                     break
                 }

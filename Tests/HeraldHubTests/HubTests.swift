@@ -15,7 +15,7 @@ import Testing
         let hub = Hub()
         let latest = Mutex<Offset>(0)
         let waiting = Task {
-            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) {
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { _ in
                 let value = latest.withLock { $0 }
                 return value > 0 ? value : nil
             }
@@ -31,7 +31,7 @@ import Testing
         let hub = Hub()
         let reads = Mutex(0)
         // The first read "misses" the event, which is published before the waiter parks.
-        let value = try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { () -> Int? in
+        let value = try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { (_: Event?) -> Int? in
             let count = reads.withLock {
                 $0 += 1
                 return $0
@@ -48,7 +48,7 @@ import Testing
     @Test func aWaiterEndsAtItsDeadline() async throws {
         let hub = Hub()
         let running = Task { try await hub.run() }
-        let value: Int? = try await hub.wait(on: channel, until: .now.advanced(by: .milliseconds(200))) { nil }
+        let value: Int? = try await hub.wait(on: channel, until: .now.advanced(by: .milliseconds(200))) { _ in nil }
         #expect(value == nil)
         running.cancel()
     }
@@ -56,7 +56,7 @@ import Testing
     @Test func cancellationFreesTheWaiter() async throws {
         let hub = Hub()
         let waiting = Task {
-            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { () -> Int? in nil }
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { (_: Event?) -> Int? in nil }
         }
         while hub.waiterCount == 0 { await Task.yield() }
         waiting.cancel()
@@ -68,7 +68,7 @@ import Testing
         let hub = Hub()
         let reads = Mutex(0)
         let running = Task { try await hub.run() }
-        let value: Int? = try await hub.wait(on: channel, until: .now.advanced(by: .milliseconds(300))) {
+        let value: Int? = try await hub.wait(on: channel, until: .now.advanced(by: .milliseconds(300))) { _ in
             if reads.withLock({
                 $0 += 1
                 return $0
@@ -88,5 +88,16 @@ import Testing
         }
         #expect(value == nil && reads.withLock { $0 } == 2)
         running.cancel()
+    }
+
+    @Test func theWaiterIsHandedTheEventThatWokeIt() async throws {
+        let hub = Hub()
+        let waiting = Task {
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { woke in woke?.offset }
+        }
+        while hub.waiterCount == 0 { await Task.yield() }
+        hub.publish(event(7))
+        hub.publish(event(8))
+        #expect(try await waiting.value == 7)
     }
 }

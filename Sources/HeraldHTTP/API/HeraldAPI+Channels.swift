@@ -67,7 +67,11 @@ extension HeraldAPI {
             let deadline = ContinuousClock.now.advanced(by: wait)
             read =
                 try await whileConnected(request) {
-                    try await hub.wait(on: channel, until: deadline) {
+                    try await hub.wait(on: channel, until: deadline) { woke in
+                        // The usual case: the event that woke us is the next one; no store read needed.
+                        if let woke, woke.offset == position + 1, epoch.map({ $0 == woke.epoch }) ?? true {
+                            return EventRead(epoch: woke.epoch, recovered: true, events: [woke], next: woke.offset)
+                        }
                         let next = try await store.events(in: channel, after: position, epoch: epoch, limit: limit)
                         return next.events.isEmpty && next.recovered ? nil : next
                     }

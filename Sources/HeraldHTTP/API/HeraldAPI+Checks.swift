@@ -93,7 +93,7 @@ extension HeraldAPI {
         if wait > .zero && !isNews(check) {
             let deadline = ContinuousClock.now.advanced(by: wait)
             let news = try await whileConnected(request) {
-                try await hub.wait(on: id.channel, until: deadline) {
+                try await hub.wait(on: id.channel, until: deadline) { _ in
                     let latest = try await requireCheck(id)
                     return isNews(latest) ? latest : nil
                 }

@@ -28,8 +28,19 @@ package final class Hub: Service, Sendable {
         var id: UInt64
     }
 
+    /// The newest event position the hub has seen on a channel.
+    package struct Head: Sendable, Hashable {
+        package var epoch: Epoch
+        package var offset: Offset
+    }
+
+    /// Most channel heads remembered: 100,000 × ~150 B ≈ 15 MB. Past it the map starts over,
+    /// which only sends some readers back to the store.
+    package static let maxHeads = 100_000
+
     private struct State {
         var waiters: [ChannelName: [UInt64: Waiter]] = [:]
+        var heads: [ChannelName: Head] = [:]
         var nextID: UInt64 = 0
         var isDraining = false
         var count = 0
@@ -51,6 +62,12 @@ package final class Hub: Service, Sendable {
     /// Call only after the event's transaction committed. Never blocks and never waits.
     package func publish(_ event: Event) {
         let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            if let head = state.heads[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
+                // An older event announced late: the head stays where it is.
+            } else {
+                if state.heads.count >= Self.maxHeads { state.heads.removeAll(keepingCapacity: true) }
+                state.heads[event.channel] = Head(epoch: event.epoch, offset: event.offset)
+            }
             guard var channel = state.waiters[event.channel] else { return [] }
             var wake: [CheckedContinuation<Void, Never>] = []
             for (id, waiter) in channel {
@@ -68,6 +85,14 @@ package final class Hub: Service, Sendable {
             return wake
         }
         for continuation in wake { continuation.resume() }
+    }
+
+    /// The newest position published on `channel` in this process, if the hub remembers one.
+    ///
+    /// A reader that registered as a waiter *before* asking can trust "nothing after this":
+    /// anything committed but not yet announced will wake it when announced.
+    package func head(of channel: ChannelName) -> Head? {
+        state.withLock { $0.heads[channel] }
     }
 
     /// Repeats `read` until it returns a value, waiting for an event on `channel` between

@@ -60,18 +60,29 @@ extension HeraldAPI {
         }
         let epoch = request.query("epoch").map(Epoch.init)
         let limit = configuration.maxEventsPerPoll
-        var read = try await store.events(in: channel, after: since, epoch: epoch, limit: limit)
+        // A caught-up long poll (the common case) waits without reading the store.
+        func caughtUp(at position: Offset) -> Bool {
+            guard let head = hub.head(of: channel) else { return false }
+            return head.offset == position && (epoch.map { $0.rawValue.isEmpty || $0 == head.epoch } ?? true)
+        }
+        var read: EventRead
+        if wait > .zero, let since, caughtUp(at: since), let head = hub.head(of: channel) {
+            read = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
+        } else {
+            read = try await store.events(in: channel, after: since, epoch: epoch, limit: limit)
+        }
         if wait > .zero && read.recovered && read.events.isEmpty {
             // "From now" becomes a fixed position, so an event published while we wait is not skipped.
             let position = since ?? read.next
             let deadline = ContinuousClock.now.advanced(by: wait)
             read =
-                try await whileConnected(request) {
+                try await heldPoll {
                     try await hub.wait(on: channel, until: deadline) { woke in
                         // The usual case: the event that woke us is the next one; no store read needed.
                         if let woke, woke.offset == position + 1, epoch.map({ $0 == woke.epoch }) ?? true {
                             return EventRead(epoch: woke.epoch, recovered: true, events: [woke], next: woke.offset)
                         }
+                        if woke == nil && caughtUp(at: position) { return nil }
                         let next = try await store.events(in: channel, after: position, epoch: epoch, limit: limit)
                         return next.events.isEmpty && next.recovered ? nil : next
                     }

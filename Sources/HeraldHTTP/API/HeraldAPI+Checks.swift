@@ -92,7 +92,7 @@ extension HeraldAPI {
         let isNews = { (check: Check) in knownVersion.map { check.version != $0 } ?? check.state.isTerminal }
         if wait > .zero && !isNews(check) {
             let deadline = ContinuousClock.now.advanced(by: wait)
-            let news = try await whileConnected(request) {
+            let news = try await heldPoll {
                 try await hub.wait(on: id.channel, until: deadline) { _ in
                     let latest = try await requireCheck(id)
                     return isNews(latest) ? latest : nil

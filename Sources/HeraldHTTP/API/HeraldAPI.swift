@@ -50,14 +50,15 @@ package struct HeraldAPI: Sendable {
         }
     }
 
-    /// Runs `operation`, cancelling it as soon as the client closes its connection, so a
-    /// held long poll costs nothing once nobody waits for it.
-    func whileConnected<Value: Sendable>(
-        _ request: Request,
-        _ operation: () async throws -> Value
-    ) async throws
-        -> Value
-    {
-        try await request.body.consumeWithCancellationOnInboundClose { _ in try await operation() }
+    /// Runs a held long poll.
+    ///
+    /// It does not watch the client's connection: on Hummingbird's async path the only watcher
+    /// (`consumeWithInboundCloseHandler`) closes the connection after every answer, which
+    /// turned each poll into a new TCP connection and cost 5x in p99 latency and 15 KiB per
+    /// held poll (docs/benchmarks.md). A poll whose client left is instead bounded by its
+    /// `wait` (at most `max-wait`): it holds one parked waiter until then, and its answer
+    /// fails to write. Server shutdown still ends every held poll at once (see ``Hub``).
+    func heldPoll<Value: Sendable>(_ operation: () async throws -> Value) async throws -> Value {
+        try await operation()
     }
 }

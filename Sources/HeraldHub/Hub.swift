@@ -19,7 +19,7 @@ package final class Hub: Service, Sendable {
         case armed
         /// Something happened since the last read: the next park returns at once. Carries the
         /// first event published since then, when an event (not a deadline) was the cause.
-        case signaled(Event?)
+        case signaled(EncodedEvent?)
         case parked(CheckedContinuation<Void, Never>)
     }
 
@@ -61,6 +61,7 @@ package final class Hub: Service, Sendable {
     ///
     /// Call only after the event's transaction committed. Never blocks and never waits.
     package func publish(_ event: Event) {
+        let encoded = EncodedEvent(event)
         let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             if let head = state.heads[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
                 // An older event announced late: the head stays where it is.
@@ -74,9 +75,9 @@ package final class Hub: Service, Sendable {
                 switch waiter {
                 case .parked(let continuation):
                     wake.append(continuation)
-                    channel[id] = .signaled(event)
+                    channel[id] = .signaled(encoded)
                 case .armed:
-                    channel[id] = .signaled(event)
+                    channel[id] = .signaled(encoded)
                 case .signaled:
                     break  // keep the first event: the reader resumes from there, nothing is skipped
                 }
@@ -99,18 +100,19 @@ package final class Hub: Service, Sendable {
     /// reads, until `deadline`.
     ///
     /// `read` gets the event that woke the waiter (the first published since the previous
-    /// read), or `nil` on the first read and after a wake-up by the deadline, so a reader that
-    /// sits right before that event can answer without going back to the store.
+    /// read), already encoded, or `nil` on the first read and after a wake-up by the deadline,
+    /// so a reader that sits right before that event answers with shared bytes, without going
+    /// back to the store.
     /// - Returns: the first non-`nil` value of `read`, or `nil` at the deadline, on
     ///   cancellation (the client went away), or when the server is draining.
     package func wait<Value: Sendable>(
         on channel: ChannelName,
         until deadline: ContinuousClock.Instant,
-        read: (Event?) async throws -> Value?
+        read: (EncodedEvent?) async throws -> Value?
     ) async throws -> Value? {
         let key = register(channel, deadline: deadline)
         defer { unregister(key) }
-        var event: Event?
+        var event: EncodedEvent?
         while true {
             if let value = try await read(event) { return value }
             if Task.isCancelled || ContinuousClock.now >= deadline || isDraining { return nil }
@@ -144,7 +146,7 @@ package final class Hub: Service, Sendable {
 
     /// Parks until signaled, woken by the deadline queue, cancelled or drained.
     /// - Returns: the event that caused the wake-up, if one did.
-    private func park(_ key: WaiterKey) async -> Event? {
+    private func park(_ key: WaiterKey) async -> EncodedEvent? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state -> Bool in
@@ -156,7 +158,7 @@ package final class Hub: Service, Sendable {
                 }
                 if resumeNow { continuation.resume() }
             }
-            return state.withLock { state -> Event? in
+            return state.withLock { state -> EncodedEvent? in
                 guard case .signaled(let event)? = state.waiters[key.channel]?[key.id] else { return nil }
                 state.waiters[key.channel]?[key.id] = .armed
                 return event

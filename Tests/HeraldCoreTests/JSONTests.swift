@@ -28,3 +28,23 @@ import Testing
         #expect(writer.result == #"{"id":"x","result":null,"version":3,"data":[1]}"#)
     }
 }
+
+@Suite struct EncodedEventTests {
+    @Test func theSharedPollAnswerIsTheSingleEventRead() throws {
+        let channel = try #require(ChannelName("orders"))
+        let event = Event(
+            channel: channel,
+            offset: 4,
+            epoch: Epoch("e1"),
+            type: "t",
+            time: .now(),
+            data: #"{"x":"<b>"}"#
+        )
+        let encoded = EncodedEvent(event)
+        #expect(encoded.json == event.json)
+        #expect(
+            encoded.pollAnswer
+                == EventRead(epoch: Epoch("e1"), recovered: true, events: [event], next: 4).json(channel: channel)
+        )
+    }
+}

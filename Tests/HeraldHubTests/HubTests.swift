@@ -31,7 +31,8 @@ import Testing
         let hub = Hub()
         let reads = Mutex(0)
         // The first read "misses" the event, which is published before the waiter parks.
-        let value = try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { (_: Event?) -> Int? in
+        let value = try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) {
+            (_: EncodedEvent?) -> Int? in
             let count = reads.withLock {
                 $0 += 1
                 return $0
@@ -56,7 +57,8 @@ import Testing
     @Test func cancellationFreesTheWaiter() async throws {
         let hub = Hub()
         let waiting = Task {
-            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { (_: Event?) -> Int? in nil }
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { (_: EncodedEvent?) -> Int? in nil
+            }
         }
         while hub.waiterCount == 0 { await Task.yield() }
         waiting.cancel()
@@ -93,7 +95,7 @@ import Testing
     @Test func theWaiterIsHandedTheEventThatWokeIt() async throws {
         let hub = Hub()
         let waiting = Task {
-            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { woke in woke?.offset }
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(30))) { woke in woke?.event.offset }
         }
         while hub.waiterCount == 0 { await Task.yield() }
         hub.publish(event(7))

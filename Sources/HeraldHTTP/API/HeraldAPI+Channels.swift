@@ -65,7 +65,7 @@ extension HeraldAPI {
             guard let head = hub.head(of: channel) else { return false }
             return head.offset == position && (epoch.map { $0.rawValue.isEmpty || $0 == head.epoch } ?? true)
         }
-        var read: EventRead
+        let read: EventRead
         if wait > .zero, let since, caughtUp(at: since), let head = hub.head(of: channel) {
             read = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
         } else {
@@ -75,18 +75,18 @@ extension HeraldAPI {
             // "From now" becomes a fixed position, so an event published while we wait is not skipped.
             let position = since ?? read.next
             let deadline = ContinuousClock.now.advanced(by: wait)
-            read =
-                try await heldPoll {
-                    try await hub.wait(on: channel, until: deadline) { woke in
-                        // The usual case: the event that woke us is the next one; no store read needed.
-                        if let woke, woke.offset == position + 1, epoch.map({ $0 == woke.epoch }) ?? true {
-                            return EventRead(epoch: woke.epoch, recovered: true, events: [woke], next: woke.offset)
-                        }
-                        if woke == nil && caughtUp(at: position) { return nil }
-                        let next = try await store.events(in: channel, after: position, epoch: epoch, limit: limit)
-                        return next.events.isEmpty && next.recovered ? nil : next
+            let answer = try await heldPoll {
+                try await hub.wait(on: channel, until: deadline) { woke -> String? in
+                    // The usual case: the event that woke us is the next one; its answer is shared.
+                    if let woke, woke.event.offset == position + 1, epoch.map({ $0 == woke.event.epoch }) ?? true {
+                        return woke.pollAnswer
                     }
-                } ?? read
+                    if woke == nil && caughtUp(at: position) { return nil }
+                    let next = try await store.events(in: channel, after: position, epoch: epoch, limit: limit)
+                    return next.events.isEmpty && next.recovered ? nil : next.json(channel: channel)
+                }
+            }
+            if let answer { return jsonResponse(.ok, answer, callback: callback) }
         }
         return jsonResponse(.ok, read.json(channel: channel), callback: callback)
     }

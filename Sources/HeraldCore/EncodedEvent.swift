@@ -1,0 +1,24 @@
+/// An event encoded once, shared by every reader it is delivered to.
+///
+/// Built once per published event; the bytes are then handed to every subscriber as they
+/// are (centrifuge's "encode once" rule), never re-encoded per reader.
+package final class EncodedEvent: Sendable {
+    package let event: Event
+    /// The event as JSON.
+    package let json: String
+    /// The answer of a poll positioned right before this event:
+    /// `{"channel", "epoch", "recovered": true, "next": offset, "events": [event]}`.
+    package let pollAnswer: String
+
+    package init(_ event: Event) {
+        self.event = event
+        self.json = event.json
+        var writer = JSONWriter()
+        writer.string("channel", event.channel.rawValue)
+        writer.string("epoch", event.epoch.rawValue)
+        writer.bool("recovered", true)
+        writer.int("next", event.offset)
+        writer.raw("events", "[" + json + "]")
+        self.pollAnswer = writer.result
+    }
+}

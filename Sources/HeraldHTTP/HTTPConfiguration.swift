@@ -8,16 +8,27 @@ package struct HTTPConfiguration: Sendable, Hashable {
     package var apiKey: String
     /// Most events one poll answer carries (`poll-max-events`, `HERALD_POLL_MAX_EVENTS`, default 1000).
     package var maxEventsPerPoll: Int
+    /// How long a connection may sit idle, or stall while sending a request, before it is
+    /// closed (`idle-timeout`, `HERALD_IDLE_TIMEOUT`, default 60 s). A held long poll is never idle.
+    package var idleTimeout: Duration
+    /// Pending connections the kernel queues before Herald accepts them (`backlog`,
+    /// `HERALD_BACKLOG`, default 4096, capped by `net.core.somaxconn`). A short queue drops
+    /// SYNs under a connection burst, and each drop costs the client a 1 s retransmission.
+    package var backlog: Int
 
     package init(
         maxBodyBytes: Int = 65_536,
         maxWait: Duration = .seconds(60),
         apiKey: String,
-        maxEventsPerPoll: Int = 1000
+        maxEventsPerPoll: Int = 1000,
+        idleTimeout: Duration = .seconds(60),
+        backlog: Int = 4096
     ) {
         self.maxBodyBytes = maxBodyBytes
         self.maxWait = maxWait
         self.apiKey = apiKey
         self.maxEventsPerPoll = maxEventsPerPoll
+        self.idleTimeout = idleTimeout
+        self.backlog = backlog
     }
 }

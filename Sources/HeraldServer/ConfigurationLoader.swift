@@ -86,6 +86,13 @@ package enum ConfigurationLoader {
         Setting(name: "max-wait", help: "cap on a long poll's wait, seconds") { c, v throws(ConfigurationError) in
             c.http.maxWait = .seconds(try int(v, "max-wait", 1...3600))
         },
+        Setting(name: "backlog", help: "pending connections queued by the kernel") { c, v throws(ConfigurationError) in
+            c.http.backlog = try int(v, "backlog", 1...65535)
+        },
+        Setting(name: "idle-timeout", help: "seconds before an idle or stalled connection is closed") {
+            c,
+            v throws(ConfigurationError) in c.http.idleTimeout = .seconds(try int(v, "idle-timeout", 1...3600))
+        },
         Setting(name: "poll-max-events", help: "most events in one poll answer") { c, v throws(ConfigurationError) in
             c.http.maxEventsPerPoll = try int(v, "poll-max-events", 1...100_000)
         },

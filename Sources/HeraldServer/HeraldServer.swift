@@ -81,7 +81,12 @@ package struct HeraldServer: Sendable {
         let host = configuration.host
         let app = Application(
             router: router,
-            configuration: .init(address: .hostname(host, port: configuration.port), serverName: nil),
+            server: .http1(configuration: .init(idleTimeout: TimeAmount(configuration.http.idleTimeout))),
+            configuration: .init(
+                address: .hostname(host, port: configuration.port),
+                serverName: nil,
+                backlog: configuration.http.backlog
+            ),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
                 let displayHost = host.contains(":") ? "[\(host)]" : host

@@ -149,3 +149,21 @@ def test_a_callback_secret_is_generated_and_shown_only_at_creation(api):
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/]+={0,2}", created["callback_secret"])
     assert created["callback_url"] == "https://example.com/hook"
     assert "callback_secret" not in api.get(f"/api/v1/checks/{created['id']}").json()
+
+
+def test_a_stalled_request_body_is_cut_not_held(make_herald, tmp_path):
+    import socket
+    import time
+    config = tmp_path / "idle.json"
+    config.write_text('{"idle-timeout": 2}')
+    herald = make_herald("--config", str(config))
+    host, port = herald.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as connection:
+        connection.sendall(b"POST /api/v1/checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n{\"kind\":")
+        started = time.monotonic()
+        while connection.recv(4096):
+            pass
+        assert time.monotonic() - started < 12
+    with herald.client() as api:
+        assert api.get("/api/v1/checks", headers=AUTH).json()["checks"] == []

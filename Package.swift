@@ -50,6 +50,7 @@ let package = Package(
             name: "HeraldHub",
             dependencies: [
                 "HeraldCore",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -9,6 +9,9 @@ package final class EncodedEvent: Sendable {
     /// The answer of a poll positioned right before this event:
     /// `{"channel", "epoch", "recovered": true, "next": offset, "events": [event]}`.
     package let pollAnswer: String
+    /// The event as one Server-Sent Events message: `id: <epoch>:<offset>`, `event: <type>`,
+    /// `data: <event JSON>` (JSON text never contains a raw newline).
+    package let sse: String
 
     package init(_ event: Event) {
         self.event = event
@@ -20,5 +23,6 @@ package final class EncodedEvent: Sendable {
         writer.int("next", event.offset)
         writer.raw("events", "[" + json + "]")
         self.pollAnswer = writer.result
+        self.sse = "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n"
     }
 }

@@ -15,6 +15,8 @@ package struct HTTPConfiguration: Sendable, Hashable {
     /// `HERALD_BACKLOG`, default 4096, capped by `net.core.somaxconn`). A short queue drops
     /// SYNs under a connection burst, and each drop costs the client a 1 s retransmission.
     package var backlog: Int
+    /// Seconds between heartbeats on idle streams (`--heartbeat`, `HERALD_HEARTBEAT`, default 15).
+    package var heartbeat: Duration
 
     package init(
         maxBodyBytes: Int = 65_536,
@@ -22,8 +24,10 @@ package struct HTTPConfiguration: Sendable, Hashable {
         apiKey: String,
         maxEventsPerPoll: Int = 1000,
         idleTimeout: Duration = .seconds(60),
-        backlog: Int = 4096
+        backlog: Int = 4096,
+        heartbeat: Duration = .seconds(15)
     ) {
+        self.heartbeat = heartbeat
         self.maxBodyBytes = maxBodyBytes
         self.maxWait = maxWait
         self.apiKey = apiKey

@@ -48,10 +48,41 @@ package final class Hub: Service, Sendable {
 
     private let state = Mutex(State())
     private let deadlines = DeadlineQueue<WaiterKey>()
+    private let subscribers: SubscriberRegistry
     private let logger: Logger
 
-    package init(logger: Logger = Logger(label: "herald.hub")) {
+    package init(limits: SubscriberLimits = .init(), logger: Logger = Logger(label: "herald.hub")) {
+        self.subscribers = SubscriberRegistry(limits: limits)
         self.logger = logger
+    }
+
+    /// Number of streaming subscribers right now.
+    package var subscriberCount: Int { subscribers.count }
+
+    /// A streaming client's view of one channel, valid inside ``withSubscription(to:_:)``.
+    package struct Subscription: Sendable {
+        fileprivate let key: SubscriberRegistry.Key
+        fileprivate let registry: SubscriberRegistry
+
+        /// Waits for the next delivery: queued events, a heartbeat after `heartbeat` of
+        /// silence, the slow-consumer cut, or the end (shutdown, cancellation).
+        package func next(heartbeat: Duration) async -> Delivery {
+            await registry.next(key, heartbeat: heartbeat)
+        }
+    }
+
+    /// Subscribes to `channel` for the duration of `body`.
+    ///
+    /// The subscription exists before `body` runs, so a stream that reads its backlog from
+    /// the store inside `body` misses nothing published meanwhile (it may see an event twice:
+    /// streams skip offsets they already sent).
+    package func withSubscription<Value: Sendable>(
+        to channel: ChannelName,
+        _ body: (Subscription) async throws -> Value
+    ) async throws -> Value {
+        let key = subscribers.subscribe(channel)
+        defer { subscribers.unsubscribe(key) }
+        return try await body(Subscription(key: key, registry: subscribers))
     }
 
     /// Number of held waiters (long polls) right now.
@@ -86,6 +117,7 @@ package final class Hub: Service, Sendable {
             return wake
         }
         for continuation in wake { continuation.resume() }
+        subscribers.deliver(encoded)
     }
 
     /// The newest position published on `channel` in this process, if the hub remembers one.
@@ -195,15 +227,20 @@ package final class Hub: Service, Sendable {
             }
             return wake
         }
-        logger.info("draining", metadata: ["herald.waiters": "\(wake.count)"])
+        logger.info("draining", metadata: ["herald.waiters": "\(wake.count)", "herald.streams": "\(subscriberCount)"])
         for continuation in wake { continuation.resume() }
+        subscribers.drain()
     }
 
-    /// Expires waiters at their deadlines until graceful shutdown, then wakes them all.
+    /// Expires waiters at their deadlines and sends stream heartbeats until graceful shutdown,
+    /// then wakes every waiter and ends every stream.
     package func run() async throws {
         await withGracefulShutdownHandler {
             await cancelWhenGracefulShutdown {
-                await self.deadlines.run(tick: .milliseconds(100)) { key in self.signal(key) }
+                await withDiscardingTaskGroup { group in
+                    group.addTask { await self.deadlines.run(tick: .milliseconds(100)) { key in self.signal(key) } }
+                    group.addTask { await self.subscribers.runHeartbeats(tick: .seconds(1)) }
+                }
             }
         } onGracefulShutdown: {
             self.drain()

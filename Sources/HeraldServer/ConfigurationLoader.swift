@@ -59,7 +59,7 @@ package enum ConfigurationLoader {
             v throws(ConfigurationError) in c.allowPrivateTargets = try bool(v, "allow-private-targets")
         },
         Setting(name: "heartbeat", help: "seconds between stream heartbeats") { c, v throws(ConfigurationError) in
-            c.heartbeat = .seconds(try int(v, "heartbeat", 1...3600))
+            c.http.heartbeat = .seconds(try int(v, "heartbeat", 1...3600))
         },
         Setting(name: "tls-cert", help: "PEM certificate file") { c, v throws(ConfigurationError) in
             c.tlsCertificatePath = v

@@ -24,8 +24,6 @@ package struct HeraldConfiguration: Sendable {
     /// Whether checks and webhooks may reach non-public addresses
     /// (`--allow-private-targets`, `HERALD_ALLOW_PRIVATE_TARGETS`, default off).
     package var allowPrivateTargets = false
-    /// Seconds between heartbeats on idle streams (`--heartbeat`, `HERALD_HEARTBEAT`, default 15).
-    package var heartbeat: Duration = .seconds(15)
     /// PEM certificate and key for TLS on the HTTP port (`--tls-cert`, `--tls-key`).
     package var tlsCertificatePath: String?
     package var tlsKeyPath: String?

@@ -48,7 +48,16 @@ extension HeraldAPI {
     }
 
     /// Polls, or with `wait` long-polls, a channel for the events after `since`.
-    func pollChannel(_ request: Request, channel: ChannelName) async throws -> Response {
+    func pollChannel(_ request: Request, channel: ChannelName, check: Check? = nil) async throws -> Response {
+        if wantsServerSentEvents(request) {
+            if check == nil, let id = channel.checkID {
+                return try await streamServerSentEvents(request, channel: channel, check: try await store.check(id))
+            }
+            return try await streamServerSentEvents(request, channel: channel, check: check)
+        }
+        if let format = request.query("format"), format != "json" {
+            throw HeraldError.invalid("format must be json or sse (ndjson and html streams are not built yet)")
+        }
         let callback = try request.jsonpCallback()
         let wait = try request.waitDuration(cap: configuration.maxWait)
         let since = try request.query("since").flatMap { text throws(HeraldError) -> Offset? in

@@ -21,8 +21,8 @@ extension HeraldAPI {
         }
         router.get("/api/v1/checks/{id}/events") { request, context in
             let id = try checkID(context)
-            guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
-            return try await pollChannel(request, channel: id.channel)
+            guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
+            return try await pollChannel(request, channel: id.channel, check: check)
         }
     }
 

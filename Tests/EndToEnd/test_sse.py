@@ -1,0 +1,135 @@
+"""Server-Sent Events with a third-party client (httpx-sse): snapshot, resume, loss, heartbeat, drain."""
+
+import json
+import threading
+import time
+
+import httpx
+from httpx_sse import connect_sse
+
+from conftest import AUTH, create
+
+
+def events_of(herald, path, headers=None, params=None, until=None, timeout=30):
+    """Reads SSE messages until the stream ends or `until(received)` is true."""
+    received = []
+    with httpx.Client(base_url=herald.url, timeout=timeout) as client:
+        with connect_sse(client, "GET", path, headers=headers or {}, params=params) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            for message in source.iter_sse():
+                if message.data == "" and message.event == "message":
+                    continue  # a block with only retry: dispatches nothing in EventSource
+                received.append(message)
+                if until and until(received):
+                    break
+    return received
+
+
+def publish(api, channel, n, start=0):
+    return [api.post(f"/api/v1/channels/{channel}/events", json={"type": "t", "data": {"n": i}},
+                     headers=AUTH).json() for i in range(start, start + n)]
+
+
+def test_a_check_stream_starts_with_the_snapshot_and_ends_after_the_terminal_event(herald, api):
+    check = create(api, {"kind": "delay", "params": {"ms": 500, "result": "r"}}).json()
+    messages = events_of(herald, f"/api/v1/checks/{check['id']}/events")
+    assert [m.event for m in messages] == ["check.created", "check.done"]
+    epoch = json.loads(messages[0].data)["epoch"]
+    assert [m.id for m in messages] == [f"{epoch}:1", f"{epoch}:2"]
+    assert json.loads(messages[-1].data)["data"]["result"] == "r"
+    # A reconnect after the end gets 204, which stops EventSource.
+    again = api.get(f"/api/v1/checks/{check['id']}/events",
+                    headers={"Accept": "text/event-stream", "Last-Event-ID": messages[-1].id})
+    assert again.status_code == 204
+
+
+def test_an_ended_check_streams_its_snapshot_then_ends(herald, api):
+    check = create(api, {"kind": "external"}).json()
+    api.post(f"/api/v1/checks/{check['id']}/complete", json={"state": "failed"}, headers=AUTH)
+    messages = events_of(herald, f"/api/v1/checks/{check['id']}/events", params={"format": "sse"})
+    assert [m.event for m in messages] == ["check.failed"]
+
+
+def test_a_channel_stream_resumes_from_last_event_id_without_gap_or_duplicate(herald, api):
+    first = publish(api, "feed", 5)
+    resume_id = f"{first[1]['epoch']}:{first[1]['offset']}"
+    done = threading.Event()
+    result = {}
+
+    def read():
+        result["messages"] = events_of(herald, "/api/v1/channels/feed/events",
+                                       headers={"Accept": "text/event-stream", "Last-Event-ID": resume_id},
+                                       until=lambda got: len(got) >= 8)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.5)
+    publish(api, "feed", 5, start=5)
+    assert done.wait(30)
+    offsets = [json.loads(m.data)["offset"] for m in result["messages"]]
+    assert offsets == list(range(3, 11))
+    assert [json.loads(m.data)["data"]["n"] for m in result["messages"]] == list(range(2, 10))
+
+
+def test_a_lost_position_is_announced_then_the_kept_events_follow(make_herald, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text('{"history-max-events": 3}')
+    herald = make_herald("--config", str(config))
+    with herald.client() as api:
+        publish(api, "short", 6)
+        messages = events_of(herald, "/api/v1/channels/short/events", headers={"Accept": "text/event-stream"},
+                             params={"since": 1}, until=lambda got: len(got) >= 4)
+    assert messages[0].event == "herald.reset" and json.loads(messages[0].data)["recovered"] is False
+    assert [json.loads(m.data)["offset"] for m in messages[1:]] == [4, 5, 6]
+
+
+def test_live_events_arrive_in_order_exactly_once(herald, api):
+    done = threading.Event()
+    result = {}
+
+    def read():
+        result["messages"] = events_of(herald, "/api/v1/channels/burst/events", headers={"Accept": "text/event-stream"},
+                                       until=lambda got: len(got) >= 300)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.5)
+    publish(api, "burst", 300)
+    assert done.wait(60)
+    assert [json.loads(m.data)["data"]["n"] for m in result["messages"]] == list(range(300))
+
+
+def test_an_idle_stream_gets_heartbeat_comments(make_herald):
+    herald = make_herald("--heartbeat", "1")
+    with httpx.Client(base_url=herald.url, timeout=10) as client:
+        with client.stream("GET", "/api/v1/channels/quiet/events", params={"format": "sse"}) as response:
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                if line.startswith(":"):
+                    break
+    assert lines[0] == "retry: 2000" and lines[-1].startswith(":")
+
+
+def test_sigterm_ends_streams_and_a_resumed_stream_misses_nothing(make_herald):
+    herald = make_herald()
+    with herald.client() as api:
+        publish(api, "durable", 3)
+    got = []
+    with httpx.Client(base_url=herald.url, timeout=30) as client:
+        with connect_sse(client, "GET", "/api/v1/channels/durable/events", params={"since": 0}) as source:
+            for message in source.iter_sse():
+                if message.data == "":
+                    continue
+                got.append(message)
+                if len(got) == 3:
+                    herald.proc.send_signal(__import__("signal").SIGTERM)
+            # the stream ended because the server drained
+    assert herald.proc.wait(timeout=30) == 0
+    herald.start()
+    with herald.client() as api:
+        publish(api, "durable", 2, start=3)
+    resumed = events_of(herald, "/api/v1/channels/durable/events",
+                        headers={"Accept": "text/event-stream", "Last-Event-ID": got[-1].id},
+                        until=lambda messages: len(messages) >= 2)
+    assert [json.loads(m.data)["offset"] for m in resumed] == [4, 5]

@@ -49,14 +49,11 @@ extension HeraldAPI {
 
     /// Polls, or with `wait` long-polls, a channel for the events after `since`.
     func pollChannel(_ request: Request, channel: ChannelName, check: Check? = nil) async throws -> Response {
-        if wantsServerSentEvents(request) {
+        if let format = try StreamFormat(request.query("format"), accept: request.headers[.accept]) {
             if check == nil, let id = channel.checkID {
-                return try await streamServerSentEvents(request, channel: channel, check: try await store.check(id))
+                return try await stream(request, format: format, channel: channel, check: try await store.check(id))
             }
-            return try await streamServerSentEvents(request, channel: channel, check: check)
-        }
-        if let format = request.query("format"), format != "json" {
-            throw HeraldError.invalid("format must be json or sse (ndjson and html streams are not built yet)")
+            return try await stream(request, format: format, channel: channel, check: check)
         }
         let callback = try request.jsonpCallback()
         let wait = try request.waitDuration(cap: configuration.maxWait)

@@ -11,23 +11,18 @@ extension HTTPField.Name {
 }
 
 extension HeraldAPI {
-    /// Whether the request asks for Server-Sent Events (`Accept: text/event-stream` or `?format=sse`).
-    func wantsServerSentEvents(_ request: Request) -> Bool {
-        if let format = request.query("format") { return format == "sse" }
-        return request.headers[.accept]?.contains("text/event-stream") ?? false
-    }
-
-    /// `GET .../events` as Server-Sent Events: `retry:` first, then the backlog after the
-    /// client's position (`Last-Event-ID: <epoch>:<offset>`, or `?since=&epoch=`), then live
-    /// events, with a comment line as heartbeat.
+    /// `GET .../events` as a stream in `format`: the preamble at once, then the backlog after
+    /// the client's position (`Last-Event-ID: <epoch>:<offset>`, or `?since=&epoch=`), then
+    /// live events, with a heartbeat on idle.
     ///
     /// A check's stream starts with its current snapshot when no position is given, and ends
-    /// after the terminal event; reconnecting to an ended check's stream answers `204`, which
-    /// stops `EventSource`. A lost position is announced by one `herald.reset` event (no id)
+    /// after the terminal event; an SSE reconnect to an ended check's stream answers `204`,
+    /// which stops `EventSource`. A lost position is announced by one `herald.reset` message
     /// before the events still kept. A subscriber that falls behind its queue bound is cut
-    /// off; it resumes from the store with its last id. A client that vanished is noticed at
-    /// the next write, at most one heartbeat later.
-    func streamServerSentEvents(_ request: Request, channel: ChannelName, check: Check?) async throws -> Response {
+    /// off; it resumes from the store with its last position. A client that vanished is
+    /// noticed at the next write, at most one heartbeat later.
+    func stream(_ request: Request, format: StreamFormat, channel: ChannelName, check: Check?) async throws -> Response
+    {
         var since = try request.query("since").flatMap { text throws(HeraldError) -> Offset? in
             guard let offset = Offset(text), offset >= 0 else { throw .invalid("since must be a non-negative integer") }
             return offset
@@ -41,24 +36,21 @@ extension HeraldAPI {
             }
             (epoch, since) = (Epoch(String(parts[0])), offset)
         }
-        if let check, check.state.isTerminal, resuming, let since, since >= check.version {
+        if format == .sse, let check, check.state.isTerminal, resuming, let since, since >= check.version {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
-        let headers: HTTPFields = [
-            .contentType: "text/event-stream", .cacheControl: "no-cache", .xAccelBuffering: "no",
-        ]
         let (position, positionEpoch) = (since, epoch)
         let limit = configuration.maxEventsPerPoll
         let heartbeat = configuration.heartbeat
         let isCheck = check != nil
         return Response(
             status: .ok,
-            headers: headers,
+            headers: format.headers,
             body: ResponseBody { writer in
                 try await hub.withSubscription(to: channel) { subscription in
-                    var stream = SSEStream(channel: channel, isCheck: isCheck)
-                    var out = "retry: 2000\n\n"
+                    var stream = EventStream(format: format, channel: channel, isCheck: isCheck)
+                    var out = format.preamble
                     // The backlog, read after subscribing so nothing published meanwhile is missed.
                     var read = try await store.events(
                         in: channel,
@@ -94,26 +86,28 @@ extension HeraldAPI {
                             }
                             if !text.isEmpty { try await writer.write(ByteBuffer(string: text)) }
                         case .heartbeat:
-                            try await writer.write(ByteBuffer(string: ": heartbeat\n\n"))
+                            try await writer.write(ByteBuffer(string: format.heartbeat))
                         case .slowConsumer, .ended:
                             stream.isEnded = true
                         }
                     }
                 }
+                if !format.epilogue.isEmpty { try await writer.write(ByteBuffer(string: format.epilogue)) }
                 try await writer.finish(nil)
             }
         )
     }
 }
 
-/// The state of one SSE stream: the last offset written, and whether it is over.
-struct SSEStream {
+/// The state of one stream: the last offset written, and whether it is over.
+struct EventStream {
+    let format: StreamFormat
     let channel: ChannelName
     let isCheck: Bool
     var last: Offset = 0
     var isEnded = false
 
-    /// Events after `last` as SSE messages; a check's stream ends after its terminal event.
+    /// Events after `last` in the stream's format; a check's stream ends after its terminal event.
     mutating func append(_ events: [Event]) -> String {
         var text = ""
         for event in events where event.offset > last && !isEnded {
@@ -126,16 +120,17 @@ struct SSEStream {
         guard encoded.event.offset > last, !isEnded else { return "" }
         last = encoded.event.offset
         if isCheck && ["check.done", "check.failed", "check.canceled"].contains(encoded.event.type) { isEnded = true }
-        return encoded.sse
+        return format.encode(encoded)
     }
 
     /// The loss signal: the position asked for is gone; what follows is what is kept.
     func reset(_ read: EventRead) -> String {
         var writer = JSONWriter()
+        writer.string("type", "herald.reset")
         writer.string("channel", channel.rawValue)
         writer.string("epoch", read.epoch.rawValue)
         writer.bool("recovered", false)
         writer.int("next", read.next)
-        return "event: herald.reset\ndata: \(writer.result)\n\n"
+        return format.reset(writer.result)
     }
 }

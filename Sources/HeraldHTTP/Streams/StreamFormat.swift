@@ -1,0 +1,85 @@
+internal import HTTPTypes
+internal import HeraldCore
+
+/// The wire formats of `GET .../events` streams: one stream loop, three framings.
+enum StreamFormat: Sendable {
+    /// Server-Sent Events (`Accept: text/event-stream` or `?format=sse`).
+    case sse
+    /// XHR streaming: one event JSON per line, chunked (`Accept: application/x-ndjson` or `?format=ndjson`).
+    case ndjson
+    /// Forever-iframe: `<script>` chunks calling `parent.heraldEvent(...)` (`?format=html`).
+    case html
+
+    /// The format a request asks for, or `nil` for a JSON poll.
+    /// - Throws: `.invalid` for an unknown `format`.
+    init?(_ format: String?, accept: String?) throws(HeraldError) {
+        switch format {
+        case "sse"?: self = .sse
+        case "ndjson"?: self = .ndjson
+        case "html"?: self = .html
+        case "json"?: return nil
+        case let other?: throw .invalid("format must be json, sse, ndjson or html, not '\(other)'")
+        case nil:
+            if accept?.contains("text/event-stream") == true {
+                self = .sse
+            } else if accept?.contains("application/x-ndjson") == true {
+                self = .ndjson
+            } else {
+                return nil
+            }
+        }
+    }
+
+    var headers: HTTPFields {
+        var headers: HTTPFields = [.cacheControl: "no-cache", .xAccelBuffering: "no"]
+        switch self {
+        case .sse: headers[.contentType] = "text/event-stream"
+        case .ndjson: headers[.contentType] = "application/x-ndjson"
+        case .html: headers[.contentType] = "text/html; charset=utf-8"
+        }
+        return headers
+    }
+
+    /// The first bytes, sent at once so clients and proxies see the stream is live.
+    var preamble: String {
+        switch self {
+        case .sse: return "retry: 2000\n\n"
+        case .ndjson: return ""
+        case .html:
+            // Old browsers render a partial document only after about 1 KiB (Safari, IE), so pad.
+            return "<!doctype html><html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--"
+                + String(repeating: " ", count: 1024) + "-->\n"
+        }
+    }
+
+    /// One event. The JSON escapes `<`, `>`, `&`, U+2028 and U+2029, so it is safe in `<script>`.
+    func encode(_ event: EncodedEvent) -> String {
+        switch self {
+        case .sse: event.sse
+        case .ndjson: event.json + "\n"
+        case .html: "<script>parent.heraldEvent(" + event.json + ");</script>\n"
+        }
+    }
+
+    /// The loss signal before the events still kept: `{"type": "herald.reset", ...}`.
+    func reset(_ json: String) -> String {
+        switch self {
+        case .sse: "event: herald.reset\ndata: \(json)\n\n"
+        case .ndjson: json + "\n"
+        case .html: "<script>parent.heraldEvent(" + json + ");</script>\n"
+        }
+    }
+
+    var heartbeat: String {
+        switch self {
+        case .sse: ": heartbeat\n\n"
+        case .ndjson: "\n"
+        case .html: "<!-- heartbeat -->\n"
+        }
+    }
+
+    /// The last bytes of a stream that ends.
+    var epilogue: String {
+        self == .html ? "</body></html>\n" : ""
+    }
+}

@@ -1,0 +1,89 @@
+"""XHR streaming (NDJSON) with httpx, and forever-iframe streaming in headless Chromium."""
+
+import json
+import threading
+import time
+
+import httpx
+
+from conftest import AUTH, create
+from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
+from test_sse import publish
+
+
+def ndjson_lines(herald, path, params=None, headers=None, count=None, timeout=30):
+    """Reads a chunked NDJSON stream; returns (events, saw_blank_heartbeat)."""
+    events, blank = [], False
+    with httpx.Client(base_url=herald.url, timeout=timeout) as client:
+        with client.stream("GET", path, params=params, headers=headers or {}) as response:
+            assert response.headers["content-type"] == "application/x-ndjson"
+            assert response.headers.get("transfer-encoding") == "chunked"
+            for line in response.iter_lines():
+                if line == "":
+                    blank = True
+                else:
+                    events.append(json.loads(line))
+                if count is not None and (len(events) >= count or (count == 0 and blank)):
+                    break
+    return events, blank
+
+
+def test_ndjson_streams_a_check_from_snapshot_to_end(herald, api):
+    check = create(api, {"kind": "delay", "params": {"ms": 400}}).json()
+    events, _ = ndjson_lines(herald, f"/api/v1/checks/{check['id']}/events",
+                             headers={"Accept": "application/x-ndjson"})
+    assert [e["type"] for e in events] == ["check.created", "check.done"]
+    assert events[-1]["data"]["state"] == "done"
+
+
+def test_ndjson_resumes_from_since_and_carries_live_events(herald, api):
+    publish(api, "nd", 4)
+    result = {}
+    reader = threading.Thread(target=lambda: result.setdefault("events", ndjson_lines(
+        herald, "/api/v1/channels/nd/events", params={"format": "ndjson", "since": 2}, count=5)[0]), daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    publish(api, "nd", 3, start=4)
+    reader.join(30)
+    assert [e["offset"] for e in result["events"]] == [3, 4, 5, 6, 7]
+
+
+def test_ndjson_heartbeats_are_blank_lines(make_herald):
+    herald = make_herald("--heartbeat", "1")
+    _, blank = ndjson_lines(herald, "/api/v1/channels/idle/events", params={"format": "ndjson"}, count=0)
+    assert blank
+
+
+def test_ndjson_announces_a_lost_position(make_herald, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text('{"history-max-events": 2}')
+    herald = make_herald("--config", str(config))
+    with herald.client() as api:
+        publish(api, "lossy", 5)
+    events, _ = ndjson_lines(herald, "/api/v1/channels/lossy/events", params={"format": "ndjson", "since": 0},
+                             count=3)
+    assert events[0]["type"] == "herald.reset" and events[0]["recovered"] is False
+    assert [e["offset"] for e in events[1:]] == [4, 5]
+
+
+def test_a_forever_iframe_delivers_events_to_its_parent_page(browser, herald):  # noqa: F811
+    with herald.client() as api:
+        publish(api, "frame", 2)
+        browser.get(f"{herald.url}/healthz")  # the parent page must share Herald's origin
+        browser.execute_script("""
+            window.received = [];
+            window.heraldEvent = (event) => window.received.push(event);
+            const frame = document.createElement('iframe');
+            frame.src = '/api/v1/channels/frame/events?format=html&since=0';
+            document.body.appendChild(frame);
+        """)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and browser.execute_script("return window.received.length") < 2:
+            time.sleep(0.1)
+        api.post("/api/v1/channels/frame/events", json={"type": "t", "data": {"html": "</script><b>x</b>"}},
+                 headers=AUTH)
+        while time.monotonic() < deadline and browser.execute_script("return window.received.length") < 3:
+            time.sleep(0.1)
+        received = browser.execute_script("return window.received")
+    assert [e["offset"] for e in received] == [1, 2, 3]
+    assert received[2]["data"] == {"html": "</script><b>x</b>"}

@@ -72,4 +72,15 @@ package struct EventRead: Sendable, Hashable {
         writer.raw("events", jsonArray(events.lazy.map(\.json)))
         return writer.result
     }
+
+    /// The loss signal of streams: `{"type": "herald.reset", "channel", "epoch", "recovered": false, "next"}`.
+    package func resetJSON(channel: ChannelName) -> String {
+        var writer = JSONWriter()
+        writer.string("type", "herald.reset")
+        writer.string("channel", channel.rawValue)
+        writer.string("epoch", epoch.rawValue)
+        writer.bool("recovered", false)
+        writer.int("next", next)
+        return writer.result
+    }
 }

@@ -26,6 +26,7 @@ let package = Package(
             from: "2.28.1",
             traits: ["FullFoundation"]
         ),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
@@ -96,10 +97,23 @@ let package = Package(
         ),
 
         .target(
+            name: "HeraldWebSocket",
+            dependencies: [
+                "HeraldHTTP",
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdWSCompression", package: "hummingbird-websocket"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .target(
             name: "HeraldServer",
             dependencies: [
                 "HeraldHTTP",
+                "HeraldWebSocket",
                 "HeraldSQLite",
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdWSCompression", package: "hummingbird-websocket"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],

@@ -12,6 +12,8 @@ package final class EncodedEvent: Sendable {
     /// The event as one Server-Sent Events message: `id: <epoch>:<offset>`, `event: <type>`,
     /// `data: <event JSON>` (JSON text never contains a raw newline).
     package let sse: String
+    /// The event as a WebSocket text frame: `{"op": "event", ...the event fields...}`.
+    package let webSocketFrame: String
 
     package init(_ event: Event) {
         self.event = event
@@ -23,6 +25,7 @@ package final class EncodedEvent: Sendable {
         writer.int("next", event.offset)
         writer.raw("events", "[" + json + "]")
         self.pollAnswer = writer.result
+        self.webSocketFrame = "{\"op\":\"event\"," + json.dropFirst()
         self.sse = "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n"
     }
 }

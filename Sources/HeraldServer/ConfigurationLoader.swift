@@ -4,6 +4,7 @@ internal import HeraldHTTP
 internal import HeraldRunner
 internal import HeraldSQLite
 internal import HeraldStore
+internal import HeraldWebSocket
 internal import Logging
 
 /// A configuration that cannot be used; its message is the one line `herald` prints.
@@ -113,6 +114,26 @@ package enum ConfigurationLoader {
         },
         Setting(name: "external-timeout", help: "seconds an external check waits") { c, v throws(ConfigurationError) in
             c.runner.externalTimeout = .seconds(try int(v, "external-timeout", 1...31_536_000))
+        },
+        Setting(name: "ws-max-message-bytes", help: "largest WebSocket message a client may send") {
+            c,
+            v throws(ConfigurationError) in
+            c.webSocket.maxMessageBytes = try int(v, "ws-max-message-bytes", 128...16_777_216)
+        },
+        Setting(name: "ws-max-queued-frames", help: "frames queued per WebSocket before it is cut") {
+            c,
+            v throws(ConfigurationError) in
+            c.webSocket.maxQueuedFrames = try int(v, "ws-max-queued-frames", 1...1_000_000)
+        },
+        Setting(name: "ws-max-subscriptions", help: "channels per WebSocket connection") {
+            c,
+            v throws(ConfigurationError) in
+            c.webSocket.maxSubscriptions = try int(v, "ws-max-subscriptions", 1...100_000)
+        },
+        Setting(name: "ws-allowed-origins", help: "origins allowed to open a WebSocket, comma-separated") {
+            c,
+            v throws(ConfigurationError) in
+            c.webSocket.allowedOrigins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         },
         Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
             guard let value = SQLiteStore.Durability(rawValue: v) else {

@@ -2,6 +2,7 @@ package import HeraldHTTP
 package import HeraldRunner
 package import HeraldSQLite
 package import HeraldStore
+package import HeraldWebSocket
 package import Logging
 
 /// Everything `herald serve` can be told, as a tree of slices; each component gets its own.
@@ -39,6 +40,7 @@ package struct HeraldConfiguration: Sendable {
     package var http = HTTPConfiguration(apiKey: "")
     package var runner = RunnerConfiguration()
     package var retention = RetentionConfiguration()
+    package var webSocket = WebSocketConfiguration()
 
     /// Where the data lives.
     package enum StoreKind: Sendable, Hashable {

@@ -5,7 +5,10 @@ internal import HeraldHub
 internal import HeraldRunner
 internal import HeraldSQLite
 internal import HeraldStore
+internal import HeraldWebSocket
 internal import Hummingbird
+internal import HummingbirdWSCompression
+internal import HummingbirdWebSocket
 package import Logging
 internal import NIOCore
 internal import ServiceLifecycle
@@ -14,8 +17,8 @@ internal import UnixSignals
 /// Herald assembled from a configuration: the store, hub, runner and HTTP server, run as one
 /// `ServiceGroup` until SIGTERM or SIGINT.
 ///
-/// Shutdown order is the reverse of start-up: the hub drains first (held long polls answer
-/// at once), then the HTTP server stops accepting and finishes what is in flight, then the
+/// Shutdown order is the reverse of start-up: WebSocket connections close with 1012 first,
+/// then the hub drains (held long polls answer at once, streams end), then the HTTP server stops accepting and finishes what is in flight, then the
 /// runner stops (checks it was running stay `processing` and resume at the next start).
 /// The executable and the tests both start Herald through this type.
 package struct HeraldServer: Sendable {
@@ -67,8 +70,24 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.http")
         )
 
+        let webSocket = WebSocketEndpoint(
+            follower: ChannelFollower(
+                store: store,
+                hub: hub,
+                pageSize: configuration.http.maxEventsPerPoll,
+                heartbeat: configuration.http.heartbeat
+            ),
+            checks: CheckService(store: store, hub: hub, runner: runner, resolver: resolver),
+            configuration: configuration.webSocket,
+            logger: logger.labelled("herald.ws")
+        )
+
         let router = Router()
         api.register(on: router)
+        // Reached by a plain GET; a refused upgrade attempt is answered 400 by the WebSocket library.
+        router.get(RouterPath(WebSocketEndpoint.path)) { _, _ -> Response in
+            throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
+        }
         let openAPI = try Self.resource("openapi.yaml")
         router.get("/openapi.yaml") { _, _ in
             Response(
@@ -81,7 +100,19 @@ package struct HeraldServer: Sendable {
         let host = configuration.host
         let app = Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: TimeAmount(configuration.http.idleTimeout))),
+            server: .http1WebSocketUpgrade(
+                configuration: .init(
+                    http1: .init(idleTimeout: TimeAmount(configuration.http.idleTimeout)),
+                    ws: .init(
+                        maxFrameSize: max(configuration.webSocket.maxMessageBytes, 1 << 20),
+                        extensions: [.perMessageDeflate()],
+                        autoPing: .enabled(timePeriod: configuration.http.heartbeat)
+                    )
+                )
+            ) { request, _, _ in
+                guard webSocket.accepts(request) else { return .dontUpgrade }
+                return .upgrade([:]) { inbound, outbound, _ in try await webSocket.serve(inbound, outbound) }
+            },
             configuration: .init(
                 address: .hostname(host, port: configuration.port),
                 serverName: nil,
@@ -101,6 +132,7 @@ package struct HeraldServer: Sendable {
                     .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
                     .init(service: app),
                     .init(service: hub),
+                    .init(service: webSocket),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger.labelled("herald.lifecycle")

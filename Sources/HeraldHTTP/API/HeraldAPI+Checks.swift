@@ -36,7 +36,7 @@ extension HeraldAPI {
 
     private func createCheck(_ request: Request) async throws -> Response {
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
-        var spec = try CheckSpec.validate(body)
+        let spec = try CheckSpec.validate(body)
         let idempotency = try request.headers[.idempotencyKey].map { key throws(HeraldError) in
             guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
                 throw .invalid("Idempotency-Key must be 1 to 255 visible ASCII characters")
@@ -44,26 +44,7 @@ extension HeraldAPI {
             // The canonical text of the body, so formatting differences do not count as a new request.
             return IdempotencyKey(key: key, fingerprint: fingerprint(body.jsonText))
         }
-        try runner.admit(spec)
-        switch spec.parameters {
-        case .http(let url, _, _, _):
-            _ = try await resolver.resolve(try TargetURL(url, field: "params.url").host)
-        case .tcp(let host, _, _):
-            _ = try await resolver.resolve(host)
-        case .delay, .external:
-            break
-        }
-        if spec.callbackURL != nil && spec.callbackSecret == nil {
-            spec.callbackSecret = "whsec_" + Data(randomBytes(32)).base64EncodedString()
-        }
-        let creation = try await store.createCheck(
-            Check(id: .random(), spec: spec, createdAt: .now()),
-            idempotency: idempotency
-        )
-        if let event = creation.event {
-            hub.publish(event)
-            runner.submit(creation.check)
-        }
+        let creation = try await checks.create(spec, idempotency: idempotency)
         var headers = HTTPFields()
         headers[.location] = "/api/v1/checks/\(creation.check.id)"
         headers[.eTag] = "\"\(creation.check.version)\""

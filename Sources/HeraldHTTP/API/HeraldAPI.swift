@@ -14,7 +14,7 @@ package struct HeraldAPI: Sendable {
     let store: any Store
     let hub: Hub
     let runner: CheckRunner
-    let resolver: TargetResolver
+    let checks: CheckService
     let configuration: HTTPConfiguration
     let logger: Logger
 
@@ -29,7 +29,7 @@ package struct HeraldAPI: Sendable {
         self.store = store
         self.hub = hub
         self.runner = runner
-        self.resolver = resolver
+        self.checks = CheckService(store: store, hub: hub, runner: runner, resolver: resolver)
         self.configuration = configuration
         self.logger = logger
     }

@@ -1,0 +1,51 @@
+internal import Foundation
+package import HeraldCore
+package import HeraldHub
+package import HeraldStore
+
+/// Creating a check, the same for every transport (HTTP `POST`, the WebSocket `create_check` op).
+///
+/// Admission (the runner's queue bound) and the SSRF guard run before anything is written; the
+/// check and its first event commit together; only then is the event published and the check
+/// handed to the runner.
+package struct CheckService: Sendable {
+    let store: any Store
+    let hub: Hub
+    let runner: CheckRunner
+    let resolver: TargetResolver
+
+    package init(store: any Store, hub: Hub, runner: CheckRunner, resolver: TargetResolver) {
+        self.store = store
+        self.hub = hub
+        self.runner = runner
+        self.resolver = resolver
+    }
+
+    /// Creates the check `spec` describes, or returns the first one created with `idempotency`.
+    /// - Throws: ``HeraldError`` `.overloaded` when the runner's queue is full, `.invalid`
+    ///   when a target is refused or an idempotency key is reused with another body.
+    package func create(_ spec: CheckSpec, idempotency: IdempotencyKey?) async throws -> CheckCreation {
+        var spec = spec
+        try runner.admit(spec)
+        switch spec.parameters {
+        case .http(let url, _, _, _):
+            _ = try await resolver.resolve(try TargetURL(url, field: "params.url").host)
+        case .tcp(let host, _, _):
+            _ = try await resolver.resolve(host)
+        case .delay, .external:
+            break
+        }
+        if spec.callbackURL != nil && spec.callbackSecret == nil {
+            spec.callbackSecret = "whsec_" + Data(randomBytes(32)).base64EncodedString()
+        }
+        let creation = try await store.createCheck(
+            Check(id: .random(), spec: spec, createdAt: .now()),
+            idempotency: idempotency
+        )
+        if let event = creation.event {
+            hub.publish(event)
+            runner.submit(creation.check)
+        }
+        return creation
+    }
+}

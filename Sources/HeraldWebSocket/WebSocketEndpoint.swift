@@ -1,0 +1,112 @@
+package import HTTPTypes
+internal import HeraldCore
+package import HeraldHTTP
+package import HeraldRunner
+package import HummingbirdWebSocket
+package import Logging
+internal import NIOWebSocket
+internal import ServiceLifecycle
+internal import Synchronization
+
+/// `/api/v1/ws`: many channels per connection, bidirectional, per `docs/protocol.md`.
+///
+/// Text frames carry one JSON op each. Malformed or unknown ops get an `error` op, never a
+/// disconnect. Server pings every `heartbeat` and a close when pongs stop come from the
+/// WebSocket library (auto-ping); a message over `maxMessageBytes` closes with 1009. On
+/// graceful shutdown every connection closes with 1012 (service restart), after the frames
+/// already queued, so clients reconnect elsewhere and resume from their last offsets.
+///
+/// The endpoint is a `Service`: placed after the HTTP server in the `ServiceGroup`, it is told
+/// to shut down first, and closes every live connection with 1012.
+package final class WebSocketEndpoint: Service, Sendable {
+    package static let path = "/api/v1/ws"
+
+    let follower: ChannelFollower
+    let checks: CheckService
+    let configuration: WebSocketConfiguration
+    let logger: Logger
+    private let sessions = Mutex<(live: [ObjectIdentifier: WebSocketSession], isDraining: Bool)>(([:], false))
+
+    package init(
+        follower: ChannelFollower,
+        checks: CheckService,
+        configuration: WebSocketConfiguration,
+        logger: Logger
+    ) {
+        self.follower = follower
+        self.checks = checks
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Waits for graceful shutdown, then closes every connection with 1012 (service restart).
+    package func run() async throws {
+        try? await gracefulShutdown()
+        let live = sessions.withLock { sessions in
+            sessions.isDraining = true
+            return Array(sessions.live.values)
+        }
+        for session in live { session.finish(.restart) }
+    }
+
+    /// Whether `request` may upgrade: the path, and the `Origin` allow-list when one is set.
+    package func accepts(_ request: HTTPRequest) -> Bool {
+        guard request.path?.split(separator: "?").first.map(String.init) == Self.path else { return false }
+        guard !configuration.allowedOrigins.isEmpty, let origin = request.headerFields[.origin] else { return true }
+        return configuration.allowedOrigins.contains(origin)
+    }
+
+    /// Serves one upgraded connection until either side closes it.
+    package func serve(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) async throws {
+        let (frames, sink) = AsyncStream<String>.makeStream(
+            bufferingPolicy: .bufferingOldest(configuration.maxQueuedFrames)
+        )
+        let session = WebSocketSession(
+            sink: sink,
+            follower: follower,
+            checks: checks,
+            configuration: configuration,
+            logger: logger
+        )
+        let isDraining = sessions.withLock { sessions in
+            sessions.live[ObjectIdentifier(session)] = session
+            return sessions.isDraining
+        }
+        if isDraining { session.finish(.restart) }
+        defer {
+            _ = sessions.withLock { $0.live.removeValue(forKey: ObjectIdentifier(session)) }
+            session.cancelAll()
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // The one writer: frames leave in order, and a slow client only fills its own queue.
+            group.addTask {
+                for await frame in frames { try await outbound.write(.text(frame)) }
+                switch session.closing {
+                case .slowConsumer(let channel, let offset):
+                    let error = OpError("slow_consumer", "the connection fell behind; resume from your last offset")
+                    try await outbound.write(.text(ServerFrame.error(error, channel: channel, offset: offset, id: nil)))
+                    try await outbound.close(.policyViolation, reason: "slow consumer")
+                case .restart:
+                    try await outbound.close(.unknown(1012), reason: "service restart")
+                case .messageTooLarge:
+                    try await outbound.close(.messageTooLarge, reason: "message too large")
+                case .clientClosed, nil:
+                    break
+                }
+            }
+            for try await message in inbound.messages(maxSize: configuration.maxMessageBytes) {
+                guard case .text(let text) = message else {
+                    session.send(ServerFrame.error(OpError("malformed", "only text frames are understood"), id: nil))
+                    continue
+                }
+                guard text.utf8.count <= configuration.maxMessageBytes else {
+                    session.finish(.messageTooLarge)
+                    break
+                }
+                await session.handle(text)
+            }
+            session.finish(.clientClosed)
+            try await group.waitForAll()
+        }
+    }
+}

@@ -1,0 +1,117 @@
+internal import Foundation
+internal import HeraldCore
+
+/// A client's op, parsed and validated; or the error to answer it with.
+enum ClientOp: Sendable {
+    case subscribe(channel: ChannelName, since: Offset?, epoch: Epoch?)
+    case unsubscribe(channel: ChannelName)
+    case createCheck(JSONValue)
+    case ping
+
+    /// Parses one text message: `{"op": ..., "id": ..., ...}`.
+    /// - Returns: the op and the client's `id` (echoed in the answer), or the error and that id.
+    static func parse(_ text: String) -> (Result<ClientOp, OpError>, id: JSONValue?) {
+        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)),
+            let members = value.objectValue
+        else { return (.failure(OpError("malformed", "a message must be a JSON object")), nil) }
+        let id = members["id"]
+        guard case .string(let op)? = members["op"] else {
+            return (.failure(OpError("malformed", "op is required")), id)
+        }
+        func channel() -> Result<ChannelName, OpError> {
+            guard case .string(let text)? = members["channel"], let name = ChannelName(text) else {
+                return .failure(OpError("invalid", "channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$"))
+            }
+            return .success(name)
+        }
+        switch op {
+        case "subscribe":
+            var since: Offset?
+            switch members["since"] {
+            case nil, .null?: since = nil
+            case .int(let offset)? where offset >= 0: since = offset
+            default: return (.failure(OpError("invalid", "since must be a non-negative integer")), id)
+            }
+            var epoch: Epoch?
+            switch members["epoch"] {
+            case nil, .null?: epoch = nil
+            case .string(let text)?: epoch = Epoch(text)
+            default: return (.failure(OpError("invalid", "epoch must be a string")), id)
+            }
+            return (channel().map { .subscribe(channel: $0, since: since, epoch: epoch) }, id)
+        case "unsubscribe":
+            return (channel().map { .unsubscribe(channel: $0) }, id)
+        case "create_check":
+            guard let check = members["check"] else {
+                return (.failure(OpError("invalid", "check is required: the body of POST /api/v1/checks")), id)
+            }
+            return (.success(.createCheck(check)), id)
+        case "ping":
+            return (.success(.ping), id)
+        default:
+            return (
+                .failure(
+                    OpError("unknown_op", "op '\(op)' is unknown: use subscribe, unsubscribe, create_check or ping")
+                ), id
+            )
+        }
+    }
+}
+
+/// An `{"op": "error"}` answer: a stable code and a message.
+struct OpError: Error, Sendable {
+    var code: String
+    var message: String
+    init(_ code: String, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    init(_ error: HeraldError) {
+        self.init(
+            error.code == .internal ? "internal" : error.code.rawValue.replacingOccurrences(of: "-", with: "_"),
+            error.code == .internal ? "an internal error occurred" : error.message
+        )
+    }
+}
+
+/// Server frames, written with ``JSONWriter``.
+enum ServerFrame {
+    static func subscribed(_ channel: ChannelName, _ read: EventRead, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "subscribed")
+        writer.string("channel", channel.rawValue)
+        writer.string("epoch", read.epoch.rawValue)
+        writer.int("offset", read.next)
+        writer.bool("recovered", read.recovered)
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    static func simple(_ op: String, channel: ChannelName? = nil, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", op)
+        if let channel { writer.string("channel", channel.rawValue) }
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    static func created(_ checkJSON: String, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "created")
+        writer.raw("check", checkJSON)
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    static func error(_ error: OpError, channel: ChannelName? = nil, offset: Offset? = nil, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "error")
+        writer.string("code", error.code)
+        writer.string("message", error.message)
+        if let channel { writer.string("channel", channel.rawValue) }
+        if let offset { writer.int("offset", offset) }
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+}

@@ -1,0 +1,96 @@
+"""The streaming transports as a browser uses them: EventSource, fetch streaming, WebSocket."""
+
+import threading
+import time
+
+from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
+from test_sse import publish
+
+
+def publish_soon(herald, channel, count, delay=1.0):
+    """Publishes from another thread once the page has subscribed."""
+    def run():
+        time.sleep(delay)
+        with herald.client() as api:
+            publish(api, channel, count)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_eventsource_receives_named_events_in_order(browser, herald):  # noqa: F811
+    browser.get(f"{herald.url}/healthz")
+    publish_soon(herald, "es", 3)
+    received = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const got = [];
+        const source = new EventSource('/api/v1/channels/es/events');
+        source.addEventListener('t', (message) => {
+            got.push({id: message.lastEventId, event: JSON.parse(message.data)});
+            if (got.length === 3) { source.close(); done(got); }
+        });
+        source.onerror = () => {};
+    """)
+    assert [r["event"]["offset"] for r in received] == [1, 2, 3]
+    assert all(r["id"] == f"{r['event']['epoch']}:{r['event']['offset']}" for r in received)
+
+
+def test_eventsource_stops_after_a_check_ends(browser, herald):  # noqa: F811
+    with herald.client() as api:
+        check = api.post("/api/v1/checks", json={"kind": "delay", "params": {"ms": 300}}).json()
+    browser.get(f"{herald.url}/healthz")
+    result = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const types = [];
+        const source = new EventSource(arguments[0]);
+        for (const type of ['check.created', 'check.done']) {
+            source.addEventListener(type, () => types.push(type));
+        }
+        // After the terminal event the stream ends; the reconnect gets 204 and EventSource closes.
+        const poll = setInterval(() => {
+            if (source.readyState === EventSource.CLOSED) { clearInterval(poll); done({types}); }
+        }, 50);
+    """, f"/api/v1/checks/{check['id']}/events")
+    assert result["types"] == ["check.created", "check.done"]
+
+
+def test_fetch_streaming_reads_ndjson_chunks(browser, herald):  # noqa: F811
+    browser.get(f"{herald.url}/healthz")
+    publish_soon(herald, "fetch", 3)
+    offsets = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        (async () => {
+            const response = await fetch('/api/v1/channels/fetch/events?format=ndjson');
+            const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+            let buffer = '', offsets = [];
+            while (offsets.length < 3) {
+                const {value, done: ended} = await reader.read();
+                if (ended) break;
+                buffer += value;
+                let newline;
+                while ((newline = buffer.indexOf('\\n')) >= 0) {
+                    const line = buffer.slice(0, newline);
+                    buffer = buffer.slice(newline + 1);
+                    if (line) offsets.push(JSON.parse(line).offset);
+                }
+            }
+            reader.cancel();
+            done(offsets);
+        })();
+    """)
+    assert offsets == [1, 2, 3]
+
+
+def test_a_browser_websocket_subscribes_and_receives(browser, herald):  # noqa: F811
+    browser.get(f"{herald.url}/healthz")
+    publish_soon(herald, "browser-ws", 2, delay=1.5)
+    frames = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const frames = [];
+        const socket = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/ws');
+        socket.onopen = () => socket.send(JSON.stringify({op: 'subscribe', channel: 'browser-ws', id: 1}));
+        socket.onmessage = (message) => {
+            frames.push(JSON.parse(message.data));
+            if (frames.filter((f) => f.op === 'event').length === 2) { socket.close(); done(frames); }
+        };
+    """)
+    assert frames[0]["op"] == "subscribed" and frames[0]["id"] == 1
+    assert [f["offset"] for f in frames if f["op"] == "event"] == [1, 2]

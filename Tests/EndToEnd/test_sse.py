@@ -133,3 +133,36 @@ def test_sigterm_ends_streams_and_a_resumed_stream_misses_nothing(make_herald):
                         headers={"Accept": "text/event-stream", "Last-Event-ID": got[-1].id},
                         until=lambda messages: len(messages) >= 2)
     assert [json.loads(m.data)["offset"] for m in resumed] == [4, 5]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_a_reader_that_never_reads_is_cut_off_and_server_memory_stays_bounded(herald, api):
+    import base64
+    import os
+    import socket
+    host, port = herald.url.removeprefix("http://").split(":")
+    reader = socket.create_connection((host, int(port)))
+    reader.sendall(b"GET /api/v1/channels/flood/events?format=sse HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    before = rss_kib(herald.proc.pid)
+    payload = base64.b64encode(os.urandom(3000)).decode()  # 4 KB per event
+    with httpx.Client(base_url=herald.url, headers=AUTH, timeout=30) as client:
+        for n in range(15000):  # ~60 MB published while the reader reads nothing
+            client.post("/api/v1/channels/flood/events", json={"type": "t", "data": payload})
+    grown_mib = (rss_kib(herald.proc.pid) - before) / 1024
+    # An unbounded queue would hold all ~60 MB for this one reader; the bound is 1,024 events or 1 MiB.
+    assert grown_mib < 40, grown_mib
+    # The server cut the stream: reading now drains what was in flight, then meets the end of the
+    # chunked body (the connection itself stays open for keep-alive).
+    reader.settimeout(20)
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        chunk = reader.recv(65536)
+        assert chunk, "the connection closed before the stream ended"
+        received += chunk
+    reader.close()
+    assert 0 < received.count(b"\nevent: t\n") < 15000

@@ -11,6 +11,12 @@ import Testing
         #expect(!out.contains("<") && !out.contains(">"))
     }
 
+    @Test func multiByteTextIsCopiedIntact() {
+        var out = ""
+        JSONWriter.appendString("é 😀 \u{2027} ✓<", to: &out)
+        #expect(out == "\"é 😀 \u{2027} ✓\\u003c\"")
+    }
+
     @Test func valuesRoundTripWithIntegersKept() throws {
         let text = #"{"b":[1,2.5,true,null,"x"],"a":{"n":-7}}"#
         let value = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))

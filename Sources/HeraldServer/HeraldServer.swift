@@ -7,10 +7,13 @@ internal import HeraldSQLite
 internal import HeraldStore
 internal import HeraldWebSocket
 internal import Hummingbird
+internal import HummingbirdCore
+internal import HummingbirdHTTP2
 internal import HummingbirdWSCompression
 internal import HummingbirdWebSocket
 package import Logging
 internal import NIOCore
+internal import NIOSSL
 internal import ServiceLifecycle
 internal import UnixSignals
 
@@ -36,9 +39,6 @@ package struct HeraldServer: Sendable {
     package func run(onListening: @escaping @Sendable (String) -> Void) async throws {
         if case .postgres = configuration.store {
             throw ConfigurationError(message: "the postgres store is not available in this build; use --store sqlite")
-        }
-        if configuration.tlsCertificatePath != nil {
-            throw ConfigurationError(message: "TLS is not available in this build; terminate TLS in a proxy for now")
         }
         let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
         let store: SQLiteStore
@@ -98,9 +98,17 @@ package struct HeraldServer: Sendable {
         }
 
         let host = configuration.host
-        let app = Application(
-            router: router,
-            server: .http1WebSocketUpgrade(
+        let server: HTTPServerBuilder
+        let scheme: String
+        if let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
+            server = try Self.tlsServer(
+                certificatePath: certificatePath,
+                keyPath: keyPath,
+                idleTimeout: configuration.http.idleTimeout
+            )
+            scheme = "https"
+        } else {
+            server = .http1WebSocketUpgrade(
                 configuration: .init(
                     http1: .init(idleTimeout: TimeAmount(configuration.http.idleTimeout)),
                     ws: .init(
@@ -112,7 +120,12 @@ package struct HeraldServer: Sendable {
             ) { request, _, _ in
                 guard webSocket.accepts(request) else { return .dontUpgrade }
                 return .upgrade([:]) { inbound, outbound, _ in try await webSocket.serve(inbound, outbound) }
-            },
+            }
+            scheme = "http"
+        }
+        let app = Application(
+            router: router,
+            server: server,
             configuration: .init(
                 address: .hostname(host, port: configuration.port),
                 serverName: nil,
@@ -121,7 +134,7 @@ package struct HeraldServer: Sendable {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
                 let displayHost = host.contains(":") ? "[\(host)]" : host
-                onListening("http://\(displayHost):\(port)")
+                onListening("\(scheme)://\(displayHost):\(port)")
             },
             logger: logger.labelled("herald.http")
         )
@@ -146,6 +159,39 @@ package struct HeraldServer: Sendable {
             throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
         }
         withExtendedLifetime(lock) {}
+    }
+
+    /// The HTTP port with TLS: HTTP/2 and HTTP/1.1 chosen by ALPN, so a browser multiplexes
+    /// its streams over one connection instead of stopping at six per origin.
+    ///
+    /// WebSocket upgrades are not served on this channel (Hummingbird's HTTP/2 upgrade channel
+    /// has no WebSocket upgrader); docs/operations.md says so.
+    static func tlsServer(certificatePath: String, keyPath: String, idleTimeout: Duration) throws -> HTTPServerBuilder {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+            key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+        } catch {
+            throw ConfigurationError(
+                message: "cannot read the TLS certificate \(certificatePath) or key \(keyPath): "
+                    + "\(error)".replacingOccurrences(of: "\n", with: " ")
+            )
+        }
+        guard !chain.isEmpty else {
+            throw ConfigurationError(message: "the TLS certificate file \(certificatePath) holds no certificate")
+        }
+        let tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) },
+            privateKey: .privateKey(key)
+        )
+        return try .http2Upgrade(
+            tlsConfiguration: tls,
+            configuration: .init(
+                idleTimeout: idleTimeout,
+                streamConfiguration: .init(idleTimeout: TimeAmount(idleTimeout))
+            )
+        )
     }
 
     /// The text of a file shipped in `Public/`.

@@ -48,7 +48,7 @@ class Herald:
                 if self.proc.poll() is not None:
                     break
                 continue
-            match = re.search(r"listening on (http://\S+)", line)
+            match = re.search(r"listening on (https?://\S+)", line)
             if match:
                 self.url = match.group(1)
                 return self

@@ -17,7 +17,9 @@ def browser():
     assert chromium and driver_path, "install Debian's chromium and chromium-driver (scripts/test.sh does)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]:
+    # Certificate errors are ignored for the TLS tests' self-signed certificate only; nothing else is served.
+    for argument in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--ignore-certificate-errors"]:
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_script_timeout(40)

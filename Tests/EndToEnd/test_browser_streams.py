@@ -3,6 +3,7 @@
 import threading
 import time
 
+from conftest import AUTH
 from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
 from test_sse import publish
 
@@ -94,3 +95,39 @@ def test_a_browser_websocket_subscribes_and_receives(browser, herald):  # noqa: 
     """)
     assert frames[0]["op"] == "subscribed" and frames[0]["id"] == 1
     assert [f["offset"] for f in frames if f["op"] == "event"] == [1, 2]
+
+
+def self_signed_certificate(directory):
+    import subprocess
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_ten_eventsources_to_one_origin_all_receive_over_http2(browser, make_herald, tmp_path):  # noqa: F811
+    cert, key = self_signed_certificate(tmp_path)
+    herald = make_herald("--tls-cert", str(cert), "--tls-key", str(key))
+    assert herald.url.startswith("https://")
+    browser.get(f"{herald.url}/healthz")
+    browser.execute_script("""
+        window.opened = 0; window.received = {};
+        for (let i = 0; i < 10; i++) {
+            const source = new EventSource('/api/v1/channels/tls' + i + '/events');
+            source.onopen = () => { window.opened += 1; };
+            source.addEventListener('t', (message) => { window.received[i] = JSON.parse(message.data).data; });
+        }
+    """)
+    deadline = time.monotonic() + 20
+    while browser.execute_script("return window.opened") < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert browser.execute_script("return window.opened") == 10  # over HTTP/1.1 only six would open
+    with herald.client(verify=False) as api:
+        for i in range(10):
+            api.post(f"/api/v1/channels/tls{i}/events", json={"type": "t", "data": i}, headers=AUTH)
+    while len(browser.execute_script("return window.received")) < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert browser.execute_script("return window.received") == {str(i): i for i in range(10)}
+    protocol = browser.execute_script("return performance.getEntriesByType('navigation')[0].nextHopProtocol")
+    assert protocol == "h2"

@@ -23,7 +23,8 @@ def test_health_and_readiness(api):
 
 def test_a_bad_flag_exits_non_zero_with_one_line(tmp_path):
     for args, reason in [(["--port", "http"], "port"), (["--bogus"], "bogus"), (["--store", "mysql://x"], "store"),
-                         (["--tls-cert", "x.pem"], "tls-key")]:
+                         (["--tls-cert", "x.pem"], "tls-key"),
+                         (["--tls-cert", "/missing/cert.pem", "--tls-key", "/missing/key.pem"], "TLS certificate")]:
         result = run("serve", "--data-dir", str(tmp_path), *args)
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()

@@ -37,6 +37,7 @@ def run(coroutine):
 def test_ping_and_bad_messages_are_answered_without_a_disconnect(herald):
     async def scenario():
         async with websockets.connect(ws_url(herald)) as ws:
+            assert [extension.name for extension in ws.protocol.extensions] == ["permessage-deflate"]
             await ws.send(json.dumps({"op": "ping", "id": 4}))
             assert await recv(ws) == {"op": "pong", "id": 4}
             await ws.send("{not json")

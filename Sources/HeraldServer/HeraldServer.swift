@@ -61,11 +61,11 @@ package struct HeraldServer: Sendable {
             configuration: configuration.runner,
             logger: logger.labelled("herald.runner")
         )
+        let checks = CheckService(store: store, hub: hub, runner: runner, resolver: resolver)
         let api = HeraldAPI(
             store: store,
             hub: hub,
-            runner: runner,
-            resolver: resolver,
+            checks: checks,
             configuration: configuration.http,
             logger: logger.labelled("herald.http")
         )
@@ -77,7 +77,7 @@ package struct HeraldServer: Sendable {
                 pageSize: configuration.http.maxEventsPerPoll,
                 heartbeat: configuration.http.heartbeat
             ),
-            checks: CheckService(store: store, hub: hub, runner: runner, resolver: resolver),
+            checks: checks,
             configuration: configuration.webSocket,
             logger: logger.labelled("herald.ws")
         )

@@ -13,7 +13,6 @@ package import Logging
 package struct HeraldAPI: Sendable {
     let store: any Store
     let hub: Hub
-    let runner: CheckRunner
     let checks: CheckService
     let configuration: HTTPConfiguration
     let logger: Logger
@@ -21,15 +20,13 @@ package struct HeraldAPI: Sendable {
     package init(
         store: any Store,
         hub: Hub,
-        runner: CheckRunner,
-        resolver: TargetResolver,
+        checks: CheckService,
         configuration: HTTPConfiguration,
         logger: Logger
     ) {
         self.store = store
         self.hub = hub
-        self.runner = runner
-        self.checks = CheckService(store: store, hub: hub, runner: runner, resolver: resolver)
+        self.checks = checks
         self.configuration = configuration
         self.logger = logger
     }

@@ -58,6 +58,12 @@ package struct Epoch: Sendable, Hashable, CustomStringConvertible {
     package static func random() -> Epoch { Epoch(randomToken(bytes: 6)) }
 
     package var description: String { rawValue }
+
+    /// Whether a client's position in `claimed` belongs to this epoch: no epoch, or an empty
+    /// one (what a channel without history reports), matches any.
+    package func accepts(_ claimed: Epoch?) -> Bool {
+        claimed.map { $0.rawValue.isEmpty || $0 == self } ?? true
+    }
 }
 
 /// A position in a channel's log: offsets start at 1 and grow by one per event.

@@ -95,14 +95,10 @@ final class SubscriberRegistry: Sendable {
             var wake: [(CheckedContinuation<Delivery, Never>, Delivery)] = []
             for (id, var entry) in channel where !entry.isOverflowed {
                 if entry.queue.count >= limits.maxQueuedEvents || entry.bytes + size > limits.maxQueuedBytes {
-                    if event.event.channel.isCheckChannel {
-                        entry.queue.removeAll()
-                        entry.bytes = 0
-                    } else {
-                        entry.queue.removeAll()
-                        entry.bytes = 0
-                        entry.isOverflowed = true
-                    }
+                    entry.queue.removeAll()
+                    entry.bytes = 0
+                    // A check's client needs only its newest state; any other must resume from the store.
+                    entry.isOverflowed = !event.event.channel.isCheckChannel
                 }
                 if !entry.isOverflowed {
                     entry.queue.append(event)

@@ -220,7 +220,7 @@ package final class SQLiteStore: Store {
                     sql: "SELECT MIN(offset) FROM events WHERE channel = ?",
                     arguments: [channel.rawValue]
                 ) ?? (last + 1)
-            let epochMatches = epoch.map { $0.rawValue.isEmpty || $0 == current } ?? true
+            let epochMatches = current.accepts(epoch)
             if epochMatches && offset >= first - 1 && offset <= last {
                 let events = try Self.fetchEvents(db, channel, epoch: current, after: offset, limit: limit)
                 return EventRead(epoch: current, recovered: true, events: events, next: events.last?.offset ?? offset)

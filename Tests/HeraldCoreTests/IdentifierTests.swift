@@ -28,4 +28,9 @@ import Testing
         #expect(base64URL(Array("foo".utf8)) == "Zm9v")
         #expect(base64URL([0xfb, 0xff]) == "-_8")
     }
+
+    @Test(arguments: [(String?.none, true), ("", true), ("k2f9", true), ("other", false)])
+    func anEpochAcceptsNoneEmptyOrItself(claimed: String?, accepted: Bool) {
+        #expect(Epoch("k2f9").accepts(claimed.map(Epoch.init)) == accepted)
+    }
 }

@@ -57,19 +57,12 @@ extension HeraldAPI {
         }
         let callback = try request.jsonpCallback()
         let wait = try request.waitDuration(cap: configuration.maxWait)
-        let since = try request.query("since").flatMap { text throws(HeraldError) -> Offset? in
-            if text.isEmpty { return nil }
-            guard let offset = Offset(text), offset >= 0 else {
-                throw .invalid("since must be a non-negative integer offset, not '\(text)'")
-            }
-            return offset
-        }
-        let epoch = request.query("epoch").map(Epoch.init)
+        let (since, epoch) = try request.position()
         let limit = configuration.maxEventsPerPoll
         // A caught-up long poll (the common case) waits without reading the store.
         func caughtUp(at position: Offset) -> Bool {
             guard let head = hub.head(of: channel) else { return false }
-            return head.offset == position && (epoch.map { $0.rawValue.isEmpty || $0 == head.epoch } ?? true)
+            return head.offset == position && head.epoch.accepts(epoch)
         }
         let read: EventRead
         if wait > .zero, let since, caughtUp(at: since), let head = hub.head(of: channel) {
@@ -84,7 +77,7 @@ extension HeraldAPI {
             let answer = try await heldPoll {
                 try await hub.wait(on: channel, until: deadline) { woke -> String? in
                     // The usual case: the event that woke us is the next one; its answer is shared.
-                    if let woke, woke.event.offset == position + 1, epoch.map({ $0 == woke.event.epoch }) ?? true {
+                    if let woke, woke.event.offset == position + 1, woke.event.epoch.accepts(epoch) {
                         return woke.pollAnswer
                     }
                     if woke == nil && caughtUp(at: position) { return nil }

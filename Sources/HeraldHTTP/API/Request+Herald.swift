@@ -62,6 +62,18 @@ extension Request {
         uri.queryParameters.get(name)
     }
 
+    /// The client's position in a channel: `?since=<offset>` (absent or empty: from now) and
+    /// `?epoch=<epoch>`.
+    /// - Throws: `.invalid` when `since` is not a non-negative integer.
+    func position() throws(HeraldError) -> (since: Offset?, epoch: Epoch?) {
+        let epoch = query("epoch").map(Epoch.init)
+        guard let text = query("since"), !text.isEmpty else { return (nil, epoch) }
+        guard let offset = Offset(text), offset >= 0 else {
+            throw .invalid("since must be a non-negative integer offset, not '\(text)'")
+        }
+        return (offset, epoch)
+    }
+
     /// How long a long poll may hold: `?wait=S` or `Prefer: wait=S`, capped at `cap`;
     /// zero when neither is given.
     /// - Throws: `.invalid` when the value is not a non-negative number of seconds.

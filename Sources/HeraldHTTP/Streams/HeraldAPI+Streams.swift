@@ -23,24 +23,24 @@ extension HeraldAPI {
     /// noticed at the next write, at most one heartbeat later.
     func stream(_ request: Request, format: StreamFormat, channel: ChannelName, check: Check?) async throws -> Response
     {
-        var since = try request.query("since").flatMap { text throws(HeraldError) -> Offset? in
-            guard let offset = Offset(text), offset >= 0 else { throw .invalid("since must be a non-negative integer") }
-            return offset
-        }
-        var epoch = request.query("epoch").map(Epoch.init)
-        let resuming = request.headers[.lastEventID] != nil
-        if let lastEventID = request.headers[.lastEventID] {
+        // EventSource resumes with Last-Event-ID, which wins over the query.
+        let lastEventID = request.headers[.lastEventID]
+        let (position, positionEpoch): (Offset?, Epoch?)
+        if let lastEventID {
             let parts = lastEventID.split(separator: ":", maxSplits: 1)
             guard parts.count == 2, let offset = Offset(parts[1]), offset >= 0 else {
                 throw HeraldError.invalid("Last-Event-ID must be <epoch>:<offset>, as sent in id: lines")
             }
-            (epoch, since) = (Epoch(String(parts[0])), offset)
+            (position, positionEpoch) = (offset, Epoch(String(parts[0])))
+        } else {
+            (position, positionEpoch) = try request.position()
         }
-        if format == .sse, let check, check.state.isTerminal, resuming, let since, since >= check.version {
+        if format == .sse, lastEventID != nil, let check, check.state.isTerminal, let position,
+            position >= check.version
+        {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
-        let (position, positionEpoch) = (since, epoch)
         let follower = ChannelFollower(
             store: store,
             hub: hub,

@@ -1,5 +1,6 @@
 """Shared fixtures: a real `herald serve` process per test, on fresh ports and a fresh data directory."""
 
+import json
 import os
 import pathlib
 import queue
@@ -78,10 +79,14 @@ class Herald:
 
 @pytest.fixture
 def make_herald(tmp_path):
-    """Factory: make_herald(*args, env={}) starts a herald; all are killed after the test."""
+    """Factory: make_herald(*args, env={}, config={}) starts a herald; all are killed after the test."""
     started = []
 
-    def make(*args, env=None, data_dir=None, start=True):
+    def make(*args, env=None, data_dir=None, start=True, config=None):
+        if config is not None:
+            path = tmp_path / f"config{len(started)}.json"
+            path.write_text(json.dumps(config))
+            args = (*args, "--config", str(path))
         herald = Herald(data_dir or tmp_path / f"data{len(started)}", args, env)
         started.append(herald)
         return herald.start() if start else herald

@@ -151,12 +151,10 @@ def test_a_callback_secret_is_generated_and_shown_only_at_creation(api):
     assert "callback_secret" not in api.get(f"/api/v1/checks/{created['id']}").json()
 
 
-def test_a_stalled_request_body_is_cut_not_held(make_herald, tmp_path):
+def test_a_stalled_request_body_is_cut_not_held(make_herald):
     import socket
     import time
-    config = tmp_path / "idle.json"
-    config.write_text('{"idle-timeout": 2}')
-    herald = make_herald("--config", str(config))
+    herald = make_herald(config={"idle-timeout": 2})
     host, port = herald.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=15) as connection:
         connection.sendall(b"POST /api/v1/checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -51,22 +51,13 @@ def test_a_long_poll_times_out_with_the_unchanged_check(api):
 
 
 def test_wait_is_capped_and_validated(make_herald):
-    herald = make_herald("--config", _config(make_herald, {"max-wait": 2}))
+    herald = make_herald(config={"max-wait": 2})
     with herald.client() as api:
         check = create(api, {"kind": "external"}).json()
         response = api.get(f"/api/v1/checks/{check['id']}", params={"wait": 3600})
         assert response.status_code == 200 and response.headers["preference-applied"] == "wait=2"
         assert_problem(api.get(f"/api/v1/checks/{check['id']}", params={"wait": "soon"}), 422, "wait")
         assert_problem(api.get(f"/api/v1/checks/{check['id']}", params={"wait": -1}), 422, "wait")
-
-
-def _config(make_herald, settings, _counter=[0]):
-    import tempfile
-    _counter[0] += 1
-    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    json.dump(settings, handle)
-    handle.close()
-    return handle.name
 
 
 def test_jsonp_wraps_the_check_and_refuses_unsafe_callbacks(api):
@@ -121,7 +112,7 @@ def test_a_channel_long_poll_without_since_waits_for_new_events_only(api, herald
 
 
 def test_a_position_older_than_the_history_gets_the_loss_signal(make_herald):
-    herald = make_herald("--config", _config(make_herald, {"history-max-events": 3}))
+    herald = make_herald(config={"history-max-events": 3})
     with herald.client() as api:
         for n in range(6):
             api.post("/api/v1/channels/short/events", json={"type": "t", "data": n}, headers=AUTH)

@@ -98,11 +98,9 @@ def test_a_hanging_target_fails_the_check_at_its_timeout(make_herald, target):
         assert result["state"] == "failed" and result["error"]["code"] == "timeout"
 
 
-def test_the_runner_never_exceeds_its_concurrency(make_herald, tmp_path, target):
+def test_the_runner_never_exceeds_its_concurrency(make_herald, target):
     target.delay = 0.4
-    config = tmp_path / "c.json"
-    config.write_text('{"runner-concurrency": 2}')
-    herald = make_herald("--allow-private-targets", "--config", str(config))
+    herald = make_herald("--allow-private-targets", config={"runner-concurrency": 2})
     with herald.client() as api:
         ids = [create(api, {"kind": "http", "params": {"url": f"http://127.0.0.1:{target.port}/"}}).json()["id"]
                for _ in range(6)]

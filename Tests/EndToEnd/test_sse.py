@@ -71,10 +71,8 @@ def test_a_channel_stream_resumes_from_last_event_id_without_gap_or_duplicate(he
     assert [json.loads(m.data)["data"]["n"] for m in result["messages"]] == list(range(2, 10))
 
 
-def test_a_lost_position_is_announced_then_the_kept_events_follow(make_herald, tmp_path):
-    config = tmp_path / "c.json"
-    config.write_text('{"history-max-events": 3}')
-    herald = make_herald("--config", str(config))
+def test_a_lost_position_is_announced_then_the_kept_events_follow(make_herald):
+    herald = make_herald(config={"history-max-events": 3})
     with herald.client() as api:
         publish(api, "short", 6)
         messages = events_of(herald, "/api/v1/channels/short/events", headers={"Accept": "text/event-stream"},

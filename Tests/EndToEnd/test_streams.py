@@ -54,10 +54,8 @@ def test_ndjson_heartbeats_are_blank_lines(make_herald):
     assert blank
 
 
-def test_ndjson_announces_a_lost_position(make_herald, tmp_path):
-    config = tmp_path / "c.json"
-    config.write_text('{"history-max-events": 2}')
-    herald = make_herald("--config", str(config))
+def test_ndjson_announces_a_lost_position(make_herald):
+    herald = make_herald(config={"history-max-events": 2})
     with herald.client() as api:
         publish(api, "lossy", 5)
     events, _ = ndjson_lines(herald, "/api/v1/channels/lossy/events", params={"format": "ndjson", "since": 0},

@@ -110,10 +110,8 @@ def test_create_check_then_watch_it_on_the_same_connection(herald):
     run(scenario())
 
 
-def test_the_origin_allow_list(make_herald, tmp_path):
-    config = tmp_path / "ws.json"
-    config.write_text(json.dumps({"ws-allowed-origins": "https://app.example"}))
-    herald = make_herald("--config", str(config))
+def test_the_origin_allow_list(make_herald):
+    herald = make_herald(config={"ws-allowed-origins": "https://app.example"})
 
     async def scenario():
         async with websockets.connect(ws_url(herald), origin="https://app.example") as ws:
@@ -127,10 +125,8 @@ def test_the_origin_allow_list(make_herald, tmp_path):
     run(scenario())
 
 
-def test_a_message_over_the_limit_closes_with_1009(make_herald, tmp_path):
-    config = tmp_path / "ws.json"
-    config.write_text(json.dumps({"ws-max-message-bytes": 1024}))
-    herald = make_herald("--config", str(config))
+def test_a_message_over_the_limit_closes_with_1009(make_herald):
+    herald = make_herald(config={"ws-max-message-bytes": 1024})
 
     async def scenario():
         async with websockets.connect(ws_url(herald)) as ws:
@@ -141,10 +137,8 @@ def test_a_message_over_the_limit_closes_with_1009(make_herald, tmp_path):
     run(scenario())
 
 
-def test_a_client_that_does_not_read_is_cut_off_as_a_slow_consumer(make_herald, tmp_path):
-    config = tmp_path / "ws.json"
-    config.write_text(json.dumps({"ws-max-queued-frames": 16}))
-    herald = make_herald("--config", str(config))
+def test_a_client_that_does_not_read_is_cut_off_as_a_slow_consumer(make_herald):
+    herald = make_herald(config={"ws-max-queued-frames": 16})
 
     async def scenario():
         async with websockets.connect(ws_url(herald), max_queue=1) as ws:

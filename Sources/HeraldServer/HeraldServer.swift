@@ -1,4 +1,5 @@
 internal import Foundation
+internal import HTTPTypes
 internal import HeraldCore
 internal import HeraldHTTP
 internal import HeraldHub
@@ -84,7 +85,7 @@ package struct HeraldServer: Sendable {
 
         let router = Router()
         api.register(on: router)
-        // Reached by a plain GET; a refused upgrade attempt is answered 400 by the WebSocket library.
+        // Reached by a plain GET; a refused upgrade is answered by UpgradeRefusalHandler.
         router.get(RouterPath(WebSocketEndpoint.path)) { _, _ -> Response in
             throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
         }
@@ -98,28 +99,62 @@ package struct HeraldServer: Sendable {
         }
 
         let host = configuration.host
+        let refusedUpgrades = RefusedUpgrades()
+        let idleTimeout = TimeAmount(configuration.http.idleTimeout)
+        let webSocketChannel = HTTP1WebSocketUpgradeChannel.Configuration(
+            http1: .init(
+                additionalChannelHandlers: [UpgradeRefusalHandler(refused: refusedUpgrades)],
+                idleTimeout: idleTimeout
+            ),
+            ws: .init(
+                maxFrameSize: max(configuration.webSocket.maxMessageBytes, 1 << 20),
+                extensions: [.perMessageDeflate()],
+                autoPing: .enabled(timePeriod: configuration.http.heartbeat)
+            )
+        )
+        let shouldUpgrade:
+            @Sendable (HTTPRequest, any Channel, Logger) throws -> ShouldUpgradeResult<
+                WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
+            > = { request, channel, _ in
+                if let problem = webSocket.refusal(for: request) {
+                    refusedUpgrades.record(problem, for: channel)
+                    return .dontUpgrade
+                }
+                return .upgrade([:]) { inbound, outbound, _ in try await webSocket.serve(inbound, outbound) }
+            }
         let server: HTTPServerBuilder
         let scheme: String
         if let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
-            server = try Self.tlsServer(
-                certificatePath: certificatePath,
-                keyPath: keyPath,
-                idleTimeout: configuration.http.idleTimeout
+            let context = try Self.tlsContext(certificatePath: certificatePath, keyPath: keyPath)
+            let http2 = HTTP2ChannelConfiguration(
+                idleTimeout: configuration.http.idleTimeout,
+                streamConfiguration: .init(idleTimeout: idleTimeout)
             )
+            server = HTTPServerBuilder { responder in
+                GuardedChildChannel(
+                    inner: SecureHTTPChannel(
+                        context: context,
+                        http1: HTTP1WebSocketUpgradeChannel(
+                            responder: responder,
+                            configuration: webSocketChannel,
+                            shouldUpgrade: shouldUpgrade
+                        ),
+                        http2: HTTP2Channel(responder: responder, configuration: http2)
+                    ),
+                    idleTimeout: idleTimeout
+                )
+            }
             scheme = "https"
         } else {
-            server = .http1WebSocketUpgrade(
-                configuration: .init(
-                    http1: .init(idleTimeout: TimeAmount(configuration.http.idleTimeout)),
-                    ws: .init(
-                        maxFrameSize: max(configuration.webSocket.maxMessageBytes, 1 << 20),
-                        extensions: [.perMessageDeflate()],
-                        autoPing: .enabled(timePeriod: configuration.http.heartbeat)
-                    )
+            server = HTTPServerBuilder { responder in
+                GuardedChildChannel(
+                    inner: HTTP1WebSocketUpgradeChannel(
+                        responder: responder,
+                        configuration: webSocketChannel,
+                        shouldUpgrade: shouldUpgrade
+                    ),
+                    idleTimeout: idleTimeout
                 )
-            ) { request, _, _ in
-                guard webSocket.accepts(request) else { return .dontUpgrade }
-                return .upgrade([:]) { inbound, outbound, _ in try await webSocket.serve(inbound, outbound) }
             }
             scheme = "http"
         }
@@ -161,12 +196,8 @@ package struct HeraldServer: Sendable {
         withExtendedLifetime(lock) {}
     }
 
-    /// The HTTP port with TLS: HTTP/2 and HTTP/1.1 chosen by ALPN, so a browser multiplexes
-    /// its streams over one connection instead of stopping at six per origin.
-    ///
-    /// WebSocket upgrades are not served on this channel (Hummingbird's HTTP/2 upgrade channel
-    /// has no WebSocket upgrader); docs/operations.md says so.
-    static func tlsServer(certificatePath: String, keyPath: String, idleTimeout: Duration) throws -> HTTPServerBuilder {
+    /// The TLS context of the HTTP port, offering HTTP/2 and HTTP/1.1 by ALPN.
+    static func tlsContext(certificatePath: String, keyPath: String) throws -> NIOSSLContext {
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
@@ -181,17 +212,18 @@ package struct HeraldServer: Sendable {
         guard !chain.isEmpty else {
             throw ConfigurationError(message: "the TLS certificate file \(certificatePath) holds no certificate")
         }
-        let tls = TLSConfiguration.makeServerConfiguration(
+        var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) },
             privateKey: .privateKey(key)
         )
-        return try .http2Upgrade(
-            tlsConfiguration: tls,
-            configuration: .init(
-                idleTimeout: idleTimeout,
-                streamConfiguration: .init(idleTimeout: TimeAmount(idleTimeout))
+        tls.applicationProtocols = SecureHTTPChannel.applicationProtocols
+        do {
+            return try NIOSSLContext(configuration: tls)
+        } catch {
+            throw ConfigurationError(
+                message: "the TLS certificate \(certificatePath) and key \(keyPath) do not form a usable pair: \(error)"
             )
-        )
+        }
     }
 
     /// The text of a file shipped in `Public/`.

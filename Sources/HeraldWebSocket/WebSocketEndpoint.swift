@@ -49,11 +49,24 @@ package final class WebSocketEndpoint: Service, Sendable {
         for session in live { session.finish(.restart) }
     }
 
-    /// Whether `request` may upgrade: the path, and the `Origin` allow-list when one is set.
-    package func accepts(_ request: HTTPRequest) -> Bool {
-        guard request.path?.split(separator: "?").first.map(String.init) == Self.path else { return false }
-        guard !configuration.allowedOrigins.isEmpty, let origin = request.headerFields[.origin] else { return true }
-        return configuration.allowedOrigins.contains(origin)
+    /// Why `request` may not upgrade, or nil when it may: the path, and the `Origin`
+    /// allow-list when one is set.
+    package func refusal(for request: HTTPRequest) -> Problem? {
+        guard request.path?.split(separator: "?").first.map(String.init) == Self.path else {
+            return Problem(
+                status: .notFound,
+                code: "not-found",
+                detail: "WebSocket connections are served at \(Self.path)"
+            )
+        }
+        guard !configuration.allowedOrigins.isEmpty, let origin = request.headerFields[.origin],
+            !configuration.allowedOrigins.contains(origin)
+        else { return nil }
+        return Problem(
+            status: .forbidden,
+            code: "origin-refused",
+            detail: "the origin \(origin) is not allowed to connect"
+        )
     }
 
     /// Serves one upgraded connection until either side closes it.

@@ -97,6 +97,48 @@ def test_a_browser_websocket_subscribes_and_receives(browser, herald):  # noqa: 
     assert [f["offset"] for f in frames if f["op"] == "event"] == [1, 2]
 
 
+def test_a_browser_websocket_sees_1012_on_sigterm_and_resumes_after_restart(browser, make_herald):  # noqa: F811
+    import signal
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    herald = make_herald("--port", str(port))
+    browser.get(f"{herald.url}/healthz")
+    publish_soon(herald, "drain", 2)
+    browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        window.events = []; window.closeCode = null;
+        const socket = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/ws');
+        socket.onopen = () => socket.send(JSON.stringify({op: 'subscribe', channel: 'drain'}));
+        socket.onmessage = (message) => {
+            const frame = JSON.parse(message.data);
+            if (frame.op === 'event') window.events.push(frame);
+            if (window.events.length === 2) done();
+        };
+        socket.onclose = (close) => { window.closeCode = close.code; };
+    """)
+    herald.proc.send_signal(signal.SIGTERM)
+    assert herald.proc.wait(timeout=30) == 0
+    assert browser.execute_script("return window.closeCode") == 1012
+    herald.start()
+    assert herald.url.endswith(f":{port}")
+    publish_soon(herald, "drain", 2, delay=0.5)
+    offsets = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const last = window.events[window.events.length - 1];
+        const socket = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/ws');
+        socket.onopen = () => socket.send(JSON.stringify(
+            {op: 'subscribe', channel: 'drain', since: last.offset, epoch: last.epoch}));
+        socket.onmessage = (message) => {
+            const frame = JSON.parse(message.data);
+            if (frame.op === 'event') window.events.push(frame);
+            if (window.events.length === 4) { socket.close(); done(window.events.map((e) => e.offset)); }
+        };
+    """)
+    assert offsets == [1, 2, 3, 4]
+
+
 def self_signed_certificate(directory):
     import subprocess
     key, cert = directory / "key.pem", directory / "cert.pem"
@@ -131,3 +173,12 @@ def test_ten_eventsources_to_one_origin_all_receive_over_http2(browser, make_her
     assert browser.execute_script("return window.received") == {str(i): i for i in range(10)}
     protocol = browser.execute_script("return performance.getEntriesByType('navigation')[0].nextHopProtocol")
     assert protocol == "h2"
+    # WebSocket from the same page: a wss:// connection to the same port (HTTP/1.1 by ALPN).
+    pong = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const socket = new WebSocket(location.origin.replace('https', 'wss') + '/api/v1/ws');
+        socket.onopen = () => socket.send(JSON.stringify({op: 'ping', id: 7}));
+        socket.onmessage = (message) => { socket.close(); done(JSON.parse(message.data)); };
+        socket.onerror = () => done({op: 'error'});
+    """)
+    assert pong == {"op": "pong", "id": 7}

@@ -1,6 +1,7 @@
 """`herald serve`: start-up line, refusals with one-line reasons, configuration precedence, health, drain."""
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -109,3 +110,15 @@ def test_checks_survive_a_graceful_restart(make_herald):
     with herald.client() as api:
         done = api.get(f"/api/v1/checks/{check['id']}", params={"wait": 20}).json()
         assert done["state"] == "done"
+
+
+def test_a_connection_that_never_sends_a_byte_neither_blocks_sigterm_nor_stays_forever(make_herald):
+    herald = make_herald(config={"idle-timeout": 2})
+    host, port = herald.url.removeprefix("http://").rsplit(":", 1)
+    # A browser's speculative preconnect: the connection opens and nothing is ever sent.
+    with socket.create_connection((host, int(port)), timeout=10) as silent:
+        assert silent.recv(1) == b""  # closed by the server after the idle timeout
+    with socket.create_connection((host, int(port)), timeout=10) as silent:
+        herald.proc.send_signal(signal.SIGTERM)
+        assert herald.proc.wait(timeout=8) == 0
+        assert silent.recv(1) == b""

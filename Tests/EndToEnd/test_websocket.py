@@ -120,9 +120,70 @@ def test_the_origin_allow_list(make_herald):
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             async with websockets.connect(ws_url(herald), origin="https://evil.example"):
                 pass
-        # The handshake is refused (by hummingbird-websocket, with an empty 400): no frame is ever read.
-        assert refused.value.response.status_code == 400
+        # The handshake is refused with the reason as a problem document: no frame is ever read.
+        response = refused.value.response
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = json.loads(response.body)
+        assert problem["code"] == "origin-refused" and "evil.example" in problem["detail"]
     run(scenario())
+
+
+def test_an_upgrade_to_another_path_is_refused_with_a_problem(herald):
+    async def scenario():
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(herald.url.replace("http://", "ws://") + "/api/v1/checks"):
+                pass
+        response = refused.value.response
+        assert response.status_code == 404
+        assert json.loads(response.body)["code"] == "not-found"
+    run(scenario())
+
+
+def test_websocket_over_tls_on_the_http_port(make_herald, tmp_path):
+    import ssl
+    from test_browser_streams import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path)
+    herald = make_herald("--tls-cert", str(cert), "--tls-key", str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario():
+        url = herald.url.replace("https://", "wss://") + "/api/v1/ws"
+        async with websockets.connect(url, ssl=context) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "channel": "secure", "id": 1}))
+            assert (await recv(ws))["op"] == "subscribed"
+            with herald.client(verify=context) as api:
+                publish(api, "secure", 1)
+            event = await until_op(ws, "event")
+            assert event["channel"] == "secure" and event["offset"] == 1
+    run(scenario())
+
+
+def test_the_server_pings_and_closes_a_connection_whose_pongs_stop(make_herald):
+    import socket
+    herald = make_herald("--heartbeat", "1")
+    host, port = herald.url.removeprefix("http://").rsplit(":", 1)
+    # A raw client: it completes the handshake, then reads frames and never answers a ping.
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        received = b""  # the 10 s socket timeout fails the test if the server never closes
+        while b"\r\n\r\n" not in received:
+            received += raw.recv(4096)
+        assert received.startswith(b"HTTP/1.1 101")
+        frames = received.split(b"\r\n\r\n", 1)[1]
+        while True:
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            frames += chunk
+    opcodes = []
+    while len(frames) >= 2:  # unmasked server frames, short payloads
+        length = frames[1] & 0x7F
+        opcodes.append(frames[0] & 0x0F)
+        frames = frames[2 + length:]
+    assert opcodes[0] == 0x9  # a ping
+    assert 0x8 in opcodes or not frames  # then a close (or just the end of the connection)
 
 
 def test_a_message_over_the_limit_closes_with_1009(make_herald):

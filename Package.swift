@@ -33,7 +33,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
-        .target(name: "HeraldCore", swiftSettings: swiftSettings),
+        .target(
+            name: "HeraldCore",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "HeraldCoreTests", dependencies: ["HeraldCore"], swiftSettings: swiftSettings),
 
         .target(name: "HeraldStore", dependencies: ["HeraldCore"], swiftSettings: swiftSettings),

@@ -1,7 +1,10 @@
+package import NIOCore
+
 /// An event encoded once, shared by every reader it is delivered to.
 ///
 /// Built once per published event; the bytes are then handed to every subscriber as they
-/// are (centrifuge's "encode once" rule), never re-encoded per reader.
+/// are (centrifuge's "encode once" rule), never re-encoded or copied per reader: a
+/// `ByteBuffer` written to many connections shares one storage.
 package final class EncodedEvent: Sendable {
     package let event: Event
     /// The event as JSON.
@@ -11,9 +14,11 @@ package final class EncodedEvent: Sendable {
     package let pollAnswer: String
     /// The event as one Server-Sent Events message: `id: <epoch>:<offset>`, `event: <type>`,
     /// `data: <event JSON>` (JSON text never contains a raw newline).
-    package let sse: String
-    /// The event as a WebSocket text frame: `{"op": "event", ...the event fields...}`.
-    package let webSocketFrame: String
+    package let sse: ByteBuffer
+    /// The event as one line of newline-delimited JSON.
+    package let ndjson: ByteBuffer
+    /// The payload of a WebSocket text frame: `{"op": "event", ...the event fields...}`.
+    package let webSocketFrame: ByteBuffer
 
     package init(_ event: Event) {
         self.event = event
@@ -25,7 +30,8 @@ package final class EncodedEvent: Sendable {
         writer.int("next", event.offset)
         writer.raw("events", "[" + json + "]")
         self.pollAnswer = writer.result
-        self.webSocketFrame = "{\"op\":\"event\"," + json.dropFirst()
-        self.sse = "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n"
+        self.webSocketFrame = ByteBuffer(string: "{\"op\":\"event\"," + json.dropFirst())
+        self.sse = ByteBuffer(string: "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n")
+        self.ndjson = ByteBuffer(string: json + "\n")
     }
 }

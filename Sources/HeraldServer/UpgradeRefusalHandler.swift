@@ -9,7 +9,8 @@ internal import Synchronization
 ///
 /// The upgrade decision records its reason under the connection (``RefusedUpgrades``); this
 /// handler, which the library adds to the HTTP/1.1 pipeline once it has decided not to
-/// upgrade, takes that reason and replaces the library's `400` with it.
+/// upgrade, takes that reason and replaces the library's `400` with it. It leaves the
+/// pipeline after the connection's first answer, so later writes do not pass through it.
 final class UpgradeRefusalHandler: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
@@ -44,9 +45,15 @@ final class UpgradeRefusalHandler: ChannelOutboundHandler, RemovableChannelHandl
             context.write(wrapOutboundOut(.body(body)), promise: promise)
         case .body where replacing:
             promise?.succeed()
-        default:
+        case .end where replacing:
             replacing = false
             context.write(data, promise: promise)
+        default:
+            context.write(data, promise: promise)
+            // Only a connection's first answer can be a refused upgrade: out of the way after it.
+            if case .head = unwrapOutboundIn(data) {
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            }
         }
     }
 }

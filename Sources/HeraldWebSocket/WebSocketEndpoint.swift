@@ -4,6 +4,7 @@ package import HeraldHTTP
 package import HeraldRunner
 package import HummingbirdWebSocket
 package import Logging
+internal import NIOCore
 internal import NIOWebSocket
 internal import ServiceLifecycle
 internal import Synchronization
@@ -71,7 +72,7 @@ package final class WebSocketEndpoint: Service, Sendable {
 
     /// Serves one upgraded connection until either side closes it.
     package func serve(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) async throws {
-        let (frames, sink) = AsyncStream<String>.makeStream(
+        let (frames, sink) = AsyncStream<ByteBuffer>.makeStream(
             bufferingPolicy: .bufferingOldest(configuration.maxQueuedFrames)
         )
         let session = WebSocketSession(
@@ -93,7 +94,9 @@ package final class WebSocketEndpoint: Service, Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             // The one writer: frames leave in order, and a slow client only fills its own queue.
             group.addTask {
-                for await frame in frames { try await outbound.write(.text(frame)) }
+                for await frame in frames {
+                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame)))
+                }
                 switch session.closing {
                 case .slowConsumer(let channel, let offset):
                     let error = OpError("slow_consumer", "the connection fell behind; resume from your last offset")

@@ -3,6 +3,7 @@ internal import HeraldHTTP
 internal import HeraldRunner
 internal import HeraldStore
 internal import Logging
+internal import NIOCore
 internal import Synchronization
 
 /// One WebSocket connection's state: its subscriptions and its bounded outgoing queue.
@@ -26,14 +27,14 @@ final class WebSocketSession: Sendable {
     }
 
     private let state = Mutex(State())
-    private let sink: AsyncStream<String>.Continuation
+    private let sink: AsyncStream<ByteBuffer>.Continuation
     private let follower: ChannelFollower
     private let checks: CheckService
     private let configuration: WebSocketConfiguration
     private let logger: Logger
 
     init(
-        sink: AsyncStream<String>.Continuation,
+        sink: AsyncStream<ByteBuffer>.Continuation,
         follower: ChannelFollower,
         checks: CheckService,
         configuration: WebSocketConfiguration,
@@ -53,6 +54,12 @@ final class WebSocketSession: Sendable {
     /// connection is now closing for it).
     @discardableResult
     func send(_ frame: String, channel: ChannelName? = nil, offset: Offset = 0) -> Bool {
+        send(ByteBuffer(string: frame), channel: channel, offset: offset)
+    }
+
+    /// Queues a frame's payload as it is: an event's bytes are shared by every connection.
+    @discardableResult
+    func send(_ frame: ByteBuffer, channel: ChannelName? = nil, offset: Offset = 0) -> Bool {
         guard closing == nil else { return false }
         switch sink.yield(frame) {
         case .enqueued:

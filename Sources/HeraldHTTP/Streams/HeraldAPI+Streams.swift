@@ -53,13 +53,13 @@ extension HeraldAPI {
             body: ResponseBody { writer in
                 try await writer.write(ByteBuffer(string: format.preamble))
                 _ = try await follower.follow(channel, after: position, epoch: positionEpoch) { item in
-                    let text: String
+                    let bytes: ByteBuffer
                     switch item {
-                    case .reset(let read): text = format.reset(read.resetJSON(channel: channel))
-                    case .events(let events): text = events.map(format.encode).joined()
-                    case .heartbeat: text = format.heartbeat
+                    case .reset(let read): bytes = ByteBuffer(string: format.reset(read.resetJSON(channel: channel)))
+                    case .events(let events): bytes = format.encode(events)
+                    case .heartbeat: bytes = ByteBuffer(string: format.heartbeat)
                     }
-                    if !text.isEmpty { try await writer.write(ByteBuffer(string: text)) }
+                    if bytes.readableBytes > 0 { try await writer.write(bytes) }
                 }
                 if !format.epilogue.isEmpty { try await writer.write(ByteBuffer(string: format.epilogue)) }
                 try await writer.finish(nil)

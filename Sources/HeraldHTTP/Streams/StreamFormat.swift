@@ -1,5 +1,6 @@
 internal import HTTPTypes
 internal import HeraldCore
+internal import NIOCore
 
 /// The wire formats of `GET .../events` streams: one stream loop, three framings.
 enum StreamFormat: Sendable {
@@ -52,13 +53,25 @@ enum StreamFormat: Sendable {
         }
     }
 
-    /// One event. The JSON escapes `<`, `>`, `&`, U+2028 and U+2029, so it is safe in `<script>`.
-    func encode(_ event: EncodedEvent) -> String {
+    /// One event: for SSE and NDJSON the event's shared bytes. The JSON escapes `<`, `>`, `&`,
+    /// U+2028 and U+2029, so it is safe in `<script>`.
+    func encode(_ event: EncodedEvent) -> ByteBuffer {
         switch self {
         case .sse: event.sse
-        case .ndjson: event.json + "\n"
-        case .html: "<script>parent.heraldEvent(" + event.json + ");</script>\n"
+        case .ndjson: event.ndjson
+        case .html: ByteBuffer(string: "<script>parent.heraldEvent(" + event.json + ");</script>\n")
         }
+    }
+
+    /// Events in order as one buffer: a single event's shared bytes as they are, several
+    /// copied into one buffer so they leave in one write.
+    func encode(_ events: [EncodedEvent]) -> ByteBuffer {
+        guard events.count > 1 else { return events.first.map(encode) ?? ByteBuffer() }
+        let parts = events.map(encode)
+        var batch = ByteBuffer()
+        batch.reserveCapacity(parts.reduce(0) { $0 + $1.readableBytes })
+        for part in parts { batch.writeImmutableBuffer(part) }
+        return batch
     }
 
     /// The loss signal before the events still kept: `{"type": "herald.reset", ...}`.

@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -113,9 +114,27 @@ let package = Package(
         ),
 
         .target(
+            name: "HeraldHooks",
+            dependencies: [
+                "HeraldRunner",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(
+            name: "HeraldHooksTests",
+            dependencies: ["HeraldHooks", "HeraldStore"],
+            swiftSettings: swiftSettings
+        ),
+
+        .target(
             name: "HeraldServer",
             dependencies: [
                 "HeraldHTTP",
+                "HeraldHooks",
                 "HeraldWebSocket",
                 "HeraldSQLite",
                 .product(name: "HummingbirdCore", package: "hummingbird"),

@@ -188,6 +188,11 @@ extension CheckSpec {
 
 /// Standard Webhooks secrets: `whsec_` followed by base64 of 24 to 64 random bytes.
 package enum WebhookSecret {
+    /// A fresh secret: `whsec_` and base64 of 32 random bytes.
+    package static func generate() -> String {
+        "whsec_" + Data(randomBytes(32)).base64EncodedString()
+    }
+
     package static func isValid(_ secret: String) -> Bool {
         guard secret.hasPrefix("whsec_"), let bytes = decodeBase64(String(secret.dropFirst(6))) else { return false }
         return (24...64).contains(bytes.count)

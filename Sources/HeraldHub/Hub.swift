@@ -50,10 +50,18 @@ package final class Hub: Service, Sendable {
     private let deadlines = DeadlineQueue<WaiterKey>()
     private let subscribers: SubscriberRegistry
     private let logger: Logger
+    private let onPublish: @Sendable () -> Void
 
-    package init(limits: SubscriberLimits = .init(), logger: Logger = Logger(label: "herald.hub")) {
+    /// - Parameter onPublish: called after each publish (the webhook dispatcher's doorbell:
+    ///   the event's deliveries were committed with it).
+    package init(
+        limits: SubscriberLimits = .init(),
+        logger: Logger = Logger(label: "herald.hub"),
+        onPublish: @escaping @Sendable () -> Void = {}
+    ) {
         self.subscribers = SubscriberRegistry(limits: limits)
         self.logger = logger
+        self.onPublish = onPublish
     }
 
     /// Number of streaming subscribers right now.
@@ -118,6 +126,7 @@ package final class Hub: Service, Sendable {
         }
         for continuation in wake { continuation.resume() }
         subscribers.deliver(encoded)
+        onPublish()
     }
 
     /// The newest position published on `channel` in this process, if the hub remembers one.

@@ -12,7 +12,7 @@ package struct CheckService: Sendable {
     let store: any Store
     let hub: Hub
     let runner: CheckRunner
-    let resolver: TargetResolver
+    package let resolver: TargetResolver
 
     package init(store: any Store, hub: Hub, runner: CheckRunner, resolver: TargetResolver) {
         self.store = store
@@ -36,7 +36,7 @@ package struct CheckService: Sendable {
             break
         }
         if spec.callbackURL != nil && spec.callbackSecret == nil {
-            spec.callbackSecret = "whsec_" + Data(randomBytes(32)).base64EncodedString()
+            spec.callbackSecret = WebhookSecret.generate()
         }
         let creation = try await store.createCheck(
             Check(id: .random(), spec: spec, createdAt: .now()),

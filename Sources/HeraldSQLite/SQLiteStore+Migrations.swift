@@ -50,6 +50,51 @@ extension SQLiteStore {
                     """
             )
         }
+        migrator.registerMigration("v2: webhook subscriptions, delivery outbox and log") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE subscriptions (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        id TEXT NOT NULL UNIQUE,
+                        target_url TEXT NOT NULL,
+                        event TEXT NOT NULL,
+                        secret TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL,
+                        disabled_at INTEGER,
+                        failing_since INTEGER
+                    );
+                    CREATE TABLE deliveries (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        id TEXT NOT NULL UNIQUE,
+                        subscription_id TEXT,
+                        check_id TEXT,
+                        target_url TEXT NOT NULL,
+                        secret TEXT NOT NULL,
+                        event_type TEXT NOT NULL,
+                        event_time INTEGER NOT NULL,
+                        payload TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        next_attempt_at INTEGER,
+                        created_at INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL
+                    );
+                    CREATE INDEX deliveries_due ON deliveries(next_attempt_at) WHERE state = 'pending';
+                    CREATE INDEX deliveries_subscription ON deliveries(subscription_id, seq);
+                    CREATE INDEX deliveries_check ON deliveries(check_id, seq);
+                    CREATE TABLE delivery_attempts (
+                        delivery_id TEXT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+                        at INTEGER NOT NULL,
+                        status_code INTEGER,
+                        duration_ms INTEGER NOT NULL,
+                        error TEXT,
+                        snippet TEXT
+                    );
+                    CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, at);
+                    """
+            )
+        }
         return migrator
     }
 }

@@ -9,7 +9,7 @@ package import HeraldStore
 /// their own threads: writes are serialized (the "one writer path"), and reads see the last
 /// committed state without waiting for a write in progress. No call blocks a NIO event loop.
 package final class SQLiteStore: Store {
-    private let pool: DatabasePool
+    let pool: DatabasePool
     private let retention: RetentionConfiguration
 
     /// How hard a commit is pushed to disk.
@@ -103,6 +103,7 @@ package final class SQLiteStore: Store {
                 at: check.createdAt,
                 maxEvents: nil
             )
+            try Self.enqueueDeliveries(for: event, of: check, db)
             return CheckCreation(check: check, event: event)
         }
     }
@@ -133,9 +134,7 @@ package final class SQLiteStore: Store {
         let bound = arguments
         let limit = query.limit
         return try await pool.read { db in
-            let rows = try Row.fetchAll(db, sql: sql, arguments: bound)
-            let page = rows.prefix(limit)
-            let next = rows.count > limit ? page.last.map { String($0["seq"] as Int64, radix: 36) } : nil
+            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: bound), limit: limit)
             return CheckPage(checks: try page.map(Self.check(from:)), nextCursor: next)
         }
     }
@@ -178,6 +177,7 @@ package final class SQLiteStore: Store {
                 at: time,
                 maxEvents: nil
             )
+            try Self.enqueueDeliveries(for: event, of: next, db)
             return .finished(next, event)
         }
     }
@@ -187,7 +187,9 @@ package final class SQLiteStore: Store {
     package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
         let maxEvents = retention.maxEventsPerChannel
         return try await pool.write { db in
-            try Self.append(db, type: type, data: data, to: channel, at: time, maxEvents: maxEvents)
+            let event = try Self.append(db, type: type, data: data, to: channel, at: time, maxEvents: maxEvents)
+            try Self.enqueueDeliveries(for: event, of: nil, db)
+            return event
         }
     }
 
@@ -268,6 +270,12 @@ package final class SQLiteStore: Store {
             )
             removed += db.changesCount
             try db.execute(sql: "DELETE FROM idempotency_keys WHERE created_at < ?", arguments: [keyCutoff])
+            removed += db.changesCount
+            // The delivery log is kept as long as ended checks are; pending deliveries stay.
+            try db.execute(
+                sql: "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?",
+                arguments: [checkCutoff]
+            )
             return removed + db.changesCount
         }
     }
@@ -277,6 +285,13 @@ package final class SQLiteStore: Store {
     }
 
     // MARK: Rows
+
+    /// A page of `limit` rows fetched with `LIMIT limit + 1`, and the cursor of the next page
+    /// (the last row's `seq` in base 36) when the extra row shows there is one.
+    static func page(_ rows: [Row], limit: Int) -> (rows: ArraySlice<Row>, next: String?) {
+        let page = rows.prefix(limit)
+        return (page, rows.count > limit ? page.last.map { String($0["seq"] as Int64, radix: 36) } : nil)
+    }
 
     private static func append(
         _ db: Database,

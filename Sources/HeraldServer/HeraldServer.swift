@@ -2,6 +2,7 @@ internal import Foundation
 internal import HTTPTypes
 internal import HeraldCore
 internal import HeraldHTTP
+internal import HeraldHooks
 internal import HeraldHub
 internal import HeraldRunner
 internal import HeraldSQLite
@@ -53,8 +54,17 @@ package struct HeraldServer: Sendable {
             throw ConfigurationError(message: error.message)
         }
         let lock = try DataDirectoryLock(directory: directory)
-        let hub = Hub(logger: logger.labelled("herald.hub"))
         let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
+        let webhooks = WebhookDispatcher(
+            store: store,
+            resolver: resolver,
+            configuration: WebhookConfiguration(
+                retrySchedule: configuration.webhookRetrySchedule,
+                timeout: configuration.webhookTimeout
+            ),
+            logger: logger.labelled("herald.webhooks")
+        )
+        let hub = Hub(logger: logger.labelled("herald.hub"), onPublish: { webhooks.wake() })
         let runner = CheckRunner(
             store: store,
             hub: hub,
@@ -177,6 +187,7 @@ package struct HeraldServer: Sendable {
             configuration: .init(
                 services: [
                     .init(service: runner),
+                    .init(service: webhooks),
                     .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
                     .init(service: app),
                     .init(service: hub),

@@ -7,7 +7,7 @@ package import HeraldCore
 /// and a crash never loses an acknowledged change. Implementations are safe to call from any
 /// task; reads never wait for a long write. Callers publish returned events to the hub only
 /// after the call returns, that is, after commit.
-package protocol Store: Sendable {
+package protocol Store: WebhookStore {
     /// Creates `check` with its `check.created` event (offset 1 of a fresh channel).
     ///
     /// With an idempotency key already used by an identical request, returns that first

@@ -6,7 +6,16 @@ from openapi_spec_validator import validate
 from conftest import AUTH, create
 
 
-def test_every_documented_route_answers_with_a_documented_status(api):
+def new_subscription(api):
+    return api.post("/api/v1/subscription", json={"target_url": "http://127.0.0.1:9/hook", "event": "*"},
+                    headers=AUTH).json()["id"]
+
+
+def test_every_documented_route_answers_with_a_documented_status(make_herald):
+    api = make_herald("--allow-private-targets").client()
+    new_subscription(api)
+    api.post("/api/v1/channels/openapi-walk/events", json={"type": "t", "data": 1}, headers=AUTH)
+    delivery = api.get("/api/v1/deliveries", headers=AUTH).json()["deliveries"][0]["id"]
     response = api.get("/openapi.yaml")
     assert response.status_code == 200
     document = yaml.safe_load(response.text)
@@ -20,6 +29,8 @@ def test_every_documented_route_answers_with_a_documented_status(api):
             url = path.replace("{name}", "openapi-walk")
             if "{id}" in path:
                 url = url.replace("{id}", create(api, {"kind": "external"}).json()["id"])
+            url = url.replace("{subscription}", new_subscription(api) if "{subscription}" in url else "")
+            url = url.replace("{delivery}", delivery)
             headers = dict(AUTH) if operation.get("security") else {}
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
             answer = api.request(method.upper(), url, json=body, headers=headers)
@@ -29,7 +40,7 @@ def test_every_documented_route_answers_with_a_documented_status(api):
             if answer.status_code >= 400:
                 assert answer.headers["content-type"] == "application/problem+json"
             called += 1
-    assert called == 11
+    assert called == 20
 
 
 def test_every_route_served_is_documented(api):
@@ -38,6 +49,10 @@ def test_every_route_served_is_documented(api):
               ("delete", "/api/v1/checks/{id}"), ("post", "/api/v1/checks/{id}/complete"),
               ("get", "/api/v1/checks/{id}/events"), ("post", "/api/v1/channels/{name}/events"),
               ("get", "/api/v1/channels/{name}/events"), ("get", "/healthz"), ("get", "/readyz"),
-              ("get", "/openapi.yaml")}
+              ("get", "/openapi.yaml"), ("get", "/api/v1/subscription"), ("post", "/api/v1/subscription"),
+              ("get", "/api/v1/subscription/{subscription}"), ("put", "/api/v1/subscription/{subscription}"),
+              ("delete", "/api/v1/subscription/{subscription}"), ("post", "/api/v1/subscription/{subscription}/replay"),
+              ("get", "/api/v1/deliveries"), ("get", "/api/v1/deliveries/{delivery}"),
+              ("post", "/api/v1/deliveries/{delivery}/retry")}
     listed = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}
     assert served <= listed

@@ -128,12 +128,7 @@ extension HeraldAPI {
             }
             query.kind = value
         }
-        if let limit = request.query("limit") {
-            guard let value = Int(limit), (1...500).contains(value) else {
-                throw HeraldError.invalid("limit must be an integer in 1...500")
-            }
-            query.limit = value
-        }
+        query.limit = try pageLimit(request)
         query.cursor = request.query("cursor")
         let page = try await store.checks(matching: query)
         var writer = JSONWriter()

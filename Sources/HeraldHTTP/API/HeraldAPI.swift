@@ -36,6 +36,7 @@ package struct HeraldAPI: Sendable {
         router.add(middleware: ProblemMiddleware(logger: logger))
         registerChecks(on: router)
         registerChannels(on: router)
+        registerWebhooks(on: router)
         router.get("/healthz") { _, _ in jsonResponse(.ok, #"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in
             do {

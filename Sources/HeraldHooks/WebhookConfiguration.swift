@@ -1,0 +1,23 @@
+/// How deliveries are sent and retried.
+package struct WebhookConfiguration: Sendable {
+    /// Waits before each retry (`--webhook-retry-schedule`); after the last, a delivery fails.
+    package var retrySchedule: [Duration]
+    /// How long a target has to answer (`--webhook-timeout`).
+    package var timeout: Duration
+    /// Deliveries in flight at once, over all targets. Hanging targets hold a slot until their
+    /// timeout, so this is large: requests in flight cost a socket and a few KiB, not a thread.
+    package var maxInFlight = 1024
+    /// Deliveries in flight at once to one target (scheme, host and port).
+    package var maxInFlightPerTarget = 8
+    /// Consecutive failures that open a target's circuit.
+    package var breakerThreshold = 5
+    /// How long an open circuit holds a target's deliveries before one probe goes out.
+    package var breakerCooldown: Duration = .seconds(30)
+    /// A subscription whose target has failed for this long is disabled (`PUT` re-enables it).
+    package var disableAfter: Duration = .seconds(5 * 86_400)
+
+    package init(retrySchedule: [Duration], timeout: Duration) {
+        self.retrySchedule = retrySchedule
+        self.timeout = timeout
+    }
+}

@@ -1,0 +1,242 @@
+internal import AsyncHTTPClient
+internal import Foundation
+internal import HeraldCore
+package import HeraldRunner
+package import HeraldStore
+package import Logging
+internal import NIOCore
+internal import NIOHTTP1
+internal import NIOPosix
+internal import ServiceLifecycle
+internal import Synchronization
+
+/// Sends the outbox: claims due deliveries, signs and POSTs them, and records each attempt.
+///
+/// At-least-once: a delivery is leased while it is sent, so a crash mid-send makes it due
+/// again after the lease, with the same `webhook-id`. Every attempt goes through the SSRF
+/// guard after DNS resolution and connects to the checked address; no redirect is followed.
+/// Targets are isolated by ``CircuitBreakers``: a capped number in flight each, and an open
+/// circuit after consecutive failures, so dead or hanging targets do not hold healthy ones up.
+package final class WebhookDispatcher: Service, Sendable {
+    private let store: any WebhookStore
+    private let resolver: TargetResolver
+    private let configuration: WebhookConfiguration
+    private let breakers: CircuitBreakers
+    private let doorbell = Doorbell()
+    private let inFlight = Mutex(0)
+    private let logger: Logger
+
+    package init(
+        store: any WebhookStore,
+        resolver: TargetResolver,
+        configuration: WebhookConfiguration,
+        logger: Logger
+    ) {
+        self.store = store
+        self.resolver = resolver
+        self.configuration = configuration
+        self.breakers = CircuitBreakers(configuration: configuration)
+        self.logger = logger
+    }
+
+    /// Says that deliveries may have been queued (after an event's commit).
+    package func wake() { doorbell.ring() }
+
+    package func run() async throws {
+        await cancelWhenGracefulShutdown { await self.loop() }
+    }
+
+    private func loop() async {
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                let free = configuration.maxInFlight - inFlight.withLock { $0 }
+                let limit = min(free, 256)
+                var claimed: [Delivery] = []
+                if limit > 0 {
+                    do {
+                        claimed = try await store.claimDeliveries(
+                            now: .now(),
+                            lease: configuration.timeout + .seconds(5),
+                            limit: limit
+                        )
+                    } catch {
+                        logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
+                    }
+                }
+                for delivery in claimed {
+                    inFlight.withLock { $0 += 1 }
+                    group.addTask {
+                        await self.attempt(delivery)
+                        self.inFlight.withLock { $0 -= 1 }
+                        self.doorbell.ring()
+                    }
+                }
+                if limit > 0 && claimed.count == limit { continue }  // more may be due
+                await doorbell.wait(upTo: await pause())
+            }
+        }
+    }
+
+    /// How long to sleep when nothing is due: until the next due delivery, at most a second.
+    private func pause() async -> Duration {
+        guard let due = try? await store.nextDeliveryDue() else { return .seconds(1) }
+        let wait = due.millisecondsSince1970 - Timestamp.now().millisecondsSince1970
+        return .milliseconds(min(max(wait, 10), 1000))
+    }
+
+    /// One attempt of `delivery`, or a postponement when its target is busy or its circuit open.
+    private func attempt(_ delivery: Delivery) async {
+        let target = Self.targetKey(delivery.targetURL)
+        if let later = breakers.acquire(target, now: .now) {
+            try? await store.postponeDelivery(
+                delivery.id,
+                until: Timestamp.now().adding(milliseconds: later.milliseconds)
+            )
+            return
+        }
+        let started = ContinuousClock.now
+        let result = await send(delivery)
+        breakers.release(target, succeeded: result.outcome == .delivered, now: .now)
+        let attempt = DeliveryAttempt(
+            at: .now(),
+            statusCode: result.status,
+            durationMilliseconds: (ContinuousClock.now - started).milliseconds,
+            error: result.error,
+            snippet: result.snippet
+        )
+        do {
+            try await store.recordAttempt(
+                attempt,
+                of: delivery.id,
+                outcome: result.outcome,
+                disableFailingBefore: Timestamp.now().adding(milliseconds: -configuration.disableAfter.milliseconds)
+            )
+        } catch {
+            logger.warning(
+                "recording a delivery attempt failed",
+                metadata: ["herald.delivery": "\(delivery.id)", "error": "\(error)"]
+            )
+        }
+    }
+
+    private struct Result {
+        var outcome: DeliveryOutcome
+        var status: Int?
+        var error: String?
+        var snippet: String?
+    }
+
+    private func send(_ delivery: Delivery) async -> Result {
+        let attempts = delivery.attempts + 1
+        let url: TargetURL
+        let address: IPAddress
+        do {
+            url = try TargetURL(delivery.targetURL, field: "target_url")
+            address = try await resolver.resolve(url.host)
+        } catch {
+            return Result(outcome: retry(after: attempts), error: "\(error)")
+        }
+        let timestamp = Timestamp.now().millisecondsSince1970 / 1000
+        guard
+            let signature = WebhookSigner.signature(
+                secret: delivery.secret,
+                id: delivery.id,
+                timestamp: timestamp,
+                body: delivery.payload
+            )
+        else { return Result(outcome: .failed, error: "the signing secret is not valid") }
+        var client = HTTPClient.Configuration(
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .init(configuration.timeout), read: .init(configuration.timeout))
+        )
+        client.dnsOverride = [url.host: address.description]
+        client.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
+        let http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: client)
+        defer { http.shutdown { _ in } }
+        var request = HTTPClientRequest(url: delivery.targetURL)
+        request.method = .POST
+        request.headers.add(name: "content-type", value: "application/json")
+        request.headers.add(name: "user-agent", value: "herald-webhooks/1")
+        request.headers.add(name: "webhook-id", value: delivery.id)
+        request.headers.add(name: "webhook-timestamp", value: "\(timestamp)")
+        request.headers.add(name: "webhook-signature", value: signature)
+        request.body = .bytes(ByteBuffer(string: delivery.payload))
+        do {
+            let response = try await http.execute(request, timeout: .init(configuration.timeout))
+            var body = try await response.body.collect(upTo: 64 * 1024)
+            let snippet = body.readString(length: min(body.readableBytes, 256))
+            let status = Int(response.status.code)
+            let outcome: DeliveryOutcome
+            switch status {
+            case 200..<300: outcome = .delivered
+            case 410: outcome = .gone
+            case 429, 503:
+                let asked = response.headers.first(name: "retry-after").flatMap { Int64($0) }
+                outcome = retry(after: attempts, atLeast: asked.map { .seconds(min($0, 86_400)) })
+            default: outcome = retry(after: attempts)
+            }
+            return Result(outcome: outcome, status: status, snippet: snippet)
+        } catch let error as HTTPClientError
+            where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
+        {
+            return Result(outcome: retry(after: attempts), error: "no answer within \(configuration.timeout)")
+        } catch {
+            return Result(outcome: retry(after: attempts), error: "\(error)")
+        }
+    }
+
+    /// The next try after `attempts` failed ones, on the schedule with ±10 % jitter, or `.failed`
+    /// once the schedule is used up.
+    private func retry(after attempts: Int, atLeast floor: Duration? = nil) -> DeliveryOutcome {
+        guard attempts <= configuration.retrySchedule.count else { return .failed }
+        let base = configuration.retrySchedule[attempts - 1].milliseconds
+        let jittered = base + Int64.random(in: -(base / 10)...(base / 10))
+        let wait = max(jittered, floor?.milliseconds ?? 0)
+        return .retry(at: Timestamp.now().adding(milliseconds: wait))
+    }
+
+    /// What isolation is keyed on: scheme, host and port of a target URL.
+    static func targetKey(_ url: String) -> String {
+        guard let components = URLComponents(string: url) else { return url }
+        return "\(components.scheme ?? "")://\(components.host ?? ""):\(components.port ?? -1)"
+    }
+}
+
+/// Wakes the dispatcher: `ring` from anywhere, `wait` in the dispatcher's loop.
+final class Doorbell: Sendable {
+    private let state = Mutex<(rung: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func ring() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.rung = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns at the next ring (or at once if one came since the last wait), at most after `limit`.
+    func wait(upTo limit: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                self.ring()
+            }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if state.rung {
+                        state.rung = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+            group.cancelAll()
+        }
+    }
+}

@@ -1,0 +1,379 @@
+internal import GRDB
+package import HeraldCore
+package import HeraldStore
+
+extension SQLiteStore {
+    // MARK: The outbox
+
+    /// Writes the deliveries `event` causes, inside the transaction that appends it: the
+    /// check's callback for its terminal event, and every active subscription that matches.
+    static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
+        var targets: [(subscription: String?, url: String, secret: String)] = []
+        if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
+            check.state.isTerminal
+        {
+            targets.append((nil, url, secret))
+        }
+        let subscriptions = try Row.fetchAll(
+            db,
+            sql: "SELECT id, target_url, event, secret FROM subscriptions WHERE disabled_at IS NULL ORDER BY seq"
+        )
+        for row in subscriptions where Subscription.pattern(row["event"], matches: event.type) {
+            targets.append((row["id"], row["target_url"], row["secret"]))
+        }
+        guard !targets.isEmpty else { return }
+        let payload = Self.payload(of: event)
+        for target in targets {
+            try db.execute(
+                sql: """
+                    INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type, event_time,
+                                            payload, state, attempts, next_attempt_at, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
+                    """,
+                arguments: [
+                    "msg_" + randomToken(bytes: 16), target.subscription, check?.id.rawValue, target.url,
+                    target.secret, event.type, event.time.millisecondsSince1970, payload,
+                    event.time.millisecondsSince1970, event.time.millisecondsSince1970,
+                    event.time.millisecondsSince1970,
+                ]
+            )
+        }
+    }
+
+    /// The body of a delivery, per Standard Webhooks: `{"type", "timestamp", "data"}`, where
+    /// `data` is the event as every other transport carries it.
+    static func payload(of event: Event) -> String {
+        var writer = JSONWriter()
+        writer.string("type", event.type)
+        writer.string("timestamp", event.time.rfc3339)
+        writer.raw("data", event.json)
+        return writer.result
+    }
+
+    // MARK: Subscriptions
+
+    package func createSubscription(_ subscription: Subscription) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO subscriptions (id, target_url, event, secret, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    subscription.id, subscription.targetURL, subscription.event, subscription.secret,
+                    subscription.createdAt.millisecondsSince1970, subscription.updatedAt.millisecondsSince1970,
+                ]
+            )
+        }
+    }
+
+    package func subscription(_ id: String) async throws -> Subscription? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
+                .map(Self.subscription(from:))
+        }
+    }
+
+    package func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?) {
+        let after = try Self.sequence(of: cursor)
+        return try await pool.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM subscriptions WHERE seq > ? ORDER BY seq LIMIT ?",
+                arguments: [after, limit + 1]
+            )
+            let (page, next) = Self.page(rows, limit: limit)
+            return (page.map(Self.subscription(from:)), next)
+        }
+    }
+
+    package func updateSubscription(
+        _ id: String,
+        targetURL: String,
+        event: String,
+        secret: String?,
+        at time: Timestamp
+    ) async throws -> Subscription? {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE subscriptions SET target_url = ?, event = ?, secret = COALESCE(?, secret), updated_at = ?,
+                                             disabled_at = NULL, failing_since = NULL
+                    WHERE id = ?
+                    """,
+                arguments: [targetURL, event, secret, time.millisecondsSince1970, id]
+            )
+            return try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
+                .map(Self.subscription(from:))
+        }
+    }
+
+    package func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool {
+        try await pool.write { db in try Self.deleteSubscription(id, at: time, db) }
+    }
+
+    private static func deleteSubscription(_ id: String, at time: Timestamp, _ db: Database) throws -> Bool {
+        try db.execute(sql: "DELETE FROM subscriptions WHERE id = ?", arguments: [id])
+        let existed = db.changesCount > 0
+        try db.execute(
+            sql: """
+                UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
+                WHERE subscription_id = ? AND state = 'pending'
+                """,
+            arguments: [time.millisecondsSince1970, id]
+        )
+        return existed
+    }
+
+    // MARK: Deliveries
+
+    package func claimDeliveries(now: Timestamp, lease: Duration, limit: Int) async throws -> [Delivery] {
+        try await pool.write { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?
+                    ORDER BY next_attempt_at, seq LIMIT ?
+                    """,
+                arguments: [now.millisecondsSince1970, limit]
+            )
+            let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
+            for row in rows {
+                try db.execute(
+                    sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?",
+                    arguments: [leasedUntil, row["id"] as String]
+                )
+            }
+            return try rows.map(Self.delivery(from:))
+        }
+    }
+
+    package func nextDeliveryDue() async throws -> Timestamp? {
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
+                .map(Timestamp.init(millisecondsSince1970:))
+        }
+    }
+
+    package func postponeDelivery(_ id: String, until time: Timestamp) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ? AND state = 'pending'",
+                arguments: [time.millisecondsSince1970, id]
+            )
+        }
+    }
+
+    package func recordAttempt(
+        _ attempt: DeliveryAttempt,
+        of id: String,
+        outcome: DeliveryOutcome,
+        disableFailingBefore cutoff: Timestamp
+    ) async throws {
+        let at = attempt.at.millisecondsSince1970
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM deliveries WHERE id = ?", arguments: [id]) else {
+                return
+            }
+            let delivery = try Self.delivery(from: row)
+            try db.execute(
+                sql: """
+                    INSERT INTO delivery_attempts (delivery_id, at, status_code, duration_ms, error, snippet)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    id, at, attempt.statusCode, attempt.durationMilliseconds, attempt.error, attempt.snippet,
+                ]
+            )
+            let state: Delivery.State
+            var next: Int64?
+            switch outcome {
+            case .delivered: state = .delivered
+            case .retry(let time): (state, next) = (.pending, time.millisecondsSince1970)
+            case .failed, .gone: state = .failed
+            }
+            try db.execute(
+                sql:
+                    "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                arguments: [state.rawValue, next, at, id]
+            )
+            if let subscription = delivery.subscriptionID {
+                // A success ends a run of failures; a failure starts one if none is running.
+                try db.execute(
+                    sql: outcome == .delivered
+                        ? "UPDATE subscriptions SET failing_since = NULL WHERE id = ?"
+                        : "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+                    arguments: outcome == .delivered ? [subscription] : [at, subscription]
+                )
+                try db.execute(
+                    sql: """
+                        UPDATE subscriptions SET disabled_at = ?
+                        WHERE id = ? AND disabled_at IS NULL AND failing_since < ?
+                        """,
+                    arguments: [at, subscription, cutoff.millisecondsSince1970]
+                )
+            }
+            guard outcome == .gone else { return }
+            if let subscription = delivery.subscriptionID {
+                _ = try Self.deleteSubscription(subscription, at: attempt.at, db)
+            } else if let check = delivery.checkID {
+                try db.execute(
+                    sql: """
+                        UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
+                        WHERE check_id = ? AND subscription_id IS NULL AND state = 'pending'
+                        """,
+                    arguments: [at, check]
+                )
+            }
+        }
+    }
+
+    package func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?) {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let subscription = query.subscriptionID {
+            conditions.append("subscription_id = ?")
+            _ = arguments.append(contentsOf: [subscription])
+        }
+        if let check = query.checkID {
+            conditions.append("check_id = ?")
+            _ = arguments.append(contentsOf: [check])
+        }
+        if let state = query.state {
+            conditions.append("state = ?")
+            _ = arguments.append(contentsOf: [state.rawValue])
+        }
+        if query.cursor != nil {
+            conditions.append("seq < ?")
+            _ = arguments.append(contentsOf: [try Self.sequence(of: query.cursor)])
+        }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        _ = arguments.append(contentsOf: [query.limit + 1])
+        let sql = "SELECT * FROM deliveries \(whereClause) ORDER BY seq DESC LIMIT ?"
+        let bound = arguments
+        let limit = query.limit
+        return try await pool.read { db in
+            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: bound), limit: limit)
+            return (try page.map(Self.delivery(from:)), next)
+        }
+    }
+
+    package func delivery(_ id: String) async throws -> (Delivery, [DeliveryAttempt])? {
+        try await pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM deliveries WHERE id = ?", arguments: [id]) else {
+                return nil
+            }
+            let attempts = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY at, rowid",
+                arguments: [id]
+            ).map { row in
+                DeliveryAttempt(
+                    at: Timestamp(millisecondsSince1970: row["at"]),
+                    statusCode: row["status_code"],
+                    durationMilliseconds: row["duration_ms"],
+                    error: row["error"],
+                    snippet: row["snippet"]
+                )
+            }
+            return (try Self.delivery(from: row), attempts)
+        }
+    }
+
+    package func retryDelivery(_ id: String, at time: Timestamp) async throws -> Delivery? {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                arguments: [time.millisecondsSince1970, time.millisecondsSince1970, id]
+            )
+            return try Row.fetchOne(db, sql: "SELECT * FROM deliveries WHERE id = ?", arguments: [id])
+                .map(Self.delivery(from:))
+        }
+    }
+
+    package func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int? {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
+            else { return nil }
+            let subscription = Self.subscription(from: row)
+            let events = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT events.channel, events.offset, events.type, events.time, events.data, channels.epoch
+                    FROM events JOIN channels ON channels.name = events.channel
+                    WHERE events.time >= ? ORDER BY events.time, events.channel, events.offset
+                    """,
+                arguments: [time.millisecondsSince1970]
+            )
+            var queued = 0
+            for row in events where subscription.matches(row["type"]) {
+                guard let channel = ChannelName(row["channel"] as String) else { continue }
+                let event = Event(
+                    channel: channel,
+                    offset: row["offset"],
+                    epoch: Epoch(row["epoch"]),
+                    type: row["type"],
+                    time: Timestamp(millisecondsSince1970: row["time"]),
+                    data: row["data"]
+                )
+                try db.execute(
+                    sql: """
+                        INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type,
+                                                event_time, payload, state, attempts, next_attempt_at, created_at,
+                                                updated_at)
+                        VALUES (?, ?, NULL, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
+                        """,
+                    arguments: [
+                        "msg_" + randomToken(bytes: 16), subscription.id, subscription.targetURL,
+                        subscription.secret, event.type, event.time.millisecondsSince1970, Self.payload(of: event),
+                        now.millisecondsSince1970, now.millisecondsSince1970, now.millisecondsSince1970,
+                    ]
+                )
+                queued += 1
+            }
+            return queued
+        }
+    }
+
+    // MARK: Rows
+
+    private static func sequence(of cursor: String?) throws -> Int64 {
+        guard let cursor else { return 0 }
+        guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
+        return seq
+    }
+
+    private static func subscription(from row: Row) -> Subscription {
+        var subscription = Subscription(
+            id: row["id"],
+            targetURL: row["target_url"],
+            event: row["event"],
+            secret: row["secret"],
+            createdAt: Timestamp(millisecondsSince1970: row["created_at"])
+        )
+        subscription.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
+        subscription.disabledAt = (row["disabled_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        subscription.failingSince = (row["failing_since"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        return subscription
+    }
+
+    private static func delivery(from row: Row) throws -> Delivery {
+        guard let state = Delivery.State(rawValue: row["state"]) else {
+            throw HeraldError(.internal, "stored delivery \(row["id"] as String) has no valid state")
+        }
+        return Delivery(
+            id: row["id"],
+            subscriptionID: row["subscription_id"],
+            checkID: row["check_id"],
+            targetURL: row["target_url"],
+            secret: row["secret"],
+            eventType: row["event_type"],
+            payload: row["payload"],
+            state: state,
+            attempts: row["attempts"],
+            nextAttemptAt: (row["next_attempt_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:)),
+            createdAt: Timestamp(millisecondsSince1970: row["created_at"]),
+            updatedAt: Timestamp(millisecondsSince1970: row["updated_at"])
+        )
+    }
+}

@@ -1,0 +1,229 @@
+package import HeraldCore
+
+/// A REST-hook: events whose type matches `event` are POSTed to `targetURL`.
+package struct Subscription: Sendable, Hashable {
+    package var id: String
+    package var targetURL: String
+    /// An event type (`check.done`), a prefix pattern (`check.*`) or `*`.
+    package var event: String
+    package var secret: String
+    package var createdAt: Timestamp
+    package var updatedAt: Timestamp
+    /// Set when the target failed for longer than the disable period; a PUT clears it.
+    package var disabledAt: Timestamp?
+    /// The first failure of the current run of failures, cleared by a success.
+    package var failingSince: Timestamp?
+
+    package init(id: String, targetURL: String, event: String, secret: String, createdAt: Timestamp) {
+        self.id = id
+        self.targetURL = targetURL
+        self.event = event
+        self.secret = secret
+        self.createdAt = createdAt
+        self.updatedAt = createdAt
+    }
+
+    /// Whether an event of `type` goes to this subscription.
+    package func matches(_ type: String) -> Bool {
+        Self.pattern(event, matches: type)
+    }
+
+    package static func pattern(_ pattern: String, matches type: String) -> Bool {
+        if pattern == "*" { return true }
+        if pattern.hasSuffix(".*") { return type.hasPrefix(pattern.dropLast()) }
+        return pattern == type
+    }
+
+    /// The subscription as the API shows it; the secret only when `withSecret` (at creation).
+    package func json(withSecret: Bool = false) -> String {
+        var writer = JSONWriter()
+        writer.string("id", id)
+        writer.string("target_url", targetURL)
+        writer.string("event", event)
+        writer.string("state", disabledAt == nil ? "active" : "disabled")
+        if withSecret { writer.string("secret", secret) }
+        writer.string("created_at", createdAt.rfc3339)
+        writer.string("updated_at", updatedAt.rfc3339)
+        if let disabledAt { writer.string("disabled_at", disabledAt.rfc3339) }
+        if let failingSince { writer.string("failing_since", failingSince.rfc3339) }
+        return writer.result
+    }
+}
+
+/// One POST to make: written to the outbox in the event's own transaction.
+package struct Delivery: Sendable, Hashable {
+    package enum State: String, Sendable, CaseIterable {
+        case pending, delivered, failed
+    }
+
+    /// Also the `webhook-id` header: the same on every attempt, so a receiver can deduplicate.
+    package var id: String
+    package var subscriptionID: String?
+    package var checkID: String?
+    package var targetURL: String
+    package var secret: String
+    package var eventType: String
+    /// `{"type", "timestamp", "data": <the event>}`, the body of every attempt.
+    package var payload: String
+    package var state: State
+    package var attempts: Int
+    package var nextAttemptAt: Timestamp?
+    package var createdAt: Timestamp
+    package var updatedAt: Timestamp
+
+    package init(
+        id: String,
+        subscriptionID: String?,
+        checkID: String?,
+        targetURL: String,
+        secret: String,
+        eventType: String,
+        payload: String,
+        state: State,
+        attempts: Int,
+        nextAttemptAt: Timestamp?,
+        createdAt: Timestamp,
+        updatedAt: Timestamp
+    ) {
+        self.id = id
+        self.subscriptionID = subscriptionID
+        self.checkID = checkID
+        self.targetURL = targetURL
+        self.secret = secret
+        self.eventType = eventType
+        self.payload = payload
+        self.state = state
+        self.attempts = attempts
+        self.nextAttemptAt = nextAttemptAt
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+
+    /// The delivery as the API shows it (never its secret), with its attempts when given.
+    package func json(attempts list: [DeliveryAttempt]? = nil) -> String {
+        var writer = JSONWriter()
+        writer.string("id", id)
+        if let subscriptionID { writer.string("subscription_id", subscriptionID) }
+        if let checkID { writer.string("check_id", checkID) }
+        writer.string("target_url", targetURL)
+        writer.string("event_type", eventType)
+        writer.string("state", state.rawValue)
+        writer.int("attempts", Int64(attempts))
+        if let nextAttemptAt, state == .pending { writer.string("next_attempt_at", nextAttemptAt.rfc3339) }
+        writer.string("created_at", createdAt.rfc3339)
+        writer.string("updated_at", updatedAt.rfc3339)
+        if let list { writer.raw("attempt_log", jsonArray(list.lazy.map(\.json))) }
+        return writer.result
+    }
+}
+
+/// What one attempt of a delivery saw.
+package struct DeliveryAttempt: Sendable, Hashable {
+    package var at: Timestamp
+    /// The target's status code, or `nil` when nothing answered.
+    package var statusCode: Int?
+    package var durationMilliseconds: Int64
+    /// Why nothing usable answered (timeout, refused, SSRF guard...).
+    package var error: String?
+    /// The first bytes of the answer's body (at most 256).
+    package var snippet: String?
+
+    package init(at: Timestamp, statusCode: Int?, durationMilliseconds: Int64, error: String?, snippet: String?) {
+        self.at = at
+        self.statusCode = statusCode
+        self.durationMilliseconds = durationMilliseconds
+        self.error = error
+        self.snippet = snippet
+    }
+
+    package var json: String {
+        var writer = JSONWriter()
+        writer.string("at", at.rfc3339)
+        if let statusCode { writer.int("status_code", Int64(statusCode)) }
+        writer.int("duration_ms", durationMilliseconds)
+        if let error { writer.string("error", error) }
+        if let snippet { writer.string("snippet", snippet) }
+        return writer.result
+    }
+}
+
+/// What to do with a delivery after an attempt.
+package enum DeliveryOutcome: Sendable, Hashable {
+    case delivered
+    /// Try again at the given time.
+    case retry(at: Timestamp)
+    /// No retry left.
+    case failed
+    /// `410 Gone`: the delivery fails, and its subscription is deleted (or, for a check's
+    /// callback, every pending callback of that check fails).
+    case gone
+}
+
+/// A filter and page position for listing deliveries, newest first.
+package struct DeliveryQuery: Sendable, Hashable {
+    package var subscriptionID: String?
+    package var checkID: String?
+    package var state: Delivery.State?
+    package var limit: Int
+    package var cursor: String?
+
+    package init(
+        subscriptionID: String? = nil,
+        checkID: String? = nil,
+        state: Delivery.State? = nil,
+        limit: Int = 50,
+        cursor: String? = nil
+    ) {
+        self.subscriptionID = subscriptionID
+        self.checkID = checkID
+        self.state = state
+        self.limit = limit
+        self.cursor = cursor
+    }
+}
+
+/// Webhook state: REST-hook subscriptions, the delivery outbox and its log.
+///
+/// Deliveries are written by the ``Store`` in the same transaction as the event they carry,
+/// so a crash between the event and the POST loses nothing.
+package protocol WebhookStore: Sendable {
+    func createSubscription(_ subscription: Subscription) async throws
+    func subscription(_ id: String) async throws -> Subscription?
+    /// Subscriptions oldest first, one page at a time (`cursor`: the previous page's last).
+    func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?)
+    /// Replaces target, event and secret (and re-enables a disabled subscription).
+    /// - Returns: `nil` when there is no such subscription.
+    func updateSubscription(
+        _ id: String,
+        targetURL: String,
+        event: String,
+        secret: String?,
+        at time: Timestamp
+    ) async throws -> Subscription?
+    /// Deletes it and fails its pending deliveries. - Returns: whether it existed.
+    func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
+
+    /// Pending deliveries due at `now`, oldest first, each leased until `now + lease` (a crash
+    /// while sending makes it due again then, with the same id).
+    func claimDeliveries(now: Timestamp, lease: Duration, limit: Int) async throws -> [Delivery]
+    /// When the next pending delivery is due, if any.
+    func nextDeliveryDue() async throws -> Timestamp?
+    /// Logs an attempt and applies its outcome. A subscription failing since before
+    /// `disableFailingBefore` is disabled.
+    func recordAttempt(
+        _ attempt: DeliveryAttempt,
+        of id: String,
+        outcome: DeliveryOutcome,
+        disableFailingBefore: Timestamp
+    ) async throws
+    /// Makes a claimed delivery due at `time` without counting an attempt (its target is busy
+    /// or its circuit open).
+    func postponeDelivery(_ id: String, until time: Timestamp) async throws
+    func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?)
+    func delivery(_ id: String) async throws -> (Delivery, [DeliveryAttempt])?
+    /// Makes a delivery pending and due now, whatever its state. - Returns: it, or `nil`.
+    func retryDelivery(_ id: String, at time: Timestamp) async throws -> Delivery?
+    /// Queues again, for a subscription, every event it matched since `time` that is still kept.
+    /// - Returns: how many deliveries were queued, or `nil` without such a subscription.
+    func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int?
+}

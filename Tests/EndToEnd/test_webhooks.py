@@ -1,0 +1,189 @@
+"""Web-Hooks and REST-Hooks against a real HTTP receiver; signatures checked with `standardwebhooks`."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks import Webhook
+
+from conftest import AUTH, assert_problem, create, wait_for
+
+FAST = ("--allow-private-targets", "--webhook-retry-schedule", "1,1,1", "--webhook-timeout", "2")
+
+
+class Receiver:
+    """A webhook target: answers each path by its script (a list of statuses, the last repeats)."""
+
+    def __init__(self, port=0):
+        self.requests = []
+        self.scripts = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.requests.append((self.path, dict(self.headers.items()), body.decode()))
+                script = receiver.scripts.get(self.path, [200])
+                status = script.pop(0) if len(script) > 1 else script[0]
+                self.send_response(status)
+                if status in (429, 503):
+                    self.send_header("retry-after", "1")
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def to(self, path):
+        return [r for r in self.requests if r[0] == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def verify(secret, request):
+    _, headers, body = request
+    return Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
+
+
+def test_a_checks_callback_gets_its_terminal_event_signed(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        check = create(api, {"kind": "delay", "params": {"ms": 200, "result": {"n": 1}},
+                             "callback_url": receiver.url + "/callback"}).json()
+        secret = check["callback_secret"]
+        assert secret.startswith("whsec_")
+        wait_for(lambda: receiver.to("/callback"))
+        payload = verify(secret, receiver.to("/callback")[0])  # raises on a bad signature
+        assert payload["type"] == "check.done"
+        assert payload["data"]["channel"] == f"check:{check['id']}"
+        assert payload["data"]["data"]["state"] == "done" and payload["data"]["data"]["result"] == {"n": 1}
+        log = api.get("/api/v1/deliveries", params={"check_id": check["id"]}, headers=AUTH).json()
+        assert [d["state"] for d in log["deliveries"]] == ["delivered"]
+        detail = api.get(f"/api/v1/deliveries/{log['deliveries'][0]['id']}", headers=AUTH).json()
+        assert detail["attempt_log"][0]["status_code"] == 200 and detail["attempt_log"][0]["snippet"] == "ok"
+        assert detail["id"] == receiver.to("/callback")[0][1]["webhook-id"]
+
+
+def test_a_subscription_gets_matching_events_and_is_a_rest_resource(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        created = api.post("/api/v1/subscription/", json={"target_url": receiver.url + "/orders",
+                                                          "event": "order.*"}, headers=AUTH)
+        assert created.status_code == 201
+        subscription = created.json()
+        assert subscription["secret"].startswith("whsec_") and subscription["state"] == "active"
+        assert created.headers["location"] == f"/api/v1/subscription/{subscription['id']}/"
+        for type_ in ["order.paid", "invoice.sent", "order.shipped"]:
+            api.post("/api/v1/channels/shop/events", json={"type": type_, "data": {"t": type_}}, headers=AUTH)
+        wait_for(lambda: len(receiver.to("/orders")) == 2)
+        payloads = [verify(subscription["secret"], r) for r in receiver.to("/orders")]
+        assert sorted(p["type"] for p in payloads) == ["order.paid", "order.shipped"]
+        for path in [f"/api/v1/subscription/{subscription['id']}", f"/api/v1/subscription/{subscription['id']}/"]:
+            got = api.get(path, headers=AUTH).json()
+            assert got["event"] == "order.*" and "secret" not in got
+        listed = api.get("/api/v1/subscription", headers=AUTH).json()["subscriptions"]
+        assert [s["id"] for s in listed] == [subscription["id"]]
+        updated = api.put(f"/api/v1/subscription/{subscription['id']}/",
+                          json={"target_url": receiver.url + "/all", "event": "*"}, headers=AUTH)
+        assert updated.status_code == 200 and updated.json()["event"] == "*"
+        api.post("/api/v1/channels/shop/events", json={"type": "invoice.sent", "data": {}}, headers=AUTH)
+        wait_for(lambda: len(receiver.to("/all")) == 1)
+        assert api.delete(f"/api/v1/subscription/{subscription['id']}", headers=AUTH).status_code == 204
+        assert api.get(f"/api/v1/subscription/{subscription['id']}/", headers=AUTH).status_code == 404
+
+
+def test_bad_subscriptions_are_refused_and_nothing_is_created(make_herald):
+    herald = make_herald()
+    with herald.client() as api:
+        for body, words in [({"target_url": "ftp://example.com/x", "event": "*"}, "target_url"),
+                            ({"target_url": "https://user:pw@example.com/x", "event": "*"}, "credentials"),
+                            ({"target_url": "https://example.com/x", "event": "no spaces"}, "event"),
+                            ({"target_url": "https://example.com/x"}, "event"),
+                            ({"target_url": "https://example.com/x", "event": "*", "secret": "abc"}, "secret"),
+                            ({"target_url": "http://127.0.0.1:9/x", "event": "*"}, "not a public address"),
+                            ({"target_url": "https://example.com/x", "event": "*", "extra": 1}, "extra")]:
+            assert_problem(api.post("/api/v1/subscription/", json=body, headers=AUTH), 422, words)
+        assert_problem(api.post("/api/v1/subscription/", json={}), 401)
+        assert api.get("/api/v1/subscription/", headers=AUTH).json()["subscriptions"] == []
+
+
+def test_failures_are_retried_with_the_same_id_until_delivered(make_herald, receiver):
+    herald = make_herald(*FAST)
+    receiver.scripts["/flaky"] = [500, 429, 200]
+    with herald.client() as api:
+        secret = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/flaky", "event": "t"},
+                          headers=AUTH).json()["secret"]
+        api.post("/api/v1/channels/retry/events", json={"type": "t", "data": 1}, headers=AUTH)
+        wait_for(lambda: len(receiver.to("/flaky")) == 3, timeout=30)
+        ids = {r[1]["webhook-id"] for r in receiver.to("/flaky")}
+        assert len(ids) == 1
+        for request in receiver.to("/flaky"):
+            verify(secret, request)
+        delivery = wait_for(lambda: [d for d in api.get("/api/v1/deliveries", headers=AUTH).json()["deliveries"]
+                                     if d["state"] == "delivered"])
+        detail = api.get(f"/api/v1/deliveries/{delivery[0]['id']}", headers=AUTH).json()
+        assert [a["status_code"] for a in detail["attempt_log"]] == [500, 429, 200]
+
+
+def test_a_delivery_fails_after_the_last_retry_and_can_be_retried_by_hand(make_herald, receiver):
+    herald = make_herald("--allow-private-targets", "--webhook-retry-schedule", "1")
+    receiver.scripts["/down"] = [500]
+    with herald.client() as api:
+        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/down", "event": "*"}, headers=AUTH)
+        api.post("/api/v1/channels/x/events", json={"type": "t", "data": 1}, headers=AUTH)
+        failed = wait_for(lambda: api.get("/api/v1/deliveries", params={"state": "failed"},
+                                          headers=AUTH).json()["deliveries"], timeout=30)
+        assert failed[0]["attempts"] == 2
+        receiver.scripts["/down"] = [200]
+        assert api.post(f"/api/v1/deliveries/{failed[0]['id']}/retry", headers=AUTH).status_code == 202
+        wait_for(lambda: api.get(f"/api/v1/deliveries/{failed[0]['id']}", headers=AUTH).json()["state"]
+                 == "delivered")
+
+
+def test_410_gone_deletes_the_subscription(make_herald, receiver):
+    herald = make_herald(*FAST)
+    receiver.scripts["/gone"] = [410]
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/gone",
+                                                              "event": "*"}, headers=AUTH).json()
+        api.post("/api/v1/channels/g/events", json={"type": "t", "data": 1}, headers=AUTH)
+        wait_for(lambda: api.get(f"/api/v1/subscription/{subscription['id']}",
+                                 headers=AUTH).status_code == 404)
+        assert len(receiver.to("/gone")) == 1
+
+
+def test_kill9_with_deliveries_pending_loses_none(make_herald):
+    with socket.socket() as probe:  # a port with nothing listening yet: every attempt fails
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    herald = make_herald("--allow-private-targets", "--webhook-retry-schedule", "1,1,1,1,1,1,1,1,1,1",
+                         "--webhook-timeout", "2")
+    with herald.client() as api:
+        api.post("/api/v1/subscription", json={"target_url": f"http://127.0.0.1:{port}/late", "event": "*"},
+                 headers=AUTH)
+        for n in range(5):
+            api.post("/api/v1/channels/crash/events", json={"type": "t", "data": n}, headers=AUTH)
+    herald.kill9()
+    late = Receiver(port)
+    try:
+        herald.start()
+        wait_for(lambda: len({r[1]["webhook-id"] for r in late.to("/late")}) == 5, timeout=40)
+        assert sorted({json.loads(r[2])["data"]["data"] for r in late.to("/late")}) == [0, 1, 2, 3, 4]
+    finally:
+        late.close()

@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -25,6 +26,8 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.requests.append((self.path, dict(self.headers.items()), body.decode()))
+                if self.path == "/hang":
+                    time.sleep(6)  # past --webhook-timeout
                 script = receiver.scripts.get(self.path, [200])
                 status = script.pop(0) if len(script) > 1 else script[0]
                 self.send_response(status)
@@ -187,3 +190,21 @@ def test_kill9_with_deliveries_pending_loses_none(make_herald):
         assert sorted({json.loads(r[2])["data"]["data"] for r in late.to("/late")}) == [0, 1, 2, 3, 4]
     finally:
         late.close()
+
+
+def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        hanging = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/hang", "event": "*"},
+                           headers=AUTH).json()
+        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/healthy", "event": "*"}, headers=AUTH)
+        for n in range(5):
+            api.post("/api/v1/channels/iso/events", json={"type": "t", "data": n}, headers=AUTH)
+        wait_for(lambda: len(receiver.to("/healthy")) == 5)
+        stuck = api.get("/api/v1/deliveries", params={"subscription_id": hanging["id"]}, headers=AUTH).json()
+        assert {d["state"] for d in stuck["deliveries"]} == {"pending"}  # still waiting on the hanging target
+
+        def timed_out():
+            log = api.get(f"/api/v1/deliveries/{stuck['deliveries'][0]['id']}", headers=AUTH).json()["attempt_log"]
+            return log and "no answer within" in log[0]["error"] and "status_code" not in log[0]
+        wait_for(timed_out, timeout=20)

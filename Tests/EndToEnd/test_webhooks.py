@@ -208,3 +208,18 @@ def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald
             log = api.get(f"/api/v1/deliveries/{stuck['deliveries'][0]['id']}", headers=AUTH).json()["attempt_log"]
             return log and "no answer within" in log[0]["error"] and "status_code" not in log[0]
         wait_for(timed_out, timeout=20)
+
+
+def test_replay_queues_again_what_a_subscription_matches_since_a_time(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        for type_ in ["a.one", "b.two", "a.three"]:
+            api.post("/api/v1/channels/past/events", json={"type": type_, "data": type_}, headers=AUTH)
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/late", "event": "a.*"},
+                                headers=AUTH).json()
+        assert api.post(f"/api/v1/subscription/{subscription['id']}/replay", json={"since": "2000-01-01T00:00:00Z"},
+                        headers=AUTH).json() == {"queued": 2}
+        wait_for(lambda: len(receiver.to("/late")) == 2)
+        assert sorted(verify(subscription["secret"], r)["data"]["data"] for r in receiver.to("/late")) == ["a.one", "a.three"]
+        assert_problem(api.post(f"/api/v1/subscription/{subscription['id']}/replay", json={"since": "yesterday"},
+                                headers=AUTH), 422, "since")

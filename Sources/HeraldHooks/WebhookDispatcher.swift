@@ -6,7 +6,6 @@ package import HeraldStore
 package import Logging
 internal import NIOCore
 internal import NIOHTTP1
-internal import NIOPosix
 internal import ServiceLifecycle
 internal import Synchronization
 
@@ -49,19 +48,25 @@ package final class WebhookDispatcher: Service, Sendable {
     private func loop() async {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
-                let free = configuration.maxInFlight - inFlight.withLock { $0 }
-                let limit = min(free, 256)
-                var claimed: [Delivery] = []
-                if limit > 0 {
-                    do {
-                        claimed = try await store.claimDeliveries(
-                            now: .now(),
-                            lease: configuration.timeout + .seconds(5),
-                            limit: limit
-                        )
-                    } catch {
-                        logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
-                    }
+                // A read first: most wake-ups (one per published event) find nothing due, and
+                // a claim is a write that would queue behind the events themselves.
+                let due = try? await store.nextDeliveryDue()
+                let free = min(configuration.maxInFlight - inFlight.withLock { $0 }, 256)
+                guard let due, due <= .now(), free > 0 else {
+                    await doorbell.wait(upTo: Self.pause(until: free > 0 ? due : nil))
+                    continue
+                }
+                let claimed: [Delivery]
+                do {
+                    claimed = try await store.claimDeliveries(
+                        now: .now(),
+                        lease: configuration.timeout + .seconds(5),
+                        limit: free
+                    )
+                } catch {
+                    logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
+                    await doorbell.wait(upTo: .seconds(1))
+                    continue
                 }
                 for delivery in claimed {
                     inFlight.withLock { $0 += 1 }
@@ -71,15 +76,14 @@ package final class WebhookDispatcher: Service, Sendable {
                         self.doorbell.ring()
                     }
                 }
-                if limit > 0 && claimed.count == limit { continue }  // more may be due
-                await doorbell.wait(upTo: await pause())
             }
         }
     }
 
-    /// How long to sleep when nothing is due: until the next due delivery, at most a second.
-    private func pause() async -> Duration {
-        guard let due = try? await store.nextDeliveryDue() else { return .seconds(1) }
+    /// How long to sleep: until `due`, at most a second (a finished attempt or a new event
+    /// rings earlier).
+    private static func pause(until due: Timestamp?) -> Duration {
+        guard let due else { return .seconds(1) }
         let wait = due.millisecondsSince1970 - Timestamp.now().millisecondsSince1970
         return .milliseconds(min(max(wait, 10), 1000))
     }
@@ -145,13 +149,7 @@ package final class WebhookDispatcher: Service, Sendable {
                 body: delivery.payload
             )
         else { return Result(outcome: .failed, error: "the signing secret is not valid") }
-        var client = HTTPClient.Configuration(
-            redirectConfiguration: .disallow,
-            timeout: .init(connect: .init(configuration.timeout), read: .init(configuration.timeout))
-        )
-        client.dnsOverride = [url.host: address.description]
-        client.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
-        let http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: client)
+        let http = HTTPClient.pinned(host: url.host, to: address, timeout: configuration.timeout)
         defer { http.shutdown { _ in } }
         var request = HTTPClientRequest(url: delivery.targetURL)
         request.method = .POST
@@ -176,9 +174,7 @@ package final class WebhookDispatcher: Service, Sendable {
             default: outcome = retry(after: attempts)
             }
             return Result(outcome: outcome, status: status, snippet: snippet)
-        } catch let error as HTTPClientError
-            where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout
-        {
+        } catch let error as HTTPClientError where error.isTimeout {
             return Result(outcome: retry(after: attempts), error: "no answer within \(configuration.timeout)")
         } catch {
             return Result(outcome: retry(after: attempts), error: "\(error)")
@@ -222,19 +218,25 @@ final class Doorbell: Sendable {
     func wait(upTo limit: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                try? await Task.sleep(for: limit)
+                // Not after cancellation: a stale ring would make the next wait return at once.
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
                 self.ring()
             }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { state -> Bool in
-                    if state.rung {
-                        state.rung = false
-                        return true
+            // Cancellation (shutdown) rings, so the waiter never outlives its task.
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let ready = state.withLock { state -> Bool in
+                        if state.rung {
+                            state.rung = false
+                            return true
+                        }
+                        state.waiter = continuation
+                        return false
                     }
-                    state.waiter = continuation
-                    return false
+                    if ready { continuation.resume() }
                 }
-                if ready { continuation.resume() }
+            } onCancel: {
+                ring()
             }
             group.cancelAll()
         }

@@ -46,14 +46,7 @@ package struct NetworkProbe: Sendable {
         } catch {
             return .failed(code: "target_refused", "\(message(error))")
         }
-        var configuration = HTTPClient.Configuration(
-            redirectConfiguration: .disallow,
-            timeout: .init(connect: .milliseconds(timeoutMilliseconds), read: .milliseconds(timeoutMilliseconds))
-        )
-        // Connect to the checked address; TLS still verifies (and sends SNI for) the name.
-        configuration.dnsOverride = [url.host: address.description]
-        configuration.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
-        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
+        let client = HTTPClient.pinned(host: url.host, to: address, timeout: .milliseconds(timeoutMilliseconds))
         let outcome: CheckOutcome
         do {
             var request = HTTPClientRequest(url: text)
@@ -75,10 +68,7 @@ package struct NetworkProbe: Sendable {
             )
         } catch is CancellationError {
             outcome = .failed(code: "canceled", "the check was interrupted")
-        } catch let error as HTTPClientError
-            where error == .deadlineExceeded || error == .readTimeout
-            || error == .connectTimeout
-        {
+        } catch let error as HTTPClientError where error.isTimeout {
             outcome = .failed(code: "timeout", "no answer within \(timeoutMilliseconds) ms")
         } catch {
             outcome = .failed(code: "unreachable", "\(message(error))")

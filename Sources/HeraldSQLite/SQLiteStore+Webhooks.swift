@@ -14,9 +14,11 @@ extension SQLiteStore {
         {
             targets.append((nil, url, secret))
         }
+        // Runs for every event written: the prepared statement is kept, not compiled each time.
         let subscriptions = try Row.fetchAll(
-            db,
-            sql: "SELECT id, target_url, event, secret FROM subscriptions WHERE disabled_at IS NULL ORDER BY seq"
+            try db.cachedStatement(
+                sql: "SELECT id, target_url, event, secret FROM subscriptions WHERE disabled_at IS NULL ORDER BY seq"
+            )
         )
         for row in subscriptions where Subscription.pattern(row["event"], matches: event.type) {
             targets.append((row["id"], row["target_url"], row["secret"]))
@@ -229,31 +231,17 @@ extension SQLiteStore {
     }
 
     package func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?) {
-        var conditions: [String] = []
-        var arguments: StatementArguments = []
-        if let subscription = query.subscriptionID {
-            conditions.append("subscription_id = ?")
-            _ = arguments.append(contentsOf: [subscription])
-        }
-        if let check = query.checkID {
-            conditions.append("check_id = ?")
-            _ = arguments.append(contentsOf: [check])
-        }
-        if let state = query.state {
-            conditions.append("state = ?")
-            _ = arguments.append(contentsOf: [state.rawValue])
-        }
-        if query.cursor != nil {
-            conditions.append("seq < ?")
-            _ = arguments.append(contentsOf: [try Self.sequence(of: query.cursor)])
-        }
-        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        _ = arguments.append(contentsOf: [query.limit + 1])
-        let sql = "SELECT * FROM deliveries \(whereClause) ORDER BY seq DESC LIMIT ?"
-        let bound = arguments
-        let limit = query.limit
+        let (sql, arguments) = try Self.newestFirst(
+            from: "deliveries",
+            where: [
+                ("subscription_id", query.subscriptionID), ("check_id", query.checkID),
+                ("state", query.state?.rawValue),
+            ],
+            cursor: query.cursor,
+            limit: query.limit
+        )
         return try await pool.read { db in
-            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: bound), limit: limit)
+            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: query.limit)
             return (try page.map(Self.delivery(from:)), next)
         }
     }
@@ -336,12 +324,6 @@ extension SQLiteStore {
     }
 
     // MARK: Rows
-
-    private static func sequence(of cursor: String?) throws -> Int64 {
-        guard let cursor else { return 0 }
-        guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
-        return seq
-    }
 
     private static func subscription(from row: Row) -> Subscription {
         var subscription = Subscription(

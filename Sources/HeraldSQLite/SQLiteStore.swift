@@ -113,28 +113,14 @@ package final class SQLiteStore: Store {
     }
 
     package func checks(matching query: CheckQuery) async throws -> CheckPage {
-        var conditions: [String] = []
-        var arguments: StatementArguments = []
-        if let state = query.state {
-            conditions.append("state = ?")
-            _ = arguments.append(contentsOf: [state.rawValue])
-        }
-        if let kind = query.kind {
-            conditions.append("kind = ?")
-            _ = arguments.append(contentsOf: [kind.rawValue])
-        }
-        if let cursor = query.cursor {
-            guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
-            conditions.append("seq < ?")
-            _ = arguments.append(contentsOf: [seq])
-        }
-        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        _ = arguments.append(contentsOf: [query.limit + 1])
-        let sql = "SELECT * FROM checks \(whereClause) ORDER BY seq DESC LIMIT ?"
-        let bound = arguments
-        let limit = query.limit
+        let (sql, arguments) = try Self.newestFirst(
+            from: "checks",
+            where: [("state", query.state?.rawValue), ("kind", query.kind?.rawValue)],
+            cursor: query.cursor,
+            limit: query.limit
+        )
         return try await pool.read { db in
-            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: bound), limit: limit)
+            let (page, next) = Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: query.limit)
             return CheckPage(checks: try page.map(Self.check(from:)), nextCursor: next)
         }
     }
@@ -285,6 +271,37 @@ package final class SQLiteStore: Store {
     }
 
     // MARK: Rows
+
+    /// `SELECT * FROM table`, newest first: the filters whose value is set, rows before
+    /// `cursor`, and one row more than `limit` (see ``page(_:limit:)``).
+    static func newestFirst(
+        from table: String,
+        where filters: [(column: String, value: String?)],
+        cursor: String?,
+        limit: Int
+    ) throws -> (sql: String, arguments: StatementArguments) {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        for case (let column, let value?) in filters {
+            conditions.append("\(column) = ?")
+            _ = arguments.append(contentsOf: [value])
+        }
+        if cursor != nil {
+            conditions.append("seq < ?")
+            _ = arguments.append(contentsOf: [try sequence(of: cursor)])
+        }
+        _ = arguments.append(contentsOf: [limit + 1])
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        return ("SELECT * FROM \(table) \(whereClause) ORDER BY seq DESC LIMIT ?", arguments)
+    }
+
+    /// The `seq` a page cursor stands for (0 without one).
+    /// - Throws: ``HeraldError`` `.invalid` for a cursor Herald did not hand out.
+    static func sequence(of cursor: String?) throws -> Int64 {
+        guard let cursor else { return 0 }
+        guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
+        return seq
+    }
 
     /// A page of `limit` rows fetched with `LIMIT limit + 1`, and the cursor of the next page
     /// (the last row's `seq` in base 36) when the extra row shows there is one.

@@ -126,7 +126,7 @@ let package = Package(
 
         .testTarget(
             name: "HeraldHooksTests",
-            dependencies: ["HeraldHooks", "HeraldStore"],
+            dependencies: ["HeraldHooks", "HeraldStore", "HeraldCore"],
             swiftSettings: swiftSettings
         ),
 

@@ -68,6 +68,7 @@ package struct Check: Sendable, Hashable {
         writer.string("updated_at", updatedAt.rfc3339)
         writer.string("completed_at", completedAt?.rfc3339)
         writer.string("callback_url", spec.callbackURL)
+        if spec.callbackURL != nil { writer.string("callback_events", spec.callbackEvents.rawValue) }
         var links = JSONWriter()
         links.string("self", "/api/v1/checks/\(id)")
         links.string("events", "/api/v1/checks/\(id)/events")

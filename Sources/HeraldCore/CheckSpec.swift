@@ -20,14 +20,37 @@ package struct CheckSpec: Sendable, Hashable {
         case external(JSONValue?)
     }
 
+    /// Which of the check's events its callback receives.
+    package enum CallbackEvents: String, Sendable, Hashable {
+        /// Only the last one (`check.done`, `check.failed` or `check.canceled`): the default.
+        case terminal
+        /// Every event of the check's channel, `check.created` included.
+        case all
+    }
+
     package var parameters: Parameters
     package var callbackURL: String?
     package var callbackSecret: String?
+    package var callbackEvents: CallbackEvents
+    /// Set when the callback target answered `410 Gone`: no further event is sent to it.
+    package var callbackStopped = false
 
-    package init(parameters: Parameters, callbackURL: String? = nil, callbackSecret: String? = nil) {
+    package init(
+        parameters: Parameters,
+        callbackURL: String? = nil,
+        callbackSecret: String? = nil,
+        callbackEvents: CallbackEvents = .terminal
+    ) {
         self.parameters = parameters
         self.callbackURL = callbackURL
         self.callbackSecret = callbackSecret
+        self.callbackEvents = callbackEvents
+    }
+
+    /// Whether the callback gets an event the check has in `state` once it is written.
+    package func calls(_ state: CheckState) -> Bool {
+        guard callbackURL != nil, !callbackStopped else { return false }
+        return callbackEvents == .all || state.isTerminal
     }
 
     package var kind: CheckKind {
@@ -66,14 +89,19 @@ package struct CheckSpec: Sendable, Hashable {
 }
 
 extension CheckSpec {
-    /// Validates a create request body (`{"kind", "params", "callback_url", "callback_secret"}`).
+    /// Validates a create request body
+    /// (`{"kind", "params", "callback_url", "callback_secret", "callback_events"}`).
     ///
     /// - Throws: ``HeraldError`` `.invalid` naming the first field that is wrong and why.
     package static func validate(_ body: JSONValue) throws(HeraldError) -> CheckSpec {
         guard let members = body.objectValue else {
             throw .invalid("the body must be a JSON object, not \(body.typeName)")
         }
-        try rejectUnknown(members, allowed: ["kind", "params", "callback_url", "callback_secret"], in: "")
+        try rejectUnknown(
+            members,
+            allowed: ["kind", "params", "callback_url", "callback_secret", "callback_events"],
+            in: ""
+        )
         guard case .string(let kindName)? = members["kind"] else {
             throw .invalid("kind is required: one of \(CheckKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -97,10 +125,24 @@ extension CheckSpec {
             }
             return secret
         }
-        if secret != nil && callbackURL == nil {
-            throw .invalid("callback_secret is given without callback_url")
+        let events: CallbackEvents
+        switch members["callback_events"] {
+        case nil, .null?, .string("terminal")?: events = .terminal
+        case .string("all")?: events = .all
+        default: throw .invalid("callback_events must be \"terminal\" or \"all\"")
         }
-        return CheckSpec(parameters: parameters, callbackURL: callbackURL, callbackSecret: secret)
+        if callbackURL == nil {
+            if secret != nil { throw .invalid("callback_secret is given without callback_url") }
+            if members["callback_events"].map({ $0 != .null }) == true {
+                throw .invalid("callback_events is given without callback_url")
+            }
+        }
+        return CheckSpec(
+            parameters: parameters,
+            callbackURL: callbackURL,
+            callbackSecret: secret,
+            callbackEvents: events
+        )
     }
 
     private static func validateParameters(_ kind: CheckKind, _ params: JSONValue) throws(HeraldError) -> Parameters {

@@ -17,6 +17,9 @@ package struct HTTPConfiguration: Sendable, Hashable {
     package var backlog: Int
     /// Seconds between heartbeats on idle streams (`--heartbeat`, `HERALD_HEARTBEAT`, default 15).
     package var heartbeat: Duration
+    /// How long a subscription's replaced secret keeps signing beside the new one after a
+    /// rotation (`webhook-secret-overlap`, `HERALD_WEBHOOK_SECRET_OVERLAP`, default 24 h).
+    package var secretOverlap: Duration = .seconds(86_400)
 
     package init(
         maxBodyBytes: Int = 65_536,

@@ -1,9 +1,9 @@
 /// How deliveries are sent and retried.
 package struct WebhookConfiguration: Sendable {
     /// Waits before each retry (`--webhook-retry-schedule`); after the last, a delivery fails.
-    package var retrySchedule: [Duration]
-    /// How long a target has to answer (`--webhook-timeout`).
-    package var timeout: Duration
+    package var retrySchedule: [Duration] = [5, 300, 1800, 7200, 18000, 36000, 36000].map { .seconds($0) }
+    /// How long a target has to answer (`--webhook-timeout`, default 15 s).
+    package var timeout: Duration = .seconds(15)
     /// Deliveries in flight at once, over all targets. Hanging targets hold a slot until their
     /// timeout, so this is large: requests in flight cost a socket and a few KiB, not a thread.
     package var maxInFlight = 1024
@@ -16,8 +16,5 @@ package struct WebhookConfiguration: Sendable {
     /// A subscription whose target has failed for this long is disabled (`PUT` re-enables it).
     package var disableAfter: Duration = .seconds(5 * 86_400)
 
-    package init(retrySchedule: [Duration], timeout: Duration) {
-        self.retrySchedule = retrySchedule
-        self.timeout = timeout
-    }
+    package init() {}
 }

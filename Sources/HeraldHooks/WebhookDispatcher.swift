@@ -143,7 +143,7 @@ package final class WebhookDispatcher: Service, Sendable {
         let timestamp = Timestamp.now().millisecondsSince1970 / 1000
         guard
             let signature = WebhookSigner.signature(
-                secret: delivery.secret,
+                secrets: delivery.secrets,
                 id: delivery.id,
                 timestamp: timestamp,
                 body: delivery.payload

@@ -15,4 +15,15 @@ package enum WebhookSigner {
         )
         return "v1," + Data(mac).base64EncodedString()
     }
+
+    /// The header for several secrets (a rotation's overlap): their signatures, space-separated.
+    /// Receivers accept a delivery when any one of them verifies.
+    package static func signature(secrets: [String], id: String, timestamp: Int64, body: String) -> String? {
+        var signatures: [String] = []
+        for secret in secrets {
+            guard let one = signature(secret: secret, id: id, timestamp: timestamp, body: body) else { return nil }
+            signatures.append(one)
+        }
+        return signatures.isEmpty ? nil : signatures.joined(separator: " ")
+    }
 }

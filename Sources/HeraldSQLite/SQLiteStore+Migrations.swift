@@ -95,6 +95,16 @@ extension SQLiteStore {
                     """
             )
         }
+        migrator.registerMigration("v3: secret rotation, callbacks for every event") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE subscriptions ADD COLUMN previous_secret TEXT;
+                    ALTER TABLE subscriptions ADD COLUMN previous_secret_until INTEGER;
+                    ALTER TABLE checks ADD COLUMN callback_events TEXT NOT NULL DEFAULT 'terminal';
+                    ALTER TABLE checks ADD COLUMN callback_stopped INTEGER NOT NULL DEFAULT 0;
+                    """
+            )
+        }
         return migrator
     }
 }

@@ -6,11 +6,12 @@ extension SQLiteStore {
     // MARK: The outbox
 
     /// Writes the deliveries `event` causes, inside the transaction that appends it: the
-    /// check's callback for its terminal event, and every active subscription that matches.
+    /// check's callback (its terminal event, or all with `callback_events: all`), and every
+    /// active subscription that matches.
     static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
         var targets: [(subscription: String?, url: String, secret: String)] = []
         if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
-            check.state.isTerminal
+            check.spec.calls(check.state)
         {
             targets.append((nil, url, secret))
         }
@@ -26,20 +27,42 @@ extension SQLiteStore {
         guard !targets.isEmpty else { return }
         let payload = Self.payload(of: event)
         for target in targets {
-            try db.execute(
-                sql: """
-                    INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type, event_time,
-                                            payload, state, attempts, next_attempt_at, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
-                    """,
-                arguments: [
-                    "msg_" + randomToken(bytes: 16), target.subscription, check?.id.rawValue, target.url,
-                    target.secret, event.type, event.time.millisecondsSince1970, payload,
-                    event.time.millisecondsSince1970, event.time.millisecondsSince1970,
-                    event.time.millisecondsSince1970,
-                ]
+            try insertDelivery(
+                subscription: target.subscription,
+                check: check?.id.rawValue,
+                url: target.url,
+                secret: target.secret,
+                event: event,
+                payload: payload,
+                at: event.time,
+                db
             )
         }
+    }
+
+    /// One pending delivery, due at `time`. (A subscription's delivery is signed with the
+    /// subscription's secrets when it is sent; `secret` is what a check's callback uses.)
+    private static func insertDelivery(
+        subscription: String?,
+        check: String?,
+        url: String,
+        secret: String,
+        event: Event,
+        payload: String,
+        at time: Timestamp,
+        _ db: Database
+    ) throws {
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type, event_time,
+                                        payload, state, attempts, next_attempt_at, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
+                """
+        ).execute(arguments: [
+            "msg_" + randomToken(bytes: 16), subscription, check, url, secret, event.type,
+            event.time.millisecondsSince1970, payload, time.millisecondsSince1970, time.millisecondsSince1970,
+            time.millisecondsSince1970,
+        ])
     }
 
     /// The body of a delivery, per Standard Webhooks: `{"type", "timestamp", "data"}`, where
@@ -70,10 +93,7 @@ extension SQLiteStore {
     }
 
     package func subscription(_ id: String) async throws -> Subscription? {
-        try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
-                .map(Self.subscription(from:))
-        }
+        try await pool.read { db in try Self.fetchSubscription(id, db) }
     }
 
     package func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?) {
@@ -94,20 +114,61 @@ extension SQLiteStore {
         targetURL: String,
         event: String,
         secret: String?,
+        overlap: Duration,
         at time: Timestamp
     ) async throws -> Subscription? {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    UPDATE subscriptions SET target_url = ?, event = ?, secret = COALESCE(?, secret), updated_at = ?,
-                                             disabled_at = NULL, failing_since = NULL
+                    UPDATE subscriptions SET target_url = ?, event = ?, updated_at = ?, disabled_at = NULL,
+                                             failing_since = NULL
                     WHERE id = ?
                     """,
-                arguments: [targetURL, event, secret, time.millisecondsSince1970, id]
+                arguments: [targetURL, event, time.millisecondsSince1970, id]
             )
-            return try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
-                .map(Self.subscription(from:))
+            try db.execute(
+                sql: "UPDATE deliveries SET target_url = ? WHERE subscription_id = ? AND state = 'pending'",
+                arguments: [targetURL, id]
+            )
+            if let secret { try Self.rotateSecret(id, to: secret, overlap: overlap, at: time, db) }
+            return try Self.fetchSubscription(id, db)
         }
+    }
+
+    package func rotateSecret(
+        _ id: String,
+        to secret: String,
+        overlap: Duration,
+        at time: Timestamp
+    ) async throws -> Subscription? {
+        try await pool.write { db in
+            try Self.rotateSecret(id, to: secret, overlap: overlap, at: time, db)
+            return try Self.fetchSubscription(id, db)
+        }
+    }
+
+    private static func rotateSecret(
+        _ id: String,
+        to secret: String,
+        overlap: Duration,
+        at time: Timestamp,
+        _ db: Database
+    ) throws {
+        try db.execute(
+            sql: """
+                UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?, secret = ?, updated_at = ?
+                WHERE id = ? AND secret != ?
+                """,
+            arguments: [
+                time.adding(milliseconds: overlap.milliseconds).millisecondsSince1970, secret,
+                time.millisecondsSince1970, id, secret,
+            ]
+        )
+    }
+
+    private static func fetchSubscription(_ id: String, _ db: Database) throws -> Subscription? {
+        try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
+            .map(Self.subscription(from:))
     }
 
     package func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool {
@@ -117,25 +178,33 @@ extension SQLiteStore {
     private static func deleteSubscription(_ id: String, at time: Timestamp, _ db: Database) throws -> Bool {
         try db.execute(sql: "DELETE FROM subscriptions WHERE id = ?", arguments: [id])
         let existed = db.changesCount > 0
+        try failPending(subscription: id, at: time.millisecondsSince1970, db)
+        return existed
+    }
+
+    private static func failPending(subscription id: String, at time: Int64, _ db: Database) throws {
         try db.execute(
             sql: """
                 UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
                 WHERE subscription_id = ? AND state = 'pending'
                 """,
-            arguments: [time.millisecondsSince1970, id]
+            arguments: [time, id]
         )
-        return existed
     }
 
     // MARK: Deliveries
 
     package func claimDeliveries(now: Timestamp, lease: Duration, limit: Int) async throws -> [Delivery] {
         try await pool.write { db in
+            // A subscription's delivery is signed with the subscription's secrets as they are now.
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?
-                    ORDER BY next_attempt_at, seq LIMIT ?
+                    SELECT deliveries.*, subscriptions.secret AS current_secret, subscriptions.previous_secret,
+                           subscriptions.previous_secret_until
+                    FROM deliveries LEFT JOIN subscriptions ON subscriptions.id = deliveries.subscription_id
+                    WHERE deliveries.state = 'pending' AND deliveries.next_attempt_at <= ?
+                    ORDER BY deliveries.next_attempt_at, deliveries.seq LIMIT ?
                     """,
                 arguments: [now.millisecondsSince1970, limit]
             )
@@ -146,7 +215,18 @@ extension SQLiteStore {
                     arguments: [leasedUntil, row["id"] as String]
                 )
             }
-            return try rows.map(Self.delivery(from:))
+            return try rows.map { row in
+                var delivery = try Self.delivery(from: row)
+                if let current: String = row["current_secret"] {
+                    delivery.secrets = [current]
+                    if let previous: String = row["previous_secret"], let until: Int64 = row["previous_secret_until"],
+                        now.millisecondsSince1970 < until
+                    {
+                        delivery.secrets.append(previous)
+                    }
+                }
+                return delivery
+            }
         }
     }
 
@@ -214,11 +294,16 @@ extension SQLiteStore {
                         """,
                     arguments: [at, subscription, cutoff.millisecondsSince1970]
                 )
+                if db.changesCount > 0 { try Self.failPending(subscription: subscription, at: at, db) }
             }
             guard outcome == .gone else { return }
             if let subscription = delivery.subscriptionID {
                 _ = try Self.deleteSubscription(subscription, at: attempt.at, db)
             } else if let check = delivery.checkID {
+                try db.execute(
+                    sql: "UPDATE checks SET callback_stopped = 1 WHERE id = ?",
+                    arguments: [check]
+                )
                 try db.execute(
                     sql: """
                         UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
@@ -281,9 +366,7 @@ extension SQLiteStore {
 
     package func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int? {
         try await pool.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM subscriptions WHERE id = ?", arguments: [id])
-            else { return nil }
-            let subscription = Self.subscription(from: row)
+            guard let subscription = try Self.fetchSubscription(id, db) else { return nil }
             let events = try Row.fetchAll(
                 db,
                 sql: """
@@ -304,18 +387,15 @@ extension SQLiteStore {
                     time: Timestamp(millisecondsSince1970: row["time"]),
                     data: row["data"]
                 )
-                try db.execute(
-                    sql: """
-                        INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type,
-                                                event_time, payload, state, attempts, next_attempt_at, created_at,
-                                                updated_at)
-                        VALUES (?, ?, NULL, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
-                        """,
-                    arguments: [
-                        "msg_" + randomToken(bytes: 16), subscription.id, subscription.targetURL,
-                        subscription.secret, event.type, event.time.millisecondsSince1970, Self.payload(of: event),
-                        now.millisecondsSince1970, now.millisecondsSince1970, now.millisecondsSince1970,
-                    ]
+                try Self.insertDelivery(
+                    subscription: subscription.id,
+                    check: nil,
+                    url: subscription.targetURL,
+                    secret: subscription.secret,
+                    event: event,
+                    payload: Self.payload(of: event),
+                    at: now,
+                    db
                 )
                 queued += 1
             }
@@ -336,6 +416,9 @@ extension SQLiteStore {
         subscription.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
         subscription.disabledAt = (row["disabled_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
         subscription.failingSince = (row["failing_since"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        subscription.previousSecret = row["previous_secret"]
+        subscription.previousSecretExpiresAt =
+            (row["previous_secret_until"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
         return subscription
     }
 
@@ -348,7 +431,7 @@ extension SQLiteStore {
             subscriptionID: row["subscription_id"],
             checkID: row["check_id"],
             targetURL: row["target_url"],
-            secret: row["secret"],
+            secrets: [row["secret"]],
             eventType: row["event_type"],
             payload: row["payload"],
             state: state,

@@ -76,13 +76,13 @@ package final class SQLiteStore: Store {
             try db.execute(
                 sql: """
                     INSERT INTO checks (id, kind, params, state, result, error, version, created_at, updated_at,
-                                        completed_at, callback_url, callback_secret)
-                    VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, NULL, ?, ?)
+                                        completed_at, callback_url, callback_secret, callback_events)
+                    VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, NULL, ?, ?, ?)
                     """,
                 arguments: [
                     check.id.rawValue, check.spec.kind.rawValue, check.spec.paramsJSON.jsonText, check.state.rawValue,
                     check.version, check.createdAt.millisecondsSince1970, check.updatedAt.millisecondsSince1970,
-                    check.spec.callbackURL, check.spec.callbackSecret,
+                    check.spec.callbackURL, check.spec.callbackSecret, check.spec.callbackEvents.rawValue,
                 ]
             )
             if let idempotency {
@@ -391,11 +391,12 @@ package final class SQLiteStore: Store {
         guard let id = CheckID(idText), let state = CheckState(rawValue: row["state"]) else {
             throw HeraldError(.internal, "stored check \(idText) is not valid")
         }
-        var check = Check(
-            id: id,
-            spec: try CheckSpec.validate(.object(request)),
-            createdAt: Timestamp(millisecondsSince1970: row["created_at"])
-        )
+        if let events: String = row["callback_events"], request["callback_url"] != nil {
+            request["callback_events"] = .string(events)
+        }
+        var spec = try CheckSpec.validate(.object(request))
+        spec.callbackStopped = row["callback_stopped"]
+        var check = Check(id: id, spec: spec, createdAt: Timestamp(millisecondsSince1970: row["created_at"]))
         check.state = state
         check.result = try json("result")
         check.error = try json("error")

@@ -1,6 +1,7 @@
 internal import Foundation
 internal import HeraldCore
 internal import HeraldHTTP
+internal import HeraldHooks
 internal import HeraldRunner
 internal import HeraldSQLite
 internal import HeraldStore
@@ -75,11 +76,41 @@ package enum ConfigurationLoader {
                     .seconds(try int(part.trimmingCharacters(in: .whitespaces), "webhook-retry-schedule", 0...604_800))
                 )
             }
-            c.webhookRetrySchedule = schedule
+            c.webhooks.retrySchedule = schedule
         },
         Setting(name: "webhook-timeout", help: "seconds a webhook target has to answer") {
             c,
-            v throws(ConfigurationError) in c.webhookTimeout = .seconds(try int(v, "webhook-timeout", 1...300))
+            v throws(ConfigurationError) in c.webhooks.timeout = .seconds(try int(v, "webhook-timeout", 1...300))
+        },
+        Setting(name: "webhook-max-in-flight", help: "webhook deliveries in flight at once") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.maxInFlight = try int(v, "webhook-max-in-flight", 1...100_000)
+        },
+        Setting(name: "webhook-max-per-target", help: "webhook deliveries in flight at once to one target") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.maxInFlightPerTarget = try int(v, "webhook-max-per-target", 1...10_000)
+        },
+        Setting(name: "webhook-breaker-failures", help: "consecutive failures that open a target's circuit") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.breakerThreshold = try int(v, "webhook-breaker-failures", 1...10_000)
+        },
+        Setting(name: "webhook-breaker-cooldown", help: "seconds an open circuit waits before one probe") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.breakerCooldown = .seconds(try int(v, "webhook-breaker-cooldown", 1...86_400))
+        },
+        Setting(name: "webhook-disable-after", help: "seconds of failure before a subscription is disabled") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.disableAfter = .seconds(try int(v, "webhook-disable-after", 1...31_536_000))
+        },
+        Setting(name: "webhook-secret-overlap", help: "seconds a rotated-out secret keeps signing") {
+            c,
+            v throws(ConfigurationError) in
+            c.http.secretOverlap = .seconds(try int(v, "webhook-secret-overlap", 0...604_800))
         },
         Setting(name: "max-body-bytes", help: "largest request body") { c, v throws(ConfigurationError) in
             c.http.maxBodyBytes = try int(v, "max-body-bytes", 1024...16_777_216)

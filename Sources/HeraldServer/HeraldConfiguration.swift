@@ -1,4 +1,5 @@
 package import HeraldHTTP
+package import HeraldHooks
 package import HeraldRunner
 package import HeraldSQLite
 package import HeraldStore
@@ -28,10 +29,6 @@ package struct HeraldConfiguration: Sendable {
     /// PEM certificate and key for TLS on the HTTP port (`--tls-cert`, `--tls-key`).
     package var tlsCertificatePath: String?
     package var tlsKeyPath: String?
-    /// Seconds before each webhook retry (`--webhook-retry-schedule`).
-    package var webhookRetrySchedule: [Duration] = [5, 300, 1800, 7200, 18000, 36000, 36000].map { .seconds($0) }
-    /// Seconds a webhook target has to answer (`--webhook-timeout`, default 15).
-    package var webhookTimeout: Duration = .seconds(15)
     /// Whether the API key was generated (and must be printed once) rather than given.
     package var apiKeyWasGenerated = false
     /// Log level (`log-level`, `HERALD_LOG_LEVEL`, default `info`).
@@ -41,6 +38,7 @@ package struct HeraldConfiguration: Sendable {
     package var runner = RunnerConfiguration()
     package var retention = RetentionConfiguration()
     package var webSocket = WebSocketConfiguration()
+    package var webhooks = WebhookConfiguration()
 
     /// Where the data lives.
     package enum StoreKind: Sendable, Hashable {

@@ -58,10 +58,7 @@ package struct HeraldServer: Sendable {
         let webhooks = WebhookDispatcher(
             store: store,
             resolver: resolver,
-            configuration: WebhookConfiguration(
-                retrySchedule: configuration.webhookRetrySchedule,
-                timeout: configuration.webhookTimeout
-            ),
+            configuration: configuration.webhooks,
             logger: logger.labelled("herald.webhooks")
         )
         let hub = Hub(logger: logger.labelled("herald.hub"), onPublish: { webhooks.wake() })

@@ -7,6 +7,10 @@ package struct Subscription: Sendable, Hashable {
     /// An event type (`check.done`), a prefix pattern (`check.*`) or `*`.
     package var event: String
     package var secret: String
+    /// The secret before the last rotation, which keeps signing beside `secret` until
+    /// `previousSecretExpiresAt`, so receivers can switch without dropping a delivery.
+    package var previousSecret: String?
+    package var previousSecretExpiresAt: Timestamp?
     package var createdAt: Timestamp
     package var updatedAt: Timestamp
     /// Set when the target failed for longer than the disable period; a PUT clears it.
@@ -34,8 +38,16 @@ package struct Subscription: Sendable, Hashable {
         return pattern == type
     }
 
-    /// The subscription as the API shows it; the secret only when `withSecret` (at creation).
-    package func json(withSecret: Bool = false) -> String {
+    /// The secrets that sign a delivery sent at `now`: the current one, and the previous one
+    /// during its overlap.
+    package func signingSecrets(at now: Timestamp) -> [String] {
+        guard let previousSecret, let until = previousSecretExpiresAt, now < until else { return [secret] }
+        return [secret, previousSecret]
+    }
+
+    /// The subscription as the API shows it; the secret only when `withSecret` (at creation
+    /// and rotation).
+    package func json(withSecret: Bool = false, at now: Timestamp = .now()) -> String {
         var writer = JSONWriter()
         writer.string("id", id)
         writer.string("target_url", targetURL)
@@ -46,6 +58,9 @@ package struct Subscription: Sendable, Hashable {
         writer.string("updated_at", updatedAt.rfc3339)
         if let disabledAt { writer.string("disabled_at", disabledAt.rfc3339) }
         if let failingSince { writer.string("failing_since", failingSince.rfc3339) }
+        if let until = previousSecretExpiresAt, previousSecret != nil, now < until {
+            writer.string("previous_secret_expires_at", until.rfc3339)
+        }
         return writer.result
     }
 }
@@ -61,7 +76,9 @@ package struct Delivery: Sendable, Hashable {
     package var subscriptionID: String?
     package var checkID: String?
     package var targetURL: String
-    package var secret: String
+    /// The secrets that sign it, read when it is claimed: a subscription's current secret (and
+    /// its previous one during a rotation's overlap), or the check's callback secret.
+    package var secrets: [String]
     package var eventType: String
     /// `{"type", "timestamp", "data": <the event>}`, the body of every attempt.
     package var payload: String
@@ -76,7 +93,7 @@ package struct Delivery: Sendable, Hashable {
         subscriptionID: String?,
         checkID: String?,
         targetURL: String,
-        secret: String,
+        secrets: [String],
         eventType: String,
         payload: String,
         state: State,
@@ -89,7 +106,7 @@ package struct Delivery: Sendable, Hashable {
         self.subscriptionID = subscriptionID
         self.checkID = checkID
         self.targetURL = targetURL
-        self.secret = secret
+        self.secrets = secrets
         self.eventType = eventType
         self.payload = payload
         self.state = state
@@ -191,15 +208,27 @@ package protocol WebhookStore: Sendable {
     func subscription(_ id: String) async throws -> Subscription?
     /// Subscriptions oldest first, one page at a time (`cursor`: the previous page's last).
     func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?)
-    /// Replaces target, event and secret (and re-enables a disabled subscription).
+    /// Replaces target and event (pending deliveries follow the new target) and re-enables a
+    /// disabled subscription; a new `secret` is a rotation (see ``rotateSecret(_:to:overlap:at:)``).
     /// - Returns: `nil` when there is no such subscription.
     func updateSubscription(
         _ id: String,
         targetURL: String,
         event: String,
         secret: String?,
+        overlap: Duration,
         at time: Timestamp
     ) async throws -> Subscription?
+    /// Makes `secret` the signing secret; the one it replaces keeps signing beside it for
+    /// `overlap`. Rotating to the current secret changes nothing.
+    /// - Returns: `nil` when there is no such subscription.
+    func rotateSecret(
+        _ id: String,
+        to secret: String,
+        overlap: Duration,
+        at time: Timestamp
+    ) async throws
+        -> Subscription?
     /// Deletes it and fails its pending deliveries. - Returns: whether it existed.
     func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
 
@@ -209,7 +238,8 @@ package protocol WebhookStore: Sendable {
     /// When the next pending delivery is due, if any.
     func nextDeliveryDue() async throws -> Timestamp?
     /// Logs an attempt and applies its outcome. A subscription failing since before
-    /// `disableFailingBefore` is disabled.
+    /// `disableFailingBefore` is disabled, and its pending deliveries fail (a replay after the
+    /// PUT that re-enables it sends them again).
     func recordAttempt(
         _ attempt: DeliveryAttempt,
         of id: String,

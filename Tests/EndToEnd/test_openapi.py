@@ -40,7 +40,7 @@ def test_every_documented_route_answers_with_a_documented_status(make_herald):
             if answer.status_code >= 400:
                 assert answer.headers["content-type"] == "application/problem+json"
             called += 1
-    assert called == 20
+    assert called == 21
 
 
 def test_every_route_served_is_documented(api):
@@ -52,6 +52,7 @@ def test_every_route_served_is_documented(api):
               ("get", "/openapi.yaml"), ("get", "/api/v1/subscription"), ("post", "/api/v1/subscription"),
               ("get", "/api/v1/subscription/{subscription}"), ("put", "/api/v1/subscription/{subscription}"),
               ("delete", "/api/v1/subscription/{subscription}"), ("post", "/api/v1/subscription/{subscription}/replay"),
+              ("post", "/api/v1/subscription/{subscription}/rotate"),
               ("get", "/api/v1/deliveries"), ("get", "/api/v1/deliveries/{delivery}"),
               ("post", "/api/v1/deliveries/{delivery}/retry")}
     listed = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}

@@ -1,6 +1,8 @@
 """Web-Hooks and REST-Hooks against a real HTTP receiver; signatures checked with `standardwebhooks`."""
 
+import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -8,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from conftest import AUTH, assert_problem, create, wait_for
 
@@ -25,7 +28,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append((self.path, dict(self.headers.items()), body.decode()))
+                receiver.requests.append((self.path, dict(self.headers.items()), body.decode(), time.monotonic()))
                 if self.path == "/hang":
                     time.sleep(6)  # past --webhook-timeout
                 script = receiver.scripts.get(self.path, [200])
@@ -60,7 +63,7 @@ def receiver():
 
 
 def verify(secret, request):
-    _, headers, body = request
+    headers, body = request[1], request[2]
     return Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
 
 
@@ -223,3 +226,164 @@ def test_replay_queues_again_what_a_subscription_matches_since_a_time(make_heral
         assert sorted(verify(subscription["secret"], r)["data"]["data"] for r in receiver.to("/late")) == ["a.one", "a.three"]
         assert_problem(api.post(f"/api/v1/subscription/{subscription['id']}/replay", json={"since": "yesterday"},
                                 headers=AUTH), 422, "since")
+
+
+def publish(api, channel, data, type_="t"):
+    assert api.post(f"/api/v1/channels/{channel}/events", json={"type": type_, "data": data},
+                    headers=AUTH).status_code == 201
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_its_overlap_ends(make_herald, receiver):
+    herald = make_herald(*FAST)
+    receiver.scripts["/rot"] = [500, 200]  # the first attempt fails: its retry comes after the rotation
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/rot", "event": "*"},
+                                headers=AUTH).json()
+        path = f"/api/v1/subscription/{subscription['id']}"
+        old = subscription["secret"]
+        publish(api, "rot", 0)
+        wait_for(lambda: len(receiver.to("/rot")) == 1)
+        rotated = api.post(path + "/rotate", json={"overlap": 3600}, headers=AUTH)
+        assert rotated.status_code == 200
+        new = rotated.json()["secret"]
+        assert new.startswith("whsec_") and new != old and "previous_secret_expires_at" in rotated.json()
+        shown = api.get(path, headers=AUTH).json()
+        assert "secret" not in shown and shown["previous_secret_expires_at"] == rotated.json()["previous_secret_expires_at"]
+
+        wait_for(lambda: len(receiver.to("/rot")) == 2)
+        retried = receiver.to("/rot")[1]  # queued before the rotation, signed as the subscription is now
+        assert len(retried[1]["webhook-signature"].split(" ")) == 2
+        verify(old, retried)
+        verify(new, retried)
+
+        newest = api.post(path + "/rotate", json={"overlap": 0}, headers=AUTH).json()["secret"]
+        publish(api, "rot", 1)
+        wait_for(lambda: len(receiver.to("/rot")) == 3)
+        verify(newest, receiver.to("/rot")[2])
+        with pytest.raises(WebhookVerificationError):
+            verify(new, receiver.to("/rot")[2])
+
+        # A PUT with a new secret is a rotation too, with the default overlap.
+        chosen = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+        assert api.put(path, json={"target_url": receiver.url + "/rot", "event": "*", "secret": chosen},
+                       headers=AUTH).status_code == 200
+        publish(api, "rot", 2)
+        wait_for(lambda: len(receiver.to("/rot")) == 4)
+        verify(chosen, receiver.to("/rot")[3])
+        verify(newest, receiver.to("/rot")[3])
+
+        # Bad rotations change nothing.
+        assert_problem(api.post(path + "/rotate", json={"secret": "nope"}, headers=AUTH), 422, "secret")
+        assert_problem(api.post(path + "/rotate", json={"overlap": -1}, headers=AUTH), 422, "overlap")
+        assert_problem(api.post(path + "/rotate", json={"color": 1}, headers=AUTH), 422, "color")
+        assert_problem(api.post(path + "/rotate", content=b"{", headers={**AUTH, "content-type": "application/json"}),
+                       400)
+        assert_problem(api.post("/api/v1/subscription/sub_nope/rotate", headers=AUTH), 404)
+        assert_problem(api.post(path + "/rotate"), 401)
+        publish(api, "rot", 3)
+        wait_for(lambda: len(receiver.to("/rot")) == 5)
+        verify(chosen, receiver.to("/rot")[4])
+        # With no body, a secret is generated.
+        generated = api.post(path + "/rotate", headers=AUTH).json()["secret"]
+        assert generated.startswith("whsec_") and generated != chosen
+
+
+def test_a_callback_can_receive_every_event_of_its_check(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        check = create(api, {"kind": "delay", "params": {"ms": 300}, "callback_url": receiver.url + "/every",
+                             "callback_events": "all"}).json()
+        assert check["callback_events"] == "all"
+        wait_for(lambda: len(receiver.to("/every")) == 2)
+        payloads = [verify(check["callback_secret"], r) for r in receiver.to("/every")]
+        assert sorted(p["type"] for p in payloads) == ["check.created", "check.done"]
+        assert {p["data"]["channel"] for p in payloads} == {f"check:{check['id']}"}
+        terminal = create(api, {"kind": "delay", "params": {"ms": 1}, "callback_url": receiver.url + "/end"}).json()
+        assert terminal["callback_events"] == "terminal"
+        wait_for(lambda: api.get(f"/api/v1/checks/{terminal['id']}").json()["state"] == "done")
+        wait_for(lambda: receiver.to("/end"))
+        assert [json.loads(r[2])["type"] for r in receiver.to("/end")] == ["check.done"]
+        for body, words in [({"callback_url": receiver.url + "/x", "callback_events": "some"}, "callback_events"),
+                            ({"callback_events": "all"}, "without callback_url")]:
+            assert_problem(create(api, {"kind": "delay", "params": {"ms": 1}, **body}), 422, words)
+
+
+def test_410_on_a_checks_callback_stops_its_callbacks(make_herald, receiver):
+    herald = make_herald(*FAST)
+    receiver.scripts["/gone"] = [410]
+    with herald.client() as api:
+        check = create(api, {"kind": "external", "callback_url": receiver.url + "/gone",
+                             "callback_events": "all"}).json()
+        by_check = {"check_id": check["id"]}
+        wait_for(lambda: [d for d in api.get("/api/v1/deliveries", params=by_check, headers=AUTH).json()["deliveries"]
+                          if d["state"] == "failed"])
+        assert api.post(f"/api/v1/checks/{check['id']}/complete", json={"state": "done"},
+                        headers=AUTH).status_code == 200
+        # The terminal event is written with its deliveries: none was queued for the gone target.
+        deliveries = api.get("/api/v1/deliveries", params=by_check, headers=AUTH).json()["deliveries"]
+        assert [d["event_type"] for d in deliveries] == ["check.created"]
+        assert len(receiver.to("/gone")) == 1
+
+
+def test_a_target_that_keeps_failing_trips_its_circuit_and_is_probed_once_per_cooldown(make_herald, receiver):
+    herald = make_herald(*FAST[:2], "1,1,1,1,1,1,1,1,1,1", "--webhook-timeout", "2",
+                         env={"HERALD_WEBHOOK_MAX_PER_TARGET": "1", "HERALD_WEBHOOK_BREAKER_FAILURES": "3",
+                              "HERALD_WEBHOOK_BREAKER_COOLDOWN": "3"})
+    receiver.scripts["/down"] = [500, 500, 500, 500, 200]  # three failures, a failed probe, a good probe
+    with herald.client() as api:
+        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/down", "event": "*"}, headers=AUTH)
+        for n in range(5):
+            publish(api, "cb", n)
+
+        def delivered():
+            listed = api.get("/api/v1/deliveries", headers=AUTH).json()["deliveries"]
+            return len(listed) == 5 and all(d["state"] == "delivered" for d in listed) and listed
+        listed = wait_for(delivered, timeout=40)
+        arrivals = [r[3] for r in receiver.to("/down")]
+        # Open for its cooldown after the third failure, again after the failed probe: nothing in between.
+        assert arrivals[3] - arrivals[2] >= 2.5 and arrivals[4] - arrivals[3] >= 2.5
+        # Held deliveries are postponed, not attempted: every attempt is one request the target saw.
+        assert len(arrivals) == 9 == sum(d["attempts"] for d in listed)
+
+
+def test_a_subscription_failing_for_too_long_is_disabled_until_a_put(make_herald, receiver):
+    herald = make_herald(*FAST[:2], "1,1,1,1,1,1,1,1,1,1", "--webhook-timeout", "2",
+                         env={"HERALD_WEBHOOK_DISABLE_AFTER": "2", "HERALD_WEBHOOK_BREAKER_FAILURES": "100"})
+    receiver.scripts["/down"] = [500]
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/down", "event": "*"},
+                                headers=AUTH).json()
+        path = f"/api/v1/subscription/{subscription['id']}"
+        by_subscription = {"subscription_id": subscription["id"]}
+        publish(api, "dis", 0)
+        disabled = wait_for(lambda: (s := api.get(path, headers=AUTH).json())["state"] == "disabled" and s)
+        assert disabled["disabled_at"] >= disabled["failing_since"]
+        deliveries = api.get("/api/v1/deliveries", params=by_subscription, headers=AUTH).json()["deliveries"]
+        assert [d["state"] for d in deliveries] == ["failed"]
+        publish(api, "dis", 1)  # nothing is queued for a disabled subscription
+        assert len(api.get("/api/v1/deliveries", params=by_subscription, headers=AUTH).json()["deliveries"]) == 1
+
+        receiver.scripts["/down"] = [200]
+        enabled = api.put(path, json={"target_url": receiver.url + "/down", "event": "*"}, headers=AUTH).json()
+        assert enabled["state"] == "active" and "disabled_at" not in enabled and "failing_since" not in enabled
+        publish(api, "dis", 2)
+        wait_for(lambda: [r for r in receiver.to("/down") if json.loads(r[2])["data"]["data"] == 2])
+
+
+def test_the_ssrf_guard_applies_at_delivery_time(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/private", "event": "*"}, headers=AUTH)
+    herald.terminate()
+    herald.args = [a for a in herald.args if a != "--allow-private-targets"]  # same store, private targets refused
+    herald.start()
+    with herald.client() as api:
+        publish(api, "ssrf", 0)
+
+        def refused():
+            listed = api.get("/api/v1/deliveries", headers=AUTH).json()["deliveries"]
+            log = listed and api.get(f"/api/v1/deliveries/{listed[0]['id']}", headers=AUTH).json()["attempt_log"]
+            return log and log[0]
+        attempt = wait_for(refused)
+        assert "not a public address" in attempt["error"] and "status_code" not in attempt
+        assert receiver.to("/private") == []

@@ -29,6 +29,19 @@ import Testing
         #expect(try spec(#"{"kind":"external","params":{"anything":[1]}}"#).kind == .external)
     }
 
+    @Test func aCallbackGetsTheTerminalEventOrEveryOne() throws {
+        let terminal = try spec(#"{"kind":"delay","params":{"ms":1},"callback_url":"https://x.test/"}"#)
+        #expect(terminal.callbackEvents == .terminal)
+        #expect(!terminal.calls(.processing) && terminal.calls(.done) && terminal.calls(.canceled))
+        var all = try spec(
+            #"{"kind":"delay","params":{"ms":1},"callback_url":"https://x.test/","callback_events":"all"}"#
+        )
+        #expect(all.calls(.processing) && all.calls(.failed))
+        all.callbackStopped = true
+        #expect(!all.calls(.processing) && !all.calls(.done))
+        #expect(!(try spec(#"{"kind":"delay","params":{"ms":1}}"#)).calls(.done))
+    }
+
     @Test(arguments: [
         (#"[]"#, "the body must be a JSON object"),
         (#"{}"#, "kind is required"),
@@ -50,6 +63,11 @@ import Testing
             "callback_secret"
         ),
         (#"{"kind":"delay","params":{"ms":1},"color":"red"}"#, "color is not a known field"),
+        (
+            #"{"kind":"delay","params":{"ms":1},"callback_url":"https://x.test/","callback_events":"some"}"#,
+            "callback_events must be"
+        ),
+        (#"{"kind":"delay","params":{"ms":1},"callback_events":"all"}"#, "callback_events is given without"),
     ])
     func invalidRequestsNameTheField(json: String, message: String) throws {
         #expect {

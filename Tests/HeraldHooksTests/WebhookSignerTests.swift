@@ -1,3 +1,4 @@
+import HeraldCore
 import HeraldHooks
 import HeraldStore
 import Testing
@@ -26,5 +27,17 @@ import Testing
         #expect(!Subscription.pattern("check.*", matches: "checkout.done"))
         #expect(Subscription.pattern("check.done", matches: "check.done"))
         #expect(!Subscription.pattern("check.done", matches: "check.failed"))
+    }
+}
+
+@Suite struct RotationSignatureTests {
+    @Test func twoSecretsGiveTwoSpaceSeparatedSignatures() throws {
+        let (old, new) = ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookSecret.generate())
+        let both = try #require(WebhookSigner.signature(secrets: [new, old], id: "m", timestamp: 1, body: "{}"))
+        let parts = both.split(separator: " ").map(String.init)
+        #expect(parts.count == 2)
+        #expect(parts[0] == WebhookSigner.signature(secret: new, id: "m", timestamp: 1, body: "{}"))
+        #expect(parts[1] == WebhookSigner.signature(secret: old, id: "m", timestamp: 1, body: "{}"))
+        #expect(WebhookSigner.signature(secrets: [], id: "m", timestamp: 1, body: "{}") == nil)
     }
 }

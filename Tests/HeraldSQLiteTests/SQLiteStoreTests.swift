@@ -133,6 +133,100 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(read.events.isEmpty && read.epoch.rawValue.isEmpty)
     }
 
+    @Test func endedDeliveriesArePrunedWithEndedChecksAndPendingOnesStay() async throws {
+        let (store, _) = try makeStore(.init(checkRetention: .seconds(60)))
+        let now = Timestamp.now()
+        for (id, target) in [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")] {
+            try await store.createSubscription(
+                Subscription(id: id, targetURL: target, event: "*", secret: WebhookSecret.generate(), createdAt: now)
+            )
+        }
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
+        let claimed = try await store.claimDeliveries(now: now, lease: .seconds(5), limit: 10)
+        #expect(claimed.count == 2)
+        let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
+        let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
+        let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
+        try await store.recordAttempt(
+            attempt,
+            of: delivered.id,
+            outcome: .delivered,
+            disableFailingBefore: Timestamp(millisecondsSince1970: 0)
+        )
+        _ = try await store.prune(now: now.adding(milliseconds: 120_000))
+        #expect(try await store.delivery(delivered.id) == nil)
+        #expect(try await store.delivery(pending.id)?.0.state == .pending)
+    }
+
+    @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        let (old, new) = (WebhookSecret.generate(), WebhookSecret.generate())
+        try await store.createSubscription(
+            Subscription(id: "sub_r", targetURL: "https://r.test/", event: "*", secret: old, createdAt: now)
+        )
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
+        let rotated = try #require(try await store.rotateSecret("sub_r", to: new, overlap: .seconds(60), at: now))
+        #expect(rotated.signingSecrets(at: now) == [new, old])
+        #expect(rotated.signingSecrets(at: now.adding(milliseconds: 60_000)) == [new])
+        // The delivery was queued before the rotation: it is signed as the subscription is now.
+        let during = try await store.claimDeliveries(now: now, lease: .zero, limit: 10)
+        #expect(during.map(\.secrets) == [[new, old]])
+        let after = try await store.claimDeliveries(now: now.adding(milliseconds: 60_000), lease: .zero, limit: 10)
+        #expect(after.map(\.secrets) == [[new]])
+        // Rotating to the secret in use changes nothing.
+        let again = try await store.rotateSecret("sub_r", to: new, overlap: .zero, at: now)
+        #expect(again?.previousSecret == old && again?.signingSecrets(at: now) == [new, old])
+    }
+
+    @Test func aSubscriptionFailingTooLongIsDisabledWithItsPendingDeliveries() async throws {
+        let (store, _) = try makeStore()
+        let start = Timestamp.now()
+        try await store.createSubscription(
+            Subscription(
+                id: "sub_d",
+                targetURL: "https://d.test/",
+                event: "*",
+                secret: WebhookSecret.generate(),
+                createdAt: start
+            )
+        )
+        let channel = try #require(ChannelName("c"))
+        _ = try await store.append(type: "t", data: "1", to: channel, at: start)
+        _ = try await store.append(type: "t", data: "2", to: channel, at: start)
+        let (first, second) = try await {
+            let claimed = try await store.claimDeliveries(now: start, lease: .seconds(5), limit: 10)
+            return (claimed[0], claimed[1])
+        }()
+        func fail(_ id: String, at time: Timestamp) async throws {
+            let attempt = DeliveryAttempt(at: time, statusCode: 500, durationMilliseconds: 1, error: nil, snippet: nil)
+            try await store.recordAttempt(
+                attempt,
+                of: id,
+                outcome: .retry(at: time.adding(milliseconds: 1000)),
+                disableFailingBefore: time.adding(milliseconds: -5000)
+            )
+        }
+        try await fail(first.id, at: start)
+        #expect(try await store.subscription("sub_d")?.failingSince == start)
+        try await fail(first.id, at: start.adding(milliseconds: 6000))
+        let disabled = try #require(try await store.subscription("sub_d"))
+        #expect(disabled.disabledAt != nil)
+        #expect(try await store.delivery(second.id)?.0.state == .failed)
+        // No new delivery while disabled; a PUT re-enables.
+        _ = try await store.append(type: "t", data: "3", to: channel, at: start)
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_d")).items.count == 2)
+        let enabled = try await store.updateSubscription(
+            "sub_d",
+            targetURL: "https://d2.test/",
+            event: "*",
+            secret: nil,
+            overlap: .zero,
+            at: start
+        )
+        #expect(enabled?.disabledAt == nil && enabled?.failingSince == nil)
+    }
+
     @Test func pagingWalksEveryCheckNewestFirst() async throws {
         let (store, _) = try makeStore()
         var ids: [CheckID] = []

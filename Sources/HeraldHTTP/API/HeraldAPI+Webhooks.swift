@@ -27,6 +27,9 @@ extension HeraldAPI {
         router.post("/api/v1/subscription/{id}/replay") { request, context in
             try await replay(request, context)
         }
+        router.post("/api/v1/subscription/{id}/rotate") { request, context in
+            try await rotateSecret(request, context)
+        }
         router.get("/api/v1/deliveries") { request, _ in try await listDeliveries(request) }
         router.get("/api/v1/deliveries/{id}") { request, context in
             try request.requireServerKey(configuration.apiKey)
@@ -91,10 +94,45 @@ extension HeraldAPI {
                 targetURL: fields.targetURL,
                 event: fields.event,
                 secret: fields.secret,
+                overlap: configuration.secretOverlap,
                 at: .now()
             )
         else { throw HeraldError.notFound("no subscription with id \(id)") }
         return jsonResponse(.ok, subscription.json())
+    }
+
+    /// `{"secret"?, "overlap"?}`: a new secret (generated when absent) that signs from now on;
+    /// the old one keeps signing beside it for `overlap` seconds (default
+    /// `webhook-secret-overlap`, 0 ends it at once). The answer shows the new secret, once.
+    private func rotateSecret(_ request: Request, _ context: some RequestContext) async throws -> Response {
+        try request.requireServerKey(configuration.apiKey)
+        let body = try await request.jsonBody(limit: configuration.maxBodyBytes, emptyAs: .object([:]))
+        guard let members = body.objectValue else {
+            throw HeraldError.invalid("the body must be a JSON object, not \(body.typeName)")
+        }
+        if let unknown = members.keys.sorted().first(where: { !["secret", "overlap"].contains($0) }) {
+            throw HeraldError.invalid("\(unknown) is not a known field (known: overlap, secret)")
+        }
+        let secret = try Self.secret(members["secret"]) ?? WebhookSecret.generate()
+        var overlap = configuration.secretOverlap
+        switch members["overlap"] {
+        case nil, .null?: break
+        case .int(let seconds)? where (0...604_800).contains(seconds): overlap = .seconds(seconds)
+        default: throw HeraldError.invalid("overlap must be an integer number of seconds in 0...604800")
+        }
+        let id = context.parameters.get("id") ?? ""
+        guard let subscription = try await store.rotateSecret(id, to: secret, overlap: overlap, at: .now()) else {
+            throw HeraldError.notFound("no subscription with id \(id)")
+        }
+        return jsonResponse(.ok, subscription.json(withSecret: true))
+    }
+
+    private static func secret(_ value: JSONValue?) throws(HeraldError) -> String? {
+        switch value {
+        case nil, .null?: return nil
+        case .string(let secret)? where WebhookSecret.isValid(secret): return secret
+        default: throw .invalid("secret must be 'whsec_' followed by base64 of 24 to 64 bytes")
+        }
     }
 
     /// Validates `{"target_url", "event", "secret"?}`; the target is checked by the SSRF guard.
@@ -117,12 +155,7 @@ extension HeraldAPI {
         guard case .string(let event)? = members["event"], Self.isEventPattern(event) else {
             throw HeraldError.invalid("event is required: an event type (check.done), a pattern (check.*) or *")
         }
-        var secret: String?
-        switch members["secret"] {
-        case nil, .null?: secret = nil
-        case .string(let value)? where WebhookSecret.isValid(value): secret = value
-        default: throw HeraldError.invalid("secret must be 'whsec_' followed by base64 of 24 to 64 bytes")
-        }
+        let secret = try Self.secret(members["secret"])
         _ = try await checks.resolver.resolve(url.host)
         return (targetURL, event, secret)
     }

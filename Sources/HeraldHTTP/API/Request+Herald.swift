@@ -16,8 +16,10 @@ extension Request {
     ///
     /// - Throws: `.unsupportedMediaType` (415) unless the type is JSON, `.tooLarge` (413)
     ///   past `limit` bytes, `.malformed` (400) when it is not well-formed JSON.
-    func jsonBody(limit: Int) async throws -> JSONValue {
+    /// - Parameter empty: what a request with no body at all stands for, when a body is optional.
+    func jsonBody(limit: Int, emptyAs empty: JSONValue? = nil) async throws -> JSONValue {
         let type = headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        if let empty, type == nil, (try? await body.collect(upTo: 1))?.readableBytes == 0 { return empty }
         guard let type, type == "application/json" || (type.hasPrefix("application/") && type.hasSuffix("+json")) else {
             throw HeraldError(.unsupportedMediaType, "the body must be application/json")
         }

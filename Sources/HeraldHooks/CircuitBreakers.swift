@@ -2,58 +2,110 @@ internal import Synchronization
 
 /// Per-target isolation: a cap on deliveries in flight, and a circuit breaker that opens after
 /// consecutive failures, lets one probe through after its cooldown (half-open), and closes on
-/// a success. Dead or hanging targets then cost one probe per cooldown, not a slot per delivery.
+/// a success.
+///
+/// Only a target whose last attempt succeeded is *healthy* and gets `maxInFlightPerTarget`
+/// deliveries at once. Any other (new, failing, probing) gets one, and all of those together
+/// get at most half of `maxInFlight`, so the other half always serves healthy targets: a
+/// thousand dead or hanging targets cost a thousand slots at most until their circuits open,
+/// and one probe per cooldown after that.
 final class CircuitBreakers: Sendable {
-    private struct Target {
-        var inFlight = 0
-        var failures = 0
-        var openUntil: ContinuousClock.Instant?
-        var probing = false
+    /// What to do with a delivery to a target.
+    enum Decision: Equatable {
+        /// Send it now: a slot is taken; give it back with
+        /// ``CircuitBreakers/release(_:suspect:succeeded:now:)`` and the same `suspect`.
+        case send(suspect: Bool)
+        /// Hold this delivery a little: its healthy target is at its cap.
+        case wait(Duration)
+        /// Hold every delivery to the target this long: it is not known to be healthy and is
+        /// busy with one already, or its circuit is open.
+        case park(Duration)
     }
 
+    private struct Target {
+        var inFlight = 0
+        /// Whether the last attempt succeeded.
+        var healthy = false
+        var failures = 0
+        var openUntil: ContinuousClock.Instant?
+        var lastUsed: ContinuousClock.Instant
+        /// Whether its backlog was parked behind the attempt in flight.
+        var parked = false
+    }
+
+    private struct State {
+        var targets: [String: Target] = [:]
+        var suspectInFlight = 0
+        var releases = 0
+    }
+
+    /// How long an idle target is remembered.
+    private static let memory: Duration = .seconds(600)
+
     private let configuration: WebhookConfiguration
-    private let targets = Mutex<[String: Target]>([:])
+    private let state = Mutex(State())
 
     init(configuration: WebhookConfiguration) {
         self.configuration = configuration
     }
 
-    /// Takes a slot for `target`, or answers when to try again (capped or open).
-    func acquire(_ target: String, now: ContinuousClock.Instant) -> Duration? {
-        targets.withLock { targets in
-            var state = targets[target, default: Target()]
-            defer { targets[target] = state }
-            if let openUntil = state.openUntil {
-                if now < openUntil || state.probing { return max(openUntil - now, .seconds(1)) }
-                state.probing = true  // half-open: this one delivery is the probe
-            } else if state.inFlight >= configuration.maxInFlightPerTarget {
-                return .milliseconds(200)
+    func acquire(_ key: String, now: ContinuousClock.Instant) -> Decision {
+        state.withLock { state in
+            var target = state.targets[key, default: Target(lastUsed: now)]
+            if let openUntil = target.openUntil, now < openUntil {
+                return .park(max(openUntil - now, .milliseconds(100)))
             }
-            state.inFlight += 1
-            return nil
+            let suspect = !target.healthy
+            if suspect {
+                // New, failing or half-open: one at a time. The backlog waits for the attempt
+                // in flight, as long as it may take; its end unparks it (see `release`).
+                if target.inFlight > 0 {
+                    target.parked = true
+                    state.targets[key] = target
+                    return .park(configuration.timeout + .seconds(1))
+                }
+                if state.suspectInFlight >= configuration.maxInFlight / 2 { return .park(.seconds(1)) }
+                state.suspectInFlight += 1
+            } else if target.inFlight >= configuration.maxInFlightPerTarget {
+                return .wait(.milliseconds(50))
+            }
+            target.inFlight += 1
+            target.lastUsed = now
+            state.targets[key] = target
+            return .send(suspect: suspect)
         }
     }
 
     /// Returns a slot with the attempt's result.
-    func release(_ target: String, succeeded: Bool, now: ContinuousClock.Instant) {
-        targets.withLock { targets in
-            guard var state = targets[target] else { return }
-            state.inFlight -= 1
-            state.probing = false
+    /// - Returns: whether the target's parked backlog may go now (its circuit is not open).
+    func release(_ key: String, suspect: Bool, succeeded: Bool, now: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in
+            if suspect { state.suspectInFlight -= 1 }
+            guard var target = state.targets[key] else { return false }
+            target.inFlight -= 1
+            target.lastUsed = now
+            target.healthy = succeeded
             if succeeded {
-                state.failures = 0
-                state.openUntil = nil
+                target.failures = 0
+                target.openUntil = nil
             } else {
-                state.failures += 1
-                if state.failures >= configuration.breakerThreshold {
-                    state.openUntil = now.advanced(by: configuration.breakerCooldown)
+                target.failures += 1
+                if target.failures >= configuration.breakerThreshold {
+                    target.openUntil = now.advanced(by: configuration.breakerCooldown)
                 }
             }
-            if state.inFlight == 0 && state.failures == 0 {
-                targets[target] = nil
-            } else {
-                targets[target] = state
+            let unpark = target.parked && target.openUntil == nil
+            if unpark { target.parked = false }
+            state.targets[key] = target
+            state.releases += 1
+            if state.releases % 4096 == 0 {
+                // Forget targets idle for a while (an open circuit is probed once per cooldown,
+                // so it is not idle while deliveries wait for it).
+                state.targets = state.targets.filter { _, target in
+                    target.inFlight > 0 || now - target.lastUsed < Self.memory
+                }
             }
+            return unpark
         }
     }
 }

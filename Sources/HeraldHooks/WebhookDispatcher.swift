@@ -61,20 +61,48 @@ package final class WebhookDispatcher: Service, Sendable {
                     claimed = try await store.claimDeliveries(
                         now: .now(),
                         lease: configuration.timeout + .seconds(5),
-                        limit: free
+                        limit: free,
+                        perTarget: configuration.maxInFlightPerTarget
                     )
                 } catch {
                     logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
                     await doorbell.wait(upTo: .seconds(1))
                     continue
                 }
+                // What cannot go now goes back in one write: a delivery whose healthy target is
+                // at its cap, and the whole backlog of a target that is parked.
+                var held: [(id: String, until: Timestamp)] = []
+                var parked: [String: Timestamp] = [:]
                 for delivery in claimed {
-                    inFlight.withLock { $0 += 1 }
-                    group.addTask {
-                        await self.attempt(delivery)
-                        self.inFlight.withLock { $0 -= 1 }
-                        self.doorbell.ring()
+                    let target = delivery.target
+                    if let until = parked[target] {
+                        held.append((delivery.id, until))  // claimed, so leased: held by id
+                        continue
                     }
+                    switch breakers.acquire(target, now: .now) {
+                    case .wait(let duration):
+                        held.append((delivery.id, Timestamp.now().adding(milliseconds: duration.milliseconds)))
+                    case .park(let duration):
+                        let until = Timestamp.now().adding(milliseconds: duration.milliseconds)
+                        parked[target] = until
+                        held.append((delivery.id, until))
+                    case .send(let suspect):
+                        inFlight.withLock { $0 += 1 }
+                        group.addTask {
+                            let succeeded = await self.attempt(delivery)
+                            if self.breakers.release(target, suspect: suspect, succeeded: succeeded, now: .now) {
+                                await self.unpark(target)
+                            }
+                            self.inFlight.withLock { $0 -= 1 }
+                            self.doorbell.ring()
+                        }
+                    }
+                }
+                guard !held.isEmpty || !parked.isEmpty else { continue }
+                do {
+                    try await store.holdDeliveries(held, parking: parked.map { ($0.key, $0.value) }, at: .now())
+                } catch {
+                    logger.warning("holding deliveries failed", metadata: ["error": "\(error)"])
                 }
             }
         }
@@ -88,19 +116,18 @@ package final class WebhookDispatcher: Service, Sendable {
         return .milliseconds(min(max(wait, 10), 1000))
     }
 
-    /// One attempt of `delivery`, or a postponement when its target is busy or its circuit open.
-    private func attempt(_ delivery: Delivery) async {
-        let target = Self.targetKey(delivery.targetURL)
-        if let later = breakers.acquire(target, now: .now) {
-            try? await store.postponeDelivery(
-                delivery.id,
-                until: Timestamp.now().adding(milliseconds: later.milliseconds)
-            )
-            return
+    private func unpark(_ target: String) async {
+        do {
+            try await store.unparkTarget(target, at: .now())
+        } catch {
+            logger.warning("unparking a target failed", metadata: ["herald.target": "\(target)", "error": "\(error)"])
         }
+    }
+
+    /// One attempt of `delivery`, recorded. - Returns: whether it was delivered.
+    private func attempt(_ delivery: Delivery) async -> Bool {
         let started = ContinuousClock.now
         let result = await send(delivery)
-        breakers.release(target, succeeded: result.outcome == .delivered, now: .now)
         let attempt = DeliveryAttempt(
             at: .now(),
             statusCode: result.status,
@@ -121,6 +148,7 @@ package final class WebhookDispatcher: Service, Sendable {
                 metadata: ["herald.delivery": "\(delivery.id)", "error": "\(error)"]
             )
         }
+        return result.outcome == .delivered
     }
 
     private struct Result {
@@ -189,12 +217,6 @@ package final class WebhookDispatcher: Service, Sendable {
         let jittered = base + Int64.random(in: -(base / 10)...(base / 10))
         let wait = max(jittered, floor?.milliseconds ?? 0)
         return .retry(at: Timestamp.now().adding(milliseconds: wait))
-    }
-
-    /// What isolation is keyed on: scheme, host and port of a target URL.
-    static func targetKey(_ url: String) -> String {
-        guard let components = URLComponents(string: url) else { return url }
-        return "\(components.scheme ?? "")://\(components.host ?? ""):\(components.port ?? -1)"
     }
 }
 

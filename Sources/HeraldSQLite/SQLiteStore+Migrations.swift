@@ -1,4 +1,5 @@
 internal import GRDB
+internal import HeraldStore
 
 extension SQLiteStore {
     /// Versioned schema migrations, applied in order at start-up; a migration is never edited
@@ -95,15 +96,30 @@ extension SQLiteStore {
                     """
             )
         }
-        migrator.registerMigration("v3: secret rotation, callbacks for every event") { db in
+        migrator.registerMigration("v3: secret rotation, callbacks for every event, deliveries by target") { db in
             try db.execute(
                 sql: """
                     ALTER TABLE subscriptions ADD COLUMN previous_secret TEXT;
                     ALTER TABLE subscriptions ADD COLUMN previous_secret_until INTEGER;
                     ALTER TABLE checks ADD COLUMN callback_events TEXT NOT NULL DEFAULT 'terminal';
                     ALTER TABLE checks ADD COLUMN callback_stopped INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE deliveries ADD COLUMN target TEXT NOT NULL DEFAULT '';
+                    CREATE INDEX deliveries_target ON deliveries(target, next_attempt_at) WHERE state = 'pending';
+                    ALTER TABLE subscriptions ADD COLUMN target TEXT NOT NULL DEFAULT '';
+                    CREATE TABLE parked_targets (
+                        target TEXT PRIMARY KEY,
+                        until INTEGER NOT NULL
+                    ) WITHOUT ROWID;
                     """
             )
+            for table in ["deliveries", "subscriptions"] {
+                for row in try Row.fetchAll(db, sql: "SELECT id, target_url FROM \(table)") {
+                    try db.execute(
+                        sql: "UPDATE \(table) SET target = ? WHERE id = ?",
+                        arguments: [Delivery.target(of: row["target_url"]), row["id"] as String]
+                    )
+                }
+            }
         }
         return migrator
     }

@@ -9,59 +9,77 @@ extension SQLiteStore {
     /// check's callback (its terminal event, or all with `callback_events: all`), and every
     /// active subscription that matches.
     static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
-        var targets: [(subscription: String?, url: String, secret: String)] = []
+        var targets: [(subscription: String?, url: String, target: String, secret: String, parkedUntil: Int64?)] = []
         if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
             check.spec.calls(check.state)
         {
-            targets.append((nil, url, secret))
+            let target = Delivery.target(of: url)
+            let parked = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT until FROM parked_targets WHERE target = ?"),
+                arguments: [target]
+            )
+            targets.append((nil, url, target, secret, parked))
         }
         // Runs for every event written: the prepared statement is kept, not compiled each time.
         let subscriptions = try Row.fetchAll(
             try db.cachedStatement(
-                sql: "SELECT id, target_url, event, secret FROM subscriptions WHERE disabled_at IS NULL ORDER BY seq"
+                sql: """
+                    SELECT id, target_url, subscriptions.target, event, secret, parked_targets.until FROM subscriptions
+                    LEFT JOIN parked_targets ON parked_targets.target = subscriptions.target
+                    WHERE disabled_at IS NULL ORDER BY seq
+                    """
             )
         )
         for row in subscriptions where Subscription.pattern(row["event"], matches: event.type) {
-            targets.append((row["id"], row["target_url"], row["secret"]))
+            targets.append((row["id"], row["target_url"], row["target"], row["secret"], row["until"]))
         }
         guard !targets.isEmpty else { return }
         let payload = Self.payload(of: event)
         for target in targets {
+            // A parked target's new deliveries join its backlog instead of being claimed only
+            // to be held.
+            let due = max(event.time.millisecondsSince1970, target.parkedUntil ?? 0)
             try insertDelivery(
                 subscription: target.subscription,
                 check: check?.id.rawValue,
                 url: target.url,
+                target: target.target,
                 secret: target.secret,
                 event: event,
                 payload: payload,
                 at: event.time,
+                due: Timestamp(millisecondsSince1970: due),
                 db
             )
         }
     }
 
-    /// One pending delivery, due at `time`. (A subscription's delivery is signed with the
-    /// subscription's secrets when it is sent; `secret` is what a check's callback uses.)
+    /// One pending delivery, written at `time`, due at `due` (`time` when not given). (A
+    /// subscription's delivery is signed with the subscription's secrets when it is sent;
+    /// `secret` is what a check's callback uses.)
     private static func insertDelivery(
         subscription: String?,
         check: String?,
         url: String,
+        target: String? = nil,
         secret: String,
         event: Event,
         payload: String,
         at time: Timestamp,
+        due: Timestamp? = nil,
         _ db: Database
     ) throws {
         try db.cachedStatement(
             sql: """
-                INSERT INTO deliveries (id, subscription_id, check_id, target_url, secret, event_type, event_time,
-                                        payload, state, attempts, next_attempt_at, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
+                INSERT INTO deliveries (id, subscription_id, check_id, target_url, target, secret, event_type,
+                                        event_time, payload, state, attempts, next_attempt_at, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
                 """
         ).execute(arguments: [
-            "msg_" + randomToken(bytes: 16), subscription, check, url, secret, event.type,
-            event.time.millisecondsSince1970, payload, time.millisecondsSince1970, time.millisecondsSince1970,
-            time.millisecondsSince1970,
+            "msg_" + timeOrderedToken(at: time), subscription, check, url, target ?? Delivery.target(of: url), secret,
+            event.type,
+            event.time.millisecondsSince1970, payload, (due ?? time).millisecondsSince1970,
+            time.millisecondsSince1970, time.millisecondsSince1970,
         ])
     }
 
@@ -81,11 +99,12 @@ extension SQLiteStore {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO subscriptions (id, target_url, event, secret, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?)
+                    INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    subscription.id, subscription.targetURL, subscription.event, subscription.secret,
+                    subscription.id, subscription.targetURL, Delivery.target(of: subscription.targetURL),
+                    subscription.event, subscription.secret,
                     subscription.createdAt.millisecondsSince1970, subscription.updatedAt.millisecondsSince1970,
                 ]
             )
@@ -120,15 +139,15 @@ extension SQLiteStore {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    UPDATE subscriptions SET target_url = ?, event = ?, updated_at = ?, disabled_at = NULL,
+                    UPDATE subscriptions SET target_url = ?, target = ?, event = ?, updated_at = ?, disabled_at = NULL,
                                              failing_since = NULL
                     WHERE id = ?
                     """,
-                arguments: [targetURL, event, time.millisecondsSince1970, id]
+                arguments: [targetURL, Delivery.target(of: targetURL), event, time.millisecondsSince1970, id]
             )
             try db.execute(
-                sql: "UPDATE deliveries SET target_url = ? WHERE subscription_id = ? AND state = 'pending'",
-                arguments: [targetURL, id]
+                sql: "UPDATE deliveries SET target_url = ?, target = ? WHERE subscription_id = ? AND state = 'pending'",
+                arguments: [targetURL, Delivery.target(of: targetURL), id]
             )
             if let secret { try Self.rotateSecret(id, to: secret, overlap: overlap, at: time, db) }
             return try Self.fetchSubscription(id, db)
@@ -194,7 +213,12 @@ extension SQLiteStore {
 
     // MARK: Deliveries
 
-    package func claimDeliveries(now: Timestamp, lease: Duration, limit: Int) async throws -> [Delivery] {
+    package func claimDeliveries(
+        now: Timestamp,
+        lease: Duration,
+        limit: Int,
+        perTarget: Int
+    ) async throws -> [Delivery] {
         try await pool.write { db in
             // A subscription's delivery is signed with the subscription's secrets as they are now.
             let rows = try Row.fetchAll(
@@ -208,14 +232,19 @@ extension SQLiteStore {
                     """,
                 arguments: [now.millisecondsSince1970, limit]
             )
-            let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
-            for row in rows {
-                try db.execute(
-                    sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?",
-                    arguments: [leasedUntil, row["id"] as String]
-                )
+            // A target's backlog is taken a few at a time; the rest stay due, untouched.
+            var taken: [String: Int] = [:]
+            let claimed = rows.filter { row in
+                let target: String = row["target"]
+                taken[target, default: 0] += 1
+                return taken[target, default: 0] <= perTarget
             }
-            return try rows.map { row in
+            let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
+            let lease = try db.cachedStatement(sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?")
+            for row in claimed {
+                try lease.execute(arguments: [leasedUntil, row["id"] as String])
+            }
+            return try claimed.map { row in
                 var delivery = try Self.delivery(from: row)
                 if let current: String = row["current_secret"] {
                     delivery.secrets = [current]
@@ -237,11 +266,57 @@ extension SQLiteStore {
         }
     }
 
-    package func postponeDelivery(_ id: String, until time: Timestamp) async throws {
+    package func holdDeliveries(
+        _ deliveries: [(id: String, until: Timestamp)],
+        parking targets: [(target: String, until: Timestamp)],
+        at now: Timestamp
+    ) async throws {
         try await pool.write { db in
+            let hold = try db.cachedStatement(
+                sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ? AND state = 'pending'"
+            )
+            for delivery in deliveries {
+                try hold.execute(arguments: [delivery.until.millisecondsSince1970, delivery.id])
+            }
+            // The backlog is what is due and what was parked before; a leased delivery (in
+            // flight) and a scheduled retry keep their times.
+            let park = try db.cachedStatement(
+                sql: """
+                    UPDATE deliveries SET next_attempt_at = ?1
+                    WHERE state = 'pending' AND target = ?2 AND (next_attempt_at <= ?3 OR next_attempt_at =
+                          (SELECT until FROM parked_targets WHERE parked_targets.target = ?2))
+                    """
+            )
+            let remember = try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO parked_targets (target, until) VALUES (?, ?)"
+            )
+            for target in targets {
+                try park.execute(arguments: [
+                    target.until.millisecondsSince1970, target.target, now.millisecondsSince1970,
+                ])
+                try remember.execute(arguments: [target.target, target.until.millisecondsSince1970])
+            }
+        }
+    }
+
+    package func unparkTarget(_ target: String, at now: Timestamp) async throws {
+        try await pool.write { db in
+            guard
+                let until = try Int64.fetchOne(
+                    db,
+                    sql: "SELECT until FROM parked_targets WHERE target = ?",
+                    arguments: [target]
+                )
+            else { return }
+            try db.execute(sql: "DELETE FROM parked_targets WHERE target = ?", arguments: [target])
+            // Exactly the parked ones: a leased delivery (in flight) or a scheduled retry has
+            // another time.
             try db.execute(
-                sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ? AND state = 'pending'",
-                arguments: [time.millisecondsSince1970, id]
+                sql: """
+                    UPDATE deliveries SET next_attempt_at = ?
+                    WHERE state = 'pending' AND target = ? AND next_attempt_at = ?
+                    """,
+                arguments: [now.millisecondsSince1970, target, until]
             )
         }
     }

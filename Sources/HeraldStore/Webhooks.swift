@@ -1,3 +1,4 @@
+internal import Foundation
 package import HeraldCore
 
 /// A REST-hook: events whose type matches `event` are POSTed to `targetURL`.
@@ -76,6 +77,8 @@ package struct Delivery: Sendable, Hashable {
     package var subscriptionID: String?
     package var checkID: String?
     package var targetURL: String
+    /// What isolation is keyed on: see ``target(of:)``.
+    package var target: String { Self.target(of: targetURL) }
     /// The secrets that sign it, read when it is claimed: a subscription's current secret (and
     /// its previous one during a rotation's overlap), or the check's callback secret.
     package var secrets: [String]
@@ -114,6 +117,16 @@ package struct Delivery: Sendable, Hashable {
         self.nextAttemptAt = nextAttemptAt
         self.createdAt = createdAt
         self.updatedAt = updatedAt
+    }
+
+    /// What isolation is keyed on: the scheme, host and port of a target URL
+    /// (`https://example.com:443`), the default port filled in.
+    package static func target(of url: String) -> String {
+        guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
+            return url
+        }
+        let port = components.port ?? (scheme == "https" ? 443 : 80)
+        return "\(scheme)://\(components.host?.lowercased() ?? ""):\(port)"
     }
 
     /// The delivery as the API shows it (never its secret), with its attempts when given.
@@ -232,9 +245,10 @@ package protocol WebhookStore: Sendable {
     /// Deletes it and fails its pending deliveries. - Returns: whether it existed.
     func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
 
-    /// Pending deliveries due at `now`, oldest first, each leased until `now + lease` (a crash
-    /// while sending makes it due again then, with the same id).
-    func claimDeliveries(now: Timestamp, lease: Duration, limit: Int) async throws -> [Delivery]
+    /// Pending deliveries due at `now`, oldest first, at most `perTarget` of one target, each
+    /// leased until `now + lease` (a crash while sending makes it due again then, with the
+    /// same id).
+    func claimDeliveries(now: Timestamp, lease: Duration, limit: Int, perTarget: Int) async throws -> [Delivery]
     /// When the next pending delivery is due, if any.
     func nextDeliveryDue() async throws -> Timestamp?
     /// Logs an attempt and applies its outcome. A subscription failing since before
@@ -246,9 +260,19 @@ package protocol WebhookStore: Sendable {
         outcome: DeliveryOutcome,
         disableFailingBefore: Timestamp
     ) async throws
-    /// Makes a claimed delivery due at `time` without counting an attempt (its target is busy
-    /// or its circuit open).
-    func postponeDelivery(_ id: String, until time: Timestamp) async throws
+    /// Makes deliveries due later without counting an attempt, in one write: claimed ones whose
+    /// target is busy, and the backlog (due, or parked before) of a parked `target` (one not
+    /// known to be healthy and busy, or with its circuit open), so the next claims
+    /// pass over that target's backlog without reading it. Deliveries queued for a parked
+    /// target are due when it is (until ``unparkTarget(_:at:)``).
+    func holdDeliveries(
+        _ deliveries: [(id: String, until: Timestamp)],
+        parking targets: [(target: String, until: Timestamp)],
+        at now: Timestamp
+    ) async throws
+    /// Makes a parked target's backlog due at `now` (its attempt in flight ended), and
+    /// deliveries queued for it from now on due at once.
+    func unparkTarget(_ target: String, at now: Timestamp) async throws
     func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?)
     func delivery(_ id: String) async throws -> (Delivery, [DeliveryAttempt])?
     /// Makes a delivery pending and due now, whatever its state. - Returns: it, or `nil`.

@@ -197,20 +197,31 @@ def test_kill9_with_deliveries_pending_loses_none(make_herald):
 
 def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald, receiver):
     herald = make_herald(*FAST)
-    with herald.client() as api:
-        hanging = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/hang", "event": "*"},
-                           headers=AUTH).json()
-        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/healthy", "event": "*"}, headers=AUTH)
-        for n in range(5):
-            api.post("/api/v1/channels/iso/events", json={"type": "t", "data": n}, headers=AUTH)
-        wait_for(lambda: len(receiver.to("/healthy")) == 5)
-        stuck = api.get("/api/v1/deliveries", params={"subscription_id": hanging["id"]}, headers=AUTH).json()
-        assert {d["state"] for d in stuck["deliveries"]} == {"pending"}  # still waiting on the hanging target
+    slow = Receiver()  # another server: isolation is per scheme, host and port
+    try:
+        with herald.client() as api:
+            hanging = api.post("/api/v1/subscription", json={"target_url": slow.url + "/hang", "event": "*"},
+                               headers=AUTH).json()
+            api.post("/api/v1/subscription", json={"target_url": receiver.url + "/healthy", "event": "*"},
+                     headers=AUTH)
+            for n in range(5):
+                publish(api, "iso", n)
+            wait_for(lambda: len(receiver.to("/healthy")) == 5)
+            stuck = api.get("/api/v1/deliveries", params={"subscription_id": hanging["id"]}, headers=AUTH).json()
+            assert {d["state"] for d in stuck["deliveries"]} == {"pending"}  # still waiting on the hanging target
 
-        def timed_out():
-            log = api.get(f"/api/v1/deliveries/{stuck['deliveries'][0]['id']}", headers=AUTH).json()["attempt_log"]
-            return log and "no answer within" in log[0]["error"] and "status_code" not in log[0]
-        wait_for(timed_out, timeout=20)
+            def timed_out():
+                for delivery in stuck["deliveries"]:
+                    log = api.get(f"/api/v1/deliveries/{delivery['id']}", headers=AUTH).json()["attempt_log"]
+                    if log and "no answer within" in log[0]["error"] and "status_code" not in log[0]:
+                        return True
+            wait_for(timed_out, timeout=20)
+            # One attempt at a time goes to a target not known to be healthy: each waits for the
+            # one before it to time out (--webhook-timeout 2).
+            arrivals = [r[3] for r in slow.to("/hang")]
+            assert all(later - earlier >= 1.5 for earlier, later in zip(arrivals, arrivals[1:])), arrivals
+    finally:
+        slow.close()
 
 
 def test_replay_queues_again_what_a_subscription_matches_since_a_time(make_herald, receiver):

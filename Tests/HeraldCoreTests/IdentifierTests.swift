@@ -33,4 +33,12 @@ import Testing
     func anEpochAcceptsNoneEmptyOrItself(claimed: String?, accepted: Bool) {
         #expect(Epoch("k2f9").accepts(claimed.map(Epoch.init)) == accepted)
     }
+
+    @Test func timeOrderedTokensSortByTime() {
+        let early = timeOrderedToken(at: Timestamp(millisecondsSince1970: 1_000))
+        let late = timeOrderedToken(at: Timestamp(millisecondsSince1970: 1_764_028_800_000))
+        #expect(early.hasPrefix("0000000003e8") && early.count == 28)
+        #expect(early < late && late < timeOrderedToken(at: Timestamp(millisecondsSince1970: 1_764_028_800_001)))
+        #expect(late != timeOrderedToken(at: Timestamp(millisecondsSince1970: 1_764_028_800_000)))
+    }
 }

@@ -142,7 +142,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
             )
         }
         _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let claimed = try await store.claimDeliveries(now: now, lease: .seconds(5), limit: 10)
+        let claimed = try await store.claimDeliveries(now: now, lease: .seconds(5), limit: 10, perTarget: 10)
         #expect(claimed.count == 2)
         let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
         let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
@@ -158,6 +158,35 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await store.delivery(pending.id)?.0.state == .pending)
     }
 
+    @Test func aClaimTakesAFewOfATargetAndAParkedTargetIsPassedOver() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        for (id, target) in [("sub_busy", "https://busy.test/a"), ("sub_other", "https://other.test/")] {
+            try await store.createSubscription(
+                Subscription(id: id, targetURL: target, event: "*", secret: WebhookSecret.generate(), createdAt: now)
+            )
+        }
+        let channel = try #require(ChannelName("c"))
+        for n in 0..<5 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
+        let first = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 2)
+        #expect(first.filter { $0.subscriptionID == "sub_busy" }.count == 2)
+        #expect(first.filter { $0.subscriptionID == "sub_other" }.count == 2)
+        #expect(first.first?.target == "https://busy.test:443")
+        // Parking a target moves its backlog at once; what is leased (in flight) keeps its time.
+        let later = now.adding(milliseconds: 60_000)
+        try await store.holdDeliveries([], parking: [("https://busy.test:443", later)], at: now)
+        let second = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 2)
+        #expect(second.map(\.subscriptionID) == ["sub_other", "sub_other"])
+        // What is queued for a parked target joins its backlog.
+        _ = try await store.append(type: "t", data: "5", to: channel, at: now)
+        let third = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 5)
+        #expect(third.map(\.subscriptionID) == ["sub_other", "sub_other"])
+        // Unparked, the backlog is due at once: the 3 parked and the new one, not the 2 leased.
+        try await store.unparkTarget("https://busy.test:443", at: now)
+        let fourth = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 10)
+        #expect(fourth.filter { $0.subscriptionID == "sub_busy" }.count == 4)
+    }
+
     @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()
@@ -170,9 +199,14 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(rotated.signingSecrets(at: now) == [new, old])
         #expect(rotated.signingSecrets(at: now.adding(milliseconds: 60_000)) == [new])
         // The delivery was queued before the rotation: it is signed as the subscription is now.
-        let during = try await store.claimDeliveries(now: now, lease: .zero, limit: 10)
+        let during = try await store.claimDeliveries(now: now, lease: .zero, limit: 10, perTarget: 10)
         #expect(during.map(\.secrets) == [[new, old]])
-        let after = try await store.claimDeliveries(now: now.adding(milliseconds: 60_000), lease: .zero, limit: 10)
+        let after = try await store.claimDeliveries(
+            now: now.adding(milliseconds: 60_000),
+            lease: .zero,
+            limit: 10,
+            perTarget: 10
+        )
         #expect(after.map(\.secrets) == [[new]])
         // Rotating to the secret in use changes nothing.
         let again = try await store.rotateSecret("sub_r", to: new, overlap: .zero, at: now)
@@ -195,7 +229,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         _ = try await store.append(type: "t", data: "1", to: channel, at: start)
         _ = try await store.append(type: "t", data: "2", to: channel, at: start)
         let (first, second) = try await {
-            let claimed = try await store.claimDeliveries(now: start, lease: .seconds(5), limit: 10)
+            let claimed = try await store.claimDeliveries(now: start, lease: .seconds(5), limit: 10, perTarget: 10)
             return (claimed[0], claimed[1])
         }()
         func fail(_ id: String, at time: Timestamp) async throws {

@@ -247,12 +247,12 @@ extension SQLiteStore {
             return try claimed.map { row in
                 var delivery = try Self.delivery(from: row)
                 if let current: String = row["current_secret"] {
-                    delivery.secrets = [current]
-                    if let previous: String = row["previous_secret"], let until: Int64 = row["previous_secret_until"],
-                        now.millisecondsSince1970 < until
-                    {
-                        delivery.secrets.append(previous)
-                    }
+                    delivery.secrets = Subscription.signingSecrets(
+                        current,
+                        previous: row["previous_secret"],
+                        expiresAt: (row["previous_secret_until"] as Int64?).map(Timestamp.init(millisecondsSince1970:)),
+                        at: now
+                    )
                 }
                 return delivery
             }
@@ -506,6 +506,7 @@ extension SQLiteStore {
             subscriptionID: row["subscription_id"],
             checkID: row["check_id"],
             targetURL: row["target_url"],
+            target: row["target"],
             secrets: [row["secret"]],
             eventType: row["event_type"],
             payload: row["payload"],

@@ -265,6 +265,9 @@ package final class SQLiteStore: Store {
                 sql: "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?",
                 arguments: [checkCutoff]
             )
+            removed += db.changesCount
+            // A target parked until a time now past has nothing parked any more.
+            try db.execute(sql: "DELETE FROM parked_targets WHERE until < ?", arguments: [now.millisecondsSince1970])
             return removed + db.changesCount
         }
     }

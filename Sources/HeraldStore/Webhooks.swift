@@ -42,8 +42,17 @@ package struct Subscription: Sendable, Hashable {
     /// The secrets that sign a delivery sent at `now`: the current one, and the previous one
     /// during its overlap.
     package func signingSecrets(at now: Timestamp) -> [String] {
-        guard let previousSecret, let until = previousSecretExpiresAt, now < until else { return [secret] }
-        return [secret, previousSecret]
+        Self.signingSecrets(secret, previous: previousSecret, expiresAt: previousSecretExpiresAt, at: now)
+    }
+
+    package static func signingSecrets(
+        _ secret: String,
+        previous: String?,
+        expiresAt: Timestamp?,
+        at now: Timestamp
+    ) -> [String] {
+        guard let previous, let expiresAt, now < expiresAt else { return [secret] }
+        return [secret, previous]
     }
 
     /// The subscription as the API shows it; the secret only when `withSecret` (at creation
@@ -59,7 +68,7 @@ package struct Subscription: Sendable, Hashable {
         writer.string("updated_at", updatedAt.rfc3339)
         if let disabledAt { writer.string("disabled_at", disabledAt.rfc3339) }
         if let failingSince { writer.string("failing_since", failingSince.rfc3339) }
-        if let until = previousSecretExpiresAt, previousSecret != nil, now < until {
+        if let until = previousSecretExpiresAt, signingSecrets(at: now).count > 1 {
             writer.string("previous_secret_expires_at", until.rfc3339)
         }
         return writer.result
@@ -77,8 +86,8 @@ package struct Delivery: Sendable, Hashable {
     package var subscriptionID: String?
     package var checkID: String?
     package var targetURL: String
-    /// What isolation is keyed on: see ``target(of:)``.
-    package var target: String { Self.target(of: targetURL) }
+    /// What isolation is keyed on: ``target(of:)`` of `targetURL`, as stored with it.
+    package var target: String
     /// The secrets that sign it, read when it is claimed: a subscription's current secret (and
     /// its previous one during a rotation's overlap), or the check's callback secret.
     package var secrets: [String]
@@ -96,6 +105,7 @@ package struct Delivery: Sendable, Hashable {
         subscriptionID: String?,
         checkID: String?,
         targetURL: String,
+        target: String,
         secrets: [String],
         eventType: String,
         payload: String,
@@ -109,6 +119,7 @@ package struct Delivery: Sendable, Hashable {
         self.subscriptionID = subscriptionID
         self.checkID = checkID
         self.targetURL = targetURL
+        self.target = target
         self.secrets = secrets
         self.eventType = eventType
         self.payload = payload

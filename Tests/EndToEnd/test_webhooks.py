@@ -398,3 +398,22 @@ def test_the_ssrf_guard_applies_at_delivery_time(make_herald, receiver):
         attempt = wait_for(refused)
         assert "not a public address" in attempt["error"] and "status_code" not in attempt
         assert receiver.to("/private") == []
+
+
+def test_a_put_sends_pending_deliveries_to_the_new_target(make_herald, receiver):
+    with socket.socket() as probe:  # a port with nothing listening: every attempt fails
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/old"
+    herald = make_herald(*FAST[:2], "1,1,1,1,1,1,1,1,1,1", "--webhook-timeout", "2")
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": dead, "event": "*"}, headers=AUTH).json()
+        publish(api, "move", 0)
+        pending = wait_for(lambda: [d for d in api.get("/api/v1/deliveries", headers=AUTH).json()["deliveries"]
+                                    if d["attempts"] >= 1])[0]
+        assert pending["state"] == "pending" and pending["target_url"] == dead
+        assert api.put(f"/api/v1/subscription/{subscription['id']}",
+                       json={"target_url": receiver.url + "/new", "event": "*"}, headers=AUTH).status_code == 200
+        wait_for(lambda: receiver.to("/new"), timeout=30)
+        assert receiver.to("/new")[0][1]["webhook-id"] == pending["id"]
+        moved = api.get(f"/api/v1/deliveries/{pending['id']}", headers=AUTH).json()
+        assert moved["target_url"] == receiver.url + "/new"

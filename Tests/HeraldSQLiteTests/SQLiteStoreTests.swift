@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import HeraldCore
 import HeraldStore
 import Testing
@@ -185,6 +186,14 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         try await store.unparkTarget("https://busy.test:443", at: now)
         let fourth = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 10)
         #expect(fourth.filter { $0.subscriptionID == "sub_busy" }.count == 4)
+        // A park that ran out is forgotten by the janitor, so the table does not grow per target.
+        try await store.holdDeliveries([], parking: [("https://busy.test:443", later)], at: now)
+        let parkedTargets = {
+            try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM parked_targets") }
+        }
+        #expect(try await parkedTargets() == 1)
+        _ = try await store.prune(now: later.adding(milliseconds: 1))
+        #expect(try await parkedTargets() == 0)
     }
 
     @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {

@@ -7,8 +7,9 @@ internal import Synchronization
 /// Only a target whose last attempt succeeded is *healthy* and gets `maxInFlightPerTarget`
 /// deliveries at once. Any other (new, failing, probing) gets one, and all of those together
 /// get at most half of `maxInFlight`, so the other half always serves healthy targets: a
-/// thousand dead or hanging targets cost a thousand slots at most until their circuits open,
-/// and one probe per cooldown after that.
+/// thousand dead or hanging targets cost half the slots at most until their circuits open,
+/// and one probe per cooldown after that. A target that finds no slot for suspects is parked
+/// until one is given back, first come first served, rather than asking again and again.
 final class CircuitBreakers: Sendable {
     /// What to do with a delivery to a target.
     enum Decision: Equatable {
@@ -37,6 +38,10 @@ final class CircuitBreakers: Sendable {
         var targets: [String: Target] = [:]
         var suspectInFlight = 0
         var releases = 0
+        /// Targets parked because every slot for suspects was taken, in order: each slot given
+        /// back unparks the first (a target parks once, however many deliveries it has).
+        var waiting: [String] = []
+        var isWaiting: Set<String> = []
     }
 
     /// How long an idle target is remembered.
@@ -64,7 +69,12 @@ final class CircuitBreakers: Sendable {
                     state.targets[key] = target
                     return .park(configuration.timeout + .seconds(1))
                 }
-                if state.suspectInFlight >= configuration.maxInFlight / 2 { return .park(.seconds(1)) }
+                if state.suspectInFlight >= configuration.maxInFlight / 2 {
+                    // Until a slot is given back (see `release`); every attempt in flight ends
+                    // within the timeout.
+                    if state.isWaiting.insert(key).inserted { state.waiting.append(key) }
+                    return .park(configuration.timeout + .seconds(1))
+                }
                 state.suspectInFlight += 1
             } else if target.inFlight >= configuration.maxInFlightPerTarget {
                 return .wait(.milliseconds(50))
@@ -76,12 +86,27 @@ final class CircuitBreakers: Sendable {
         }
     }
 
+    /// The targets whose last attempt succeeded: their deliveries are claimed first, so a
+    /// backlog of suspects' deliveries never stands in front of them.
+    func healthyTargets() -> [String] {
+        state.withLock { state in state.targets.compactMap { key, target in target.healthy ? key : nil } }
+    }
+
     /// Returns a slot with the attempt's result.
-    /// - Returns: whether the target's parked backlog may go now (its circuit is not open).
-    func release(_ key: String, suspect: Bool, succeeded: Bool, now: ContinuousClock.Instant) -> Bool {
+    /// - Returns: the targets whose parked backlog may go now: this one unless its circuit is
+    ///   open, and, for a suspect's slot, the target that waited longest for one.
+    func release(_ key: String, suspect: Bool, succeeded: Bool, now: ContinuousClock.Instant) -> [String] {
         state.withLock { state in
-            if suspect { state.suspectInFlight -= 1 }
-            guard var target = state.targets[key] else { return false }
+            var unpark: [String] = []
+            if suspect {
+                state.suspectInFlight -= 1
+                if !state.waiting.isEmpty {
+                    let next = state.waiting.removeFirst()
+                    state.isWaiting.remove(next)
+                    unpark.append(next)
+                }
+            }
+            guard var target = state.targets[key] else { return unpark }
             target.inFlight -= 1
             target.lastUsed = now
             target.healthy = succeeded
@@ -94,8 +119,10 @@ final class CircuitBreakers: Sendable {
                     target.openUntil = now.advanced(by: configuration.breakerCooldown)
                 }
             }
-            let unpark = target.parked && target.openUntil == nil
-            if unpark { target.parked = false }
+            if target.parked && target.openUntil == nil {
+                target.parked = false
+                if !unpark.contains(key) { unpark.append(key) }
+            }
             state.targets[key] = target
             state.releases += 1
             if state.releases % 4096 == 0 {

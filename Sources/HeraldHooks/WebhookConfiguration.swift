@@ -9,6 +9,9 @@ package struct WebhookConfiguration: Sendable {
     package var maxInFlight = 1024
     /// Deliveries in flight at once to one target (scheme, host and port).
     package var maxInFlightPerTarget = 8
+    /// Deliveries not yet attempted that a subscription may have at once: more of its events
+    /// stay in the webhook event log until these go.
+    package var fanOutWindow: Int { 2 * maxInFlightPerTarget }
     /// Consecutive failures that open a target's circuit.
     package var breakerThreshold = 5
     /// How long an open circuit holds a target's deliveries before one probe goes out.

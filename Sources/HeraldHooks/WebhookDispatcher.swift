@@ -9,7 +9,8 @@ internal import NIOHTTP1
 internal import ServiceLifecycle
 internal import Synchronization
 
-/// Sends the outbox: claims due deliveries, signs and POSTs them, and records each attempt.
+/// Sends the outbox: makes deliveries from the webhook event log, claims due ones, signs and
+/// POSTs them, and records each attempt.
 ///
 /// At-least-once: a delivery is leased while it is sent, so a crash mid-send makes it due
 /// again after the lease, with the same `webhook-id`. Every attempt goes through the SSRF
@@ -22,7 +23,9 @@ package final class WebhookDispatcher: Service, Sendable {
     private let configuration: WebhookConfiguration
     private let breakers: CircuitBreakers
     private let doorbell = Doorbell()
+    /// Attempts started and not yet recorded.
     private let inFlight = Mutex(0)
+    private let finished = Mutex(Finished())
     private let logger: Logger
 
     package init(
@@ -42,6 +45,12 @@ package final class WebhookDispatcher: Service, Sendable {
     package func wake() { doorbell.ring() }
 
     package func run() async throws {
+        // Parks were made for attempts in flight and circuits of the process before this one.
+        do {
+            try await store.unparkAll(at: .now())
+        } catch {
+            logger.warning("unparking targets at start failed", metadata: ["error": "\(error)"])
+        }
         await cancelWhenGracefulShutdown { await self.loop() }
     }
 
@@ -50,7 +59,7 @@ package final class WebhookDispatcher: Service, Sendable {
             while !Task.isCancelled {
                 // A read first: most wake-ups (one per published event) find nothing due, and
                 // a claim is a write that would queue behind the events themselves.
-                let due = try? await store.nextDeliveryDue()
+                let due = try? await store.nextDeliveryDue(now: .now(), window: configuration.fanOutWindow)
                 let free = min(configuration.maxInFlight - inFlight.withLock { $0 }, 256)
                 guard let due, due <= .now(), free > 0 else {
                     await doorbell.wait(upTo: Self.pause(until: free > 0 ? due : nil))
@@ -62,7 +71,9 @@ package final class WebhookDispatcher: Service, Sendable {
                         now: .now(),
                         lease: configuration.timeout + .seconds(5),
                         limit: free,
-                        perTarget: configuration.maxInFlightPerTarget
+                        perTarget: configuration.maxInFlightPerTarget,
+                        window: configuration.fanOutWindow,
+                        first: breakers.healthyTargets()
                     )
                 } catch {
                     logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
@@ -89,12 +100,19 @@ package final class WebhookDispatcher: Service, Sendable {
                     case .send(let suspect):
                         inFlight.withLock { $0 += 1 }
                         group.addTask {
-                            let succeeded = await self.attempt(delivery)
-                            if self.breakers.release(target, suspect: suspect, succeeded: succeeded, now: .now) {
-                                await self.unpark(target)
+                            let record = await self.attempt(delivery)
+                            let succeeded = record.outcome == .delivered
+                            let unpark = self.breakers.release(
+                                target,
+                                suspect: suspect,
+                                succeeded: succeeded,
+                                now: .now
+                            )
+                            self.finished.withLock { finished in
+                                finished.records.append(record)
+                                finished.unparking += unpark
                             }
-                            self.inFlight.withLock { $0 -= 1 }
-                            self.doorbell.ring()
+                            await self.recordFinished()
                         }
                     }
                 }
@@ -116,16 +134,60 @@ package final class WebhookDispatcher: Service, Sendable {
         return .milliseconds(min(max(wait, 10), 1000))
     }
 
-    private func unpark(_ target: String) async {
-        do {
-            try await store.unparkTarget(target, at: .now())
-        } catch {
-            logger.warning("unparking a target failed", metadata: ["herald.target": "\(target)", "error": "\(error)"])
+    /// Attempts that ended, waiting to be recorded.
+    private struct Finished {
+        var records: [AttemptRecord] = []
+        /// Targets whose parked backlog may go, once these are recorded.
+        var unparking: [String] = []
+        var writing = false
+    }
+
+    /// Records what attempts have ended, many in one write: the task that finds no write under
+    /// way writes everything queued, and again what queued meanwhile, so a thousand targets
+    /// timing out together cost a few writes, not a thousand.
+    private func recordFinished() async {
+        let leads = finished.withLock { finished in
+            if finished.writing { return false }
+            finished.writing = true
+            return true
+        }
+        guard leads else { return }
+        while true {
+            let batch = finished.withLock { finished -> (records: [AttemptRecord], unparking: [String])? in
+                guard !finished.records.isEmpty || !finished.unparking.isEmpty else {
+                    finished.writing = false
+                    return nil
+                }
+                // Small writes, so a claim for a healthy target never waits long behind one.
+                let records = Array(finished.records.prefix(64))
+                finished.records.removeFirst(records.count)
+                defer { finished.unparking = [] }
+                return (records, finished.unparking)
+            }
+            guard let batch else { return }
+            do {
+                try await store.recordAttempts(
+                    batch.records,
+                    unparking: batch.unparking,
+                    disableFailingBefore: Timestamp.now().adding(
+                        milliseconds: -configuration.disableAfter.milliseconds
+                    ),
+                    at: .now()
+                )
+            } catch {
+                // Still leased: each is attempted again after its lease, with the same id.
+                logger.warning(
+                    "recording delivery attempts failed",
+                    metadata: ["herald.deliveries": "\(batch.records.count)", "error": "\(error)"]
+                )
+            }
+            inFlight.withLock { $0 -= batch.records.count }
+            doorbell.ring()
         }
     }
 
-    /// One attempt of `delivery`, recorded. - Returns: whether it was delivered.
-    private func attempt(_ delivery: Delivery) async -> Bool {
+    /// One attempt of `delivery`, and what it saw.
+    private func attempt(_ delivery: Delivery) async -> AttemptRecord {
         let started = ContinuousClock.now
         let result = await send(delivery)
         let attempt = DeliveryAttempt(
@@ -135,20 +197,7 @@ package final class WebhookDispatcher: Service, Sendable {
             error: result.error,
             snippet: result.snippet
         )
-        do {
-            try await store.recordAttempt(
-                attempt,
-                of: delivery.id,
-                outcome: result.outcome,
-                disableFailingBefore: Timestamp.now().adding(milliseconds: -configuration.disableAfter.milliseconds)
-            )
-        } catch {
-            logger.warning(
-                "recording a delivery attempt failed",
-                metadata: ["herald.delivery": "\(delivery.id)", "error": "\(error)"]
-            )
-        }
-        return result.outcome == .delivered
+        return AttemptRecord(deliveryID: delivery.id, attempt: attempt, outcome: result.outcome)
     }
 
     private struct Result {

@@ -121,6 +121,22 @@ extension SQLiteStore {
                 }
             }
         }
+        migrator.registerMigration("v4: a webhook event log read through a cursor per subscription") { db in
+            // Existing subscriptions start at the log's head; their queued deliveries stay rows.
+            try db.execute(
+                sql: """
+                    CREATE TABLE webhook_events (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        check_id TEXT,
+                        type TEXT NOT NULL,
+                        time INTEGER NOT NULL,
+                        payload TEXT NOT NULL
+                    );
+                    ALTER TABLE subscriptions ADD COLUMN cursor INTEGER NOT NULL DEFAULT 0;
+                    CREATE INDEX deliveries_fresh ON deliveries(subscription_id) WHERE state = 'pending' AND attempts = 0;
+                    """
+            )
+        }
         return migrator
     }
 }

@@ -5,51 +5,123 @@ package import HeraldStore
 extension SQLiteStore {
     // MARK: The outbox
 
-    /// Writes the deliveries `event` causes, inside the transaction that appends it: the
-    /// check's callback (its terminal event, or all with `callback_events: all`), and every
-    /// active subscription that matches.
+    /// Records, inside the transaction that appends `event`, what webhooks it causes: a
+    /// delivery row for the check's callback (its terminal event, or all with
+    /// `callback_events: all`), and one entry in the webhook event log when any subscription
+    /// is active. A subscription's deliveries are made from the log by ``fanOut(now:window:limit:_:)``,
+    /// so an event costs one row however many subscriptions it matches.
     static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
-        var targets: [(subscription: String?, url: String, target: String, secret: String, parkedUntil: Int64?)] = []
+        let payload = Self.payload(of: event)
         if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
             check.spec.calls(check.state)
         {
             let target = Delivery.target(of: url)
+            // A parked target's new deliveries join its backlog instead of being claimed only
+            // to be held.
             let parked = try Int64.fetchOne(
                 try db.cachedStatement(sql: "SELECT until FROM parked_targets WHERE target = ?"),
                 arguments: [target]
             )
-            targets.append((nil, url, target, secret, parked))
-        }
-        // Runs for every event written: the prepared statement is kept, not compiled each time.
-        let subscriptions = try Row.fetchAll(
-            try db.cachedStatement(
-                sql: """
-                    SELECT id, target_url, subscriptions.target, event, secret, parked_targets.until FROM subscriptions
-                    LEFT JOIN parked_targets ON parked_targets.target = subscriptions.target
-                    WHERE disabled_at IS NULL ORDER BY seq
-                    """
-            )
-        )
-        for row in subscriptions where Subscription.pattern(row["event"], matches: event.type) {
-            targets.append((row["id"], row["target_url"], row["target"], row["secret"], row["until"]))
-        }
-        guard !targets.isEmpty else { return }
-        let payload = Self.payload(of: event)
-        for target in targets {
-            // A parked target's new deliveries join its backlog instead of being claimed only
-            // to be held.
-            let due = max(event.time.millisecondsSince1970, target.parkedUntil ?? 0)
             try insertDelivery(
-                subscription: target.subscription,
-                check: check?.id.rawValue,
-                url: target.url,
-                target: target.target,
-                secret: target.secret,
-                event: event,
+                subscription: nil,
+                check: check.id.rawValue,
+                url: url,
+                target: target,
+                secret: secret,
+                type: event.type,
+                eventTime: event.time,
                 payload: payload,
                 at: event.time,
-                due: Timestamp(millisecondsSince1970: due),
+                due: Timestamp(millisecondsSince1970: max(event.time.millisecondsSince1970, parked ?? 0)),
                 db
+            )
+        }
+        // Runs for every event written: the prepared statement is kept, not compiled each time.
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO webhook_events (check_id, type, time, payload)
+                SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL)
+                """
+        ).execute(arguments: [check?.id.rawValue, event.type, event.time.millisecondsSince1970, payload])
+    }
+
+    /// Makes deliveries from the webhook event log: for each active subscription behind the
+    /// log's head whose target is not parked and that has fewer than `window` deliveries not
+    /// yet attempted, the next matching events become delivery rows and its cursor moves past
+    /// them, in the caller's transaction. A parked or backed-up subscription costs nothing per
+    /// event: its backlog is the log after its cursor. At most `limit` rows in one call.
+    static func fanOut(now: Timestamp, window: Int, limit: Int, _ db: Database) throws {
+        var budget = limit
+        for subscription in try fanOutCandidates(now: now, window: window, db) where budget > 0 {
+            let room = min(window - subscription.fresh, budget)
+            var cursor = subscription.cursor
+            var made = 0
+            let events = try Row.fetchAll(
+                try db.cachedStatement(
+                    sql: "SELECT * FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT 256"
+                ),
+                arguments: [cursor]
+            )
+            for event in events {
+                if made == room { break }
+                cursor = event["seq"]
+                guard Subscription.pattern(subscription.event, matches: event["type"]) else { continue }
+                try insertDelivery(
+                    subscription: subscription.id,
+                    check: event["check_id"],
+                    url: subscription.targetURL,
+                    target: subscription.target,
+                    secret: subscription.secret,
+                    type: event["type"],
+                    eventTime: Timestamp(millisecondsSince1970: event["time"]),
+                    payload: event["payload"],
+                    at: now,
+                    db
+                )
+                made += 1
+            }
+            budget -= made
+            try db.cachedStatement(sql: "UPDATE subscriptions SET cursor = ? WHERE id = ?")
+                .execute(arguments: [cursor, subscription.id])
+        }
+    }
+
+    private struct FanOutCandidate {
+        var id, targetURL, target, event, secret: String
+        var cursor: Int64
+        var fresh: Int
+    }
+
+    /// The subscriptions ``fanOut(now:window:limit:_:)`` would make deliveries for.
+    private static func fanOutCandidates(now: Timestamp, window: Int, _ db: Database) throws -> [FanOutCandidate] {
+        guard
+            let head = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT MAX(seq) FROM webhook_events"))
+        else { return [] }
+        let rows = try Row.fetchAll(
+            try db.cachedStatement(
+                sql: """
+                    SELECT id, target_url, target, event, secret, cursor,
+                           (SELECT COUNT(*) FROM deliveries WHERE subscription_id = subscriptions.id
+                              AND state = 'pending' AND attempts = 0) AS fresh
+                    FROM subscriptions
+                    WHERE disabled_at IS NULL AND cursor < ? AND NOT EXISTS
+                          (SELECT 1 FROM parked_targets WHERE parked_targets.target = subscriptions.target AND until > ?)
+                    ORDER BY seq
+                    """
+            ),
+            arguments: [head, now.millisecondsSince1970]
+        )
+        return rows.compactMap { row in
+            let fresh: Int = row["fresh"]
+            guard fresh < window else { return nil }
+            return FanOutCandidate(
+                id: row["id"],
+                targetURL: row["target_url"],
+                target: row["target"],
+                event: row["event"],
+                secret: row["secret"],
+                cursor: row["cursor"],
+                fresh: fresh
             )
         }
     }
@@ -63,7 +135,8 @@ extension SQLiteStore {
         url: String,
         target: String? = nil,
         secret: String,
-        event: Event,
+        type: String,
+        eventTime: Timestamp,
         payload: String,
         at time: Timestamp,
         due: Timestamp? = nil,
@@ -77,8 +150,7 @@ extension SQLiteStore {
                 """
         ).execute(arguments: [
             "msg_" + timeOrderedToken(at: time), subscription, check, url, target ?? Delivery.target(of: url), secret,
-            event.type,
-            event.time.millisecondsSince1970, payload, (due ?? time).millisecondsSince1970,
+            type, eventTime.millisecondsSince1970, payload, (due ?? time).millisecondsSince1970,
             time.millisecondsSince1970, time.millisecondsSince1970,
         ])
     }
@@ -99,8 +171,8 @@ extension SQLiteStore {
         try await pool.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at, cursor)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) FROM webhook_events))
                     """,
                 arguments: [
                     subscription.id, subscription.targetURL, Delivery.target(of: subscription.targetURL),
@@ -140,7 +212,8 @@ extension SQLiteStore {
             try db.execute(
                 sql: """
                     UPDATE subscriptions SET target_url = ?, target = ?, event = ?, updated_at = ?, disabled_at = NULL,
-                                             failing_since = NULL
+                                             failing_since = NULL, cursor = CASE WHEN disabled_at IS NULL THEN cursor
+                                             ELSE (SELECT COALESCE(MAX(seq), 0) FROM webhook_events) END
                     WHERE id = ?
                     """,
                 arguments: [targetURL, Delivery.target(of: targetURL), event, time.millisecondsSince1970, id]
@@ -217,28 +290,31 @@ extension SQLiteStore {
         now: Timestamp,
         lease: Duration,
         limit: Int,
-        perTarget: Int
+        perTarget: Int,
+        window: Int,
+        first preferred: [String]
     ) async throws -> [Delivery] {
         try await pool.write { db in
-            // A subscription's delivery is signed with the subscription's secrets as they are now.
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT deliveries.*, subscriptions.secret AS current_secret, subscriptions.previous_secret,
-                           subscriptions.previous_secret_until
-                    FROM deliveries LEFT JOIN subscriptions ON subscriptions.id = deliveries.subscription_id
-                    WHERE deliveries.state = 'pending' AND deliveries.next_attempt_at <= ?
-                    ORDER BY deliveries.next_attempt_at, deliveries.seq LIMIT ?
-                    """,
-                arguments: [now.millisecondsSince1970, limit]
+            try Self.fanOut(now: now, window: window, limit: max(limit, 64), db)
+            // At most `perTarget` of each target, so one claim reaches many targets; the
+            // preferred targets' first. A subscription's delivery is signed with its secrets
+            // as they are now.
+            let claimed = try Row.fetchAll(
+                try db.cachedStatement(
+                    sql: """
+                        SELECT due.*, subscriptions.secret AS current_secret, subscriptions.previous_secret,
+                               subscriptions.previous_secret_until
+                        FROM (SELECT deliveries.*, ROW_NUMBER() OVER
+                                (PARTITION BY target ORDER BY next_attempt_at, seq) AS place_in_target
+                              FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1) AS due
+                        LEFT JOIN subscriptions ON subscriptions.id = due.subscription_id
+                        WHERE due.place_in_target <= ?2
+                        ORDER BY due.target IN (SELECT value FROM json_each(?3)) DESC, due.next_attempt_at, due.seq
+                        LIMIT ?4
+                        """
+                ),
+                arguments: [now.millisecondsSince1970, perTarget, Self.jsonArray(preferred), limit]
             )
-            // A target's backlog is taken a few at a time; the rest stay due, untouched.
-            var taken: [String: Int] = [:]
-            let claimed = rows.filter { row in
-                let target: String = row["target"]
-                taken[target, default: 0] += 1
-                return taken[target, default: 0] <= perTarget
-            }
             let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
             let lease = try db.cachedStatement(sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?")
             for row in claimed {
@@ -259,10 +335,12 @@ extension SQLiteStore {
         }
     }
 
-    package func nextDeliveryDue() async throws -> Timestamp? {
+    package func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp? {
         try await pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
-                .map(Timestamp.init(millisecondsSince1970:))
+            if try !Self.fanOutCandidates(now: now, window: window, db).isEmpty { return now }
+            return try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
+            ).map(Timestamp.init(millisecondsSince1970:))
         }
     }
 
@@ -300,93 +378,117 @@ extension SQLiteStore {
     }
 
     package func unparkTarget(_ target: String, at now: Timestamp) async throws {
+        try await pool.write { db in try Self.unparkTarget(target, at: now, db) }
+    }
+
+    private static func unparkTarget(_ target: String, at now: Timestamp, _ db: Database) throws {
+        guard
+            let until = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT until FROM parked_targets WHERE target = ?"),
+                arguments: [target]
+            )
+        else { return }
+        try db.cachedStatement(sql: "DELETE FROM parked_targets WHERE target = ?").execute(arguments: [target])
+        // Exactly the parked ones: a leased delivery (in flight) or a scheduled retry has
+        // another time.
+        try db.cachedStatement(
+            sql: """
+                UPDATE deliveries SET next_attempt_at = ?
+                WHERE state = 'pending' AND target = ? AND next_attempt_at = ?
+                """
+        ).execute(arguments: [now.millisecondsSince1970, target, until])
+    }
+
+    package func unparkAll(at now: Timestamp) async throws {
         try await pool.write { db in
-            guard
-                let until = try Int64.fetchOne(
-                    db,
-                    sql: "SELECT until FROM parked_targets WHERE target = ?",
-                    arguments: [target]
-                )
-            else { return }
-            try db.execute(sql: "DELETE FROM parked_targets WHERE target = ?", arguments: [target])
-            // Exactly the parked ones: a leased delivery (in flight) or a scheduled retry has
-            // another time.
             try db.execute(
                 sql: """
                     UPDATE deliveries SET next_attempt_at = ?
-                    WHERE state = 'pending' AND target = ? AND next_attempt_at = ?
+                    WHERE state = 'pending' AND next_attempt_at =
+                          (SELECT until FROM parked_targets WHERE parked_targets.target = deliveries.target)
                     """,
-                arguments: [now.millisecondsSince1970, target, until]
+                arguments: [now.millisecondsSince1970]
             )
+            try db.execute(sql: "DELETE FROM parked_targets")
         }
     }
 
-    package func recordAttempt(
+    package func recordAttempts(
+        _ records: [AttemptRecord],
+        unparking targets: [String],
+        disableFailingBefore cutoff: Timestamp,
+        at now: Timestamp
+    ) async throws {
+        try await pool.write { db in
+            for record in records {
+                try Self.recordAttempt(record.attempt, of: record.deliveryID, outcome: record.outcome, cutoff, db)
+            }
+            for target in targets { try Self.unparkTarget(target, at: now, db) }
+        }
+    }
+
+    private static func recordAttempt(
         _ attempt: DeliveryAttempt,
         of id: String,
         outcome: DeliveryOutcome,
-        disableFailingBefore cutoff: Timestamp
-    ) async throws {
+        _ cutoff: Timestamp,
+        _ db: Database
+    ) throws {
         let at = attempt.at.millisecondsSince1970
-        try await pool.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM deliveries WHERE id = ?", arguments: [id]) else {
-                return
-            }
-            let delivery = try Self.delivery(from: row)
-            try db.execute(
+        guard
+            let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT * FROM deliveries WHERE id = ?"),
+                arguments: [id]
+            )
+        else { return }
+        let delivery = try Self.delivery(from: row)
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO delivery_attempts (delivery_id, at, status_code, duration_ms, error, snippet)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """
+        ).execute(arguments: [
+            id, at, attempt.statusCode, attempt.durationMilliseconds, attempt.error, attempt.snippet,
+        ])
+        let state: Delivery.State
+        var next: Int64?
+        switch outcome {
+        case .delivered: state = .delivered
+        case .retry(let time): (state, next) = (.pending, time.millisecondsSince1970)
+        case .failed, .gone: state = .failed
+        }
+        try db.cachedStatement(
+            sql:
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?"
+        ).execute(arguments: [state.rawValue, next, at, id])
+        if let subscription = delivery.subscriptionID {
+            // A success ends a run of failures; a failure starts one if none is running.
+            try db.cachedStatement(
+                sql: outcome == .delivered
+                    ? "UPDATE subscriptions SET failing_since = NULL WHERE id = ?"
+                    : "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?"
+            ).execute(arguments: outcome == .delivered ? [subscription] : [at, subscription])
+            try db.cachedStatement(
                 sql: """
-                    INSERT INTO delivery_attempts (delivery_id, at, status_code, duration_ms, error, snippet)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    id, at, attempt.statusCode, attempt.durationMilliseconds, attempt.error, attempt.snippet,
-                ]
-            )
-            let state: Delivery.State
-            var next: Int64?
-            switch outcome {
-            case .delivered: state = .delivered
-            case .retry(let time): (state, next) = (.pending, time.millisecondsSince1970)
-            case .failed, .gone: state = .failed
-            }
-            try db.execute(
-                sql:
-                    "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                arguments: [state.rawValue, next, at, id]
-            )
-            if let subscription = delivery.subscriptionID {
-                // A success ends a run of failures; a failure starts one if none is running.
-                try db.execute(
-                    sql: outcome == .delivered
-                        ? "UPDATE subscriptions SET failing_since = NULL WHERE id = ?"
-                        : "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
-                    arguments: outcome == .delivered ? [subscription] : [at, subscription]
-                )
-                try db.execute(
-                    sql: """
-                        UPDATE subscriptions SET disabled_at = ?
-                        WHERE id = ? AND disabled_at IS NULL AND failing_since < ?
-                        """,
-                    arguments: [at, subscription, cutoff.millisecondsSince1970]
-                )
-                if db.changesCount > 0 { try Self.failPending(subscription: subscription, at: at, db) }
-            }
-            guard outcome == .gone else { return }
-            if let subscription = delivery.subscriptionID {
-                _ = try Self.deleteSubscription(subscription, at: attempt.at, db)
-            } else if let check = delivery.checkID {
-                try db.execute(
-                    sql: "UPDATE checks SET callback_stopped = 1 WHERE id = ?",
-                    arguments: [check]
-                )
-                try db.execute(
-                    sql: """
-                        UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
-                        WHERE check_id = ? AND subscription_id IS NULL AND state = 'pending'
-                        """,
-                    arguments: [at, check]
-                )
-            }
+                    UPDATE subscriptions SET disabled_at = ?
+                    WHERE id = ? AND disabled_at IS NULL AND failing_since < ?
+                    """
+            ).execute(arguments: [at, subscription, cutoff.millisecondsSince1970])
+            if db.changesCount > 0 { try Self.failPending(subscription: subscription, at: at, db) }
+        }
+        guard outcome == .gone else { return }
+        if let subscription = delivery.subscriptionID {
+            _ = try Self.deleteSubscription(subscription, at: attempt.at, db)
+        } else if let check = delivery.checkID {
+            try db.cachedStatement(
+                sql: "UPDATE checks SET callback_stopped = 1 WHERE id = ?"
+            ).execute(arguments: [check])
+            try db.cachedStatement(
+                sql: """
+                    UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
+                    WHERE check_id = ? AND subscription_id IS NULL AND state = 'pending'
+                    """
+            ).execute(arguments: [at, check])
         }
     }
 
@@ -467,7 +569,8 @@ extension SQLiteStore {
                     check: nil,
                     url: subscription.targetURL,
                     secret: subscription.secret,
-                    event: event,
+                    type: event.type,
+                    eventTime: event.time,
                     payload: Self.payload(of: event),
                     at: now,
                     db
@@ -479,6 +582,17 @@ extension SQLiteStore {
     }
 
     // MARK: Rows
+
+    /// `strings` as a JSON array, for `json_each`.
+    private static func jsonArray(_ strings: [String]) -> String {
+        HeraldCore.jsonArray(
+            strings.lazy.map { string in
+                var quoted = ""
+                JSONWriter.appendString(string, to: &quoted)
+                return quoted
+            }
+        )
+    }
 
     private static func subscription(from row: Row) -> Subscription {
         var subscription = Subscription(

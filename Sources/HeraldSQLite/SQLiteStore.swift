@@ -266,6 +266,14 @@ package final class SQLiteStore: Store {
                 arguments: [checkCutoff]
             )
             removed += db.changesCount
+            // The webhook event log is kept until every active subscription has read it.
+            try db.execute(
+                sql: """
+                    DELETE FROM webhook_events WHERE seq <=
+                      COALESCE((SELECT MIN(cursor) FROM subscriptions WHERE disabled_at IS NULL), 9223372036854775807)
+                    """
+            )
+            removed += db.changesCount
             // A target parked until a time now past has nothing parked any more.
             try db.execute(sql: "DELETE FROM parked_targets WHERE until < ?", arguments: [now.millisecondsSince1970])
             return removed + db.changesCount

@@ -75,7 +75,8 @@ package struct Subscription: Sendable, Hashable {
     }
 }
 
-/// One POST to make: written to the outbox in the event's own transaction.
+/// One POST to make: a check's callback is written in its event's own transaction; a
+/// subscription's is made from the webhook event log, which is.
 package struct Delivery: Sendable, Hashable {
     package enum State: String, Sendable, CaseIterable {
         case pending, delivered, failed
@@ -188,6 +189,19 @@ package struct DeliveryAttempt: Sendable, Hashable {
     }
 }
 
+/// An attempt of a delivery and what follows from it.
+package struct AttemptRecord: Sendable, Hashable {
+    package var deliveryID: String
+    package var attempt: DeliveryAttempt
+    package var outcome: DeliveryOutcome
+
+    package init(deliveryID: String, attempt: DeliveryAttempt, outcome: DeliveryOutcome) {
+        self.deliveryID = deliveryID
+        self.attempt = attempt
+        self.outcome = outcome
+    }
+}
+
 /// What to do with a delivery after an attempt.
 package enum DeliveryOutcome: Sendable, Hashable {
     case delivered
@@ -225,8 +239,9 @@ package struct DeliveryQuery: Sendable, Hashable {
 
 /// Webhook state: REST-hook subscriptions, the delivery outbox and its log.
 ///
-/// Deliveries are written by the ``Store`` in the same transaction as the event they carry,
-/// so a crash between the event and the POST loses nothing.
+/// What an event causes is written by the ``Store`` in the event's own transaction (a check
+/// callback's delivery row, and an entry in the webhook event log that each subscription reads
+/// through its cursor), so a crash between the event and the POST loses nothing.
 package protocol WebhookStore: Sendable {
     func createSubscription(_ subscription: Subscription) async throws
     func subscription(_ id: String) async throws -> Subscription?
@@ -256,20 +271,31 @@ package protocol WebhookStore: Sendable {
     /// Deletes it and fails its pending deliveries. - Returns: whether it existed.
     func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
 
-    /// Pending deliveries due at `now`, oldest first, at most `perTarget` of one target, each
-    /// leased until `now + lease` (a crash while sending makes it due again then, with the
-    /// same id).
-    func claimDeliveries(now: Timestamp, lease: Duration, limit: Int, perTarget: Int) async throws -> [Delivery]
-    /// When the next pending delivery is due, if any.
-    func nextDeliveryDue() async throws -> Timestamp?
-    /// Logs an attempt and applies its outcome. A subscription failing since before
-    /// `disableFailingBefore` is disabled, and its pending deliveries fail (a replay after the
-    /// PUT that re-enables it sends them again).
-    func recordAttempt(
-        _ attempt: DeliveryAttempt,
-        of id: String,
-        outcome: DeliveryOutcome,
-        disableFailingBefore: Timestamp
+    /// Pending deliveries due at `now`, at most `perTarget` of one target, those of the
+    /// `preferred` targets first and then oldest first, each leased until `now + lease` (a
+    /// crash while sending makes it due again then, with the same id). First, in the same
+    /// write, subscriptions behind the webhook event log get delivery rows for what they match,
+    /// up to `window` not yet attempted each, unless their target is parked.
+    func claimDeliveries(
+        now: Timestamp,
+        lease: Duration,
+        limit: Int,
+        perTarget: Int,
+        window: Int,
+        first preferred: [String]
+    ) async throws -> [Delivery]
+    /// When the next pending delivery is due, if any: `now` when a claim would make deliveries
+    /// from the event log.
+    func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp?
+    /// Logs attempts and applies their outcomes, then unparks `targets` (their attempt in
+    /// flight ended), in one write. A subscription failing since before `disableFailingBefore`
+    /// is disabled, and its pending deliveries fail (a replay after the PUT that re-enables it
+    /// sends them again).
+    func recordAttempts(
+        _ records: [AttemptRecord],
+        unparking targets: [String],
+        disableFailingBefore: Timestamp,
+        at now: Timestamp
     ) async throws
     /// Makes deliveries due later without counting an attempt, in one write: claimed ones whose
     /// target is busy, and the backlog (due, or parked before) of a parked `target` (one not
@@ -284,6 +310,8 @@ package protocol WebhookStore: Sendable {
     /// Makes a parked target's backlog due at `now` (its attempt in flight ended), and
     /// deliveries queued for it from now on due at once.
     func unparkTarget(_ target: String, at now: Timestamp) async throws
+    /// Unparks every target: at start-up, when nothing is in flight and no circuit is known.
+    func unparkAll(at now: Timestamp) async throws
     func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?)
     func delivery(_ id: String) async throws -> (Delivery, [DeliveryAttempt])?
     /// Makes a delivery pending and due now, whatever its state. - Returns: it, or `nil`.
@@ -291,4 +319,21 @@ package protocol WebhookStore: Sendable {
     /// Queues again, for a subscription, every event it matched since `time` that is still kept.
     /// - Returns: how many deliveries were queued, or `nil` without such a subscription.
     func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int?
+}
+
+extension WebhookStore {
+    /// Logs one attempt and applies its outcome (see ``recordAttempts(_:unparking:disableFailingBefore:at:)``).
+    package func recordAttempt(
+        _ attempt: DeliveryAttempt,
+        of id: String,
+        outcome: DeliveryOutcome,
+        disableFailingBefore cutoff: Timestamp
+    ) async throws {
+        try await recordAttempts(
+            [AttemptRecord(deliveryID: id, attempt: attempt, outcome: outcome)],
+            unparking: [],
+            disableFailingBefore: cutoff,
+            at: attempt.at
+        )
+    }
 }

@@ -195,6 +195,47 @@ def test_kill9_with_deliveries_pending_loses_none(make_herald):
         late.close()
 
 
+def test_kill9_loses_no_event_still_in_the_webhook_log(make_herald):
+    # A target that accepts and never answers: its first delivery is in flight, the next parks
+    # it, and later events stay in the webhook event log, no delivery row made for them yet.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    hang.settimeout(20)
+    port = hang.getsockname()[1]
+    herald = make_herald("--allow-private-targets", "--webhook-retry-schedule", "1,1,1,1,1",
+                         "--webhook-timeout", "3")
+    held = []
+    try:
+        with herald.client() as api:
+            subscription = api.post("/api/v1/subscription",
+                                    json={"target_url": f"http://127.0.0.1:{port}/late", "event": "*"},
+                                    headers=AUTH).json()
+            rows = lambda: api.get("/api/v1/deliveries", params={"subscription_id": subscription["id"]},
+                                   headers=AUTH).json()["deliveries"]
+            publish(api, "logged", 0)
+            held.append(hang.accept()[0])  # the first attempt, left unanswered
+            publish(api, "logged", 1)
+            wait_for(lambda: len(rows()) == 2)
+            time.sleep(1)  # the second delivery found the target busy and parked it
+            for n in range(2, 6):
+                publish(api, "logged", n)
+            time.sleep(1)
+            assert len(rows()) == 2  # events 2-5 are in the log only
+        herald.kill9()
+    finally:
+        for connection in held:
+            connection.close()
+        hang.close()
+    late = Receiver(port)
+    try:
+        herald.start()
+        wait_for(lambda: len({r[1]["webhook-id"] for r in late.to("/late")}) == 6, timeout=40)
+        assert sorted({json.loads(r[2])["data"]["data"] for r in late.to("/late")}) == [0, 1, 2, 3, 4, 5]
+    finally:
+        late.close()
+
+
 def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald, receiver):
     herald = make_herald(*FAST)
     slow = Receiver()  # another server: isolation is per scheme, host and port

@@ -34,7 +34,7 @@ import Testing
         // The backlog waits for the first attempt, as long as it may take, and goes when it ends.
         #expect(breakers.acquire("a", now: now) == .park(.seconds(16)))
         #expect(breakers.acquire("b", now: now) == .send(suspect: true))  // another target is not held up
-        #expect(breakers.release("a", suspect: true, succeeded: true, now: now))
+        #expect(breakers.release("a", suspect: true, succeeded: true, now: now) == ["a"])
         #expect(breakers.acquire("a", now: now) == .send(suspect: false))
         #expect(breakers.acquire("a", now: now) == .send(suspect: false))
         #expect(breakers.acquire("a", now: now) == .wait(.milliseconds(50)))
@@ -48,10 +48,14 @@ import Testing
         #expect(breakers.acquire("x", now: now) == .send(suspect: true))
         #expect(breakers.acquire("x", now: now) == .park(.seconds(16)))  // behind an attempt that may hang
         #expect(breakers.acquire("y", now: now) == .send(suspect: true))
-        #expect(breakers.acquire("new", now: now) == .park(.seconds(1)))  // suspects hold half the slots
+        // Suspects hold half the slots: the others park until one is given back, in order.
+        #expect(breakers.acquire("new", now: now) == .park(.seconds(16)))
+        #expect(breakers.acquire("newer", now: now) == .park(.seconds(16)))
+        #expect(breakers.acquire("new", now: now) == .park(.seconds(16)))  // still first in line
         #expect(breakers.acquire("healthy", now: now) == .send(suspect: false))  // the other half is free
-        #expect(breakers.release("x", suspect: true, succeeded: true, now: now))
+        #expect(breakers.release("x", suspect: true, succeeded: true, now: now) == ["new", "x"])
         #expect(breakers.acquire("new", now: now) == .send(suspect: true))
+        #expect(breakers.release("y", suspect: true, succeeded: false, now: now) == ["newer"])
         #expect(breakers.acquire("x", now: now) == .send(suspect: false))  // healthy again
     }
 
@@ -66,7 +70,7 @@ import Testing
         #expect(breakers.acquire("dead", now: later) == .send(suspect: true))
         #expect(breakers.acquire("dead", now: later) == .park(.seconds(16)))
         // A failed probe opens it again for a whole cooldown: its backlog stays parked.
-        #expect(!breakers.release("dead", suspect: true, succeeded: false, now: later))
+        #expect(breakers.release("dead", suspect: true, succeeded: false, now: later).isEmpty)
         #expect(breakers.acquire("dead", now: later.advanced(by: .seconds(29))) == .park(.seconds(1)))
         let probe = later.advanced(by: .seconds(31))
         #expect(breakers.acquire("dead", now: probe) == .send(suspect: true))

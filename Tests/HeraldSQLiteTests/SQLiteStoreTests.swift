@@ -134,16 +134,45 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(read.events.isEmpty && read.epoch.rawValue.isEmpty)
     }
 
+    /// `claimDeliveries` with no preferred target.
+    private func claim(
+        _ store: SQLiteStore,
+        at now: Timestamp,
+        lease: Duration = .seconds(5),
+        limit: Int = 10,
+        perTarget: Int = 10,
+        window: Int = 100
+    ) async throws -> [Delivery] {
+        try await store.claimDeliveries(
+            now: now,
+            lease: lease,
+            limit: limit,
+            perTarget: perTarget,
+            window: window,
+            first: []
+        )
+    }
+
+    /// Creates a subscription to each `(id, target URL)` for `event`.
+    private func subscribe(
+        _ store: SQLiteStore,
+        _ targets: [(id: String, url: String)],
+        event: String = "*",
+        at now: Timestamp
+    ) async throws {
+        for (id, url) in targets {
+            try await store.createSubscription(
+                Subscription(id: id, targetURL: url, event: event, secret: WebhookSecret.generate(), createdAt: now)
+            )
+        }
+    }
+
     @Test func endedDeliveriesArePrunedWithEndedChecksAndPendingOnesStay() async throws {
         let (store, _) = try makeStore(.init(checkRetention: .seconds(60)))
         let now = Timestamp.now()
-        for (id, target) in [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")] {
-            try await store.createSubscription(
-                Subscription(id: id, targetURL: target, event: "*", secret: WebhookSecret.generate(), createdAt: now)
-            )
-        }
+        try await subscribe(store, [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")], at: now)
         _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let claimed = try await store.claimDeliveries(now: now, lease: .seconds(5), limit: 10, perTarget: 10)
+        let claimed = try await claim(store, at: now)
         #expect(claimed.count == 2)
         let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
         let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
@@ -162,29 +191,30 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
     @Test func aClaimTakesAFewOfATargetAndAParkedTargetIsPassedOver() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()
-        for (id, target) in [("sub_busy", "https://busy.test/a"), ("sub_other", "https://other.test/")] {
-            try await store.createSubscription(
-                Subscription(id: id, targetURL: target, event: "*", secret: WebhookSecret.generate(), createdAt: now)
-            )
-        }
+        try await subscribe(
+            store,
+            [("sub_busy", "https://busy.test/a"), ("sub_other", "https://other.test/")],
+            at: now
+        )
         let channel = try #require(ChannelName("c"))
         for n in 0..<5 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
-        let first = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 2)
+        let first = try await claim(store, at: now, lease: .seconds(20), limit: 100, perTarget: 2)
         #expect(first.filter { $0.subscriptionID == "sub_busy" }.count == 2)
         #expect(first.filter { $0.subscriptionID == "sub_other" }.count == 2)
         #expect(first.first?.target == "https://busy.test:443")
         // Parking a target moves its backlog at once; what is leased (in flight) keeps its time.
         let later = now.adding(milliseconds: 60_000)
         try await store.holdDeliveries([], parking: [("https://busy.test:443", later)], at: now)
-        let second = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 2)
+        let second = try await claim(store, at: now, lease: .seconds(20), limit: 100, perTarget: 2)
         #expect(second.map(\.subscriptionID) == ["sub_other", "sub_other"])
-        // What is queued for a parked target joins its backlog.
+        // A parked target gets no new deliveries: its new events wait in the log.
         _ = try await store.append(type: "t", data: "5", to: channel, at: now)
-        let third = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 5)
+        let third = try await claim(store, at: now, lease: .seconds(20), limit: 100, perTarget: 5)
         #expect(third.map(\.subscriptionID) == ["sub_other", "sub_other"])
         // Unparked, the backlog is due at once: the 3 parked and the new one, not the 2 leased.
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_busy")).items.count == 5)
         try await store.unparkTarget("https://busy.test:443", at: now)
-        let fourth = try await store.claimDeliveries(now: now, lease: .seconds(20), limit: 100, perTarget: 10)
+        let fourth = try await claim(store, at: now, lease: .seconds(20), limit: 100)
         #expect(fourth.filter { $0.subscriptionID == "sub_busy" }.count == 4)
         // A park that ran out is forgotten by the janitor, so the table does not grow per target.
         try await store.holdDeliveries([], parking: [("https://busy.test:443", later)], at: now)
@@ -194,6 +224,28 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await parkedTargets() == 1)
         _ = try await store.prune(now: later.adding(milliseconds: 1))
         #expect(try await parkedTargets() == 0)
+    }
+
+    @Test func aClaimTakesPreferredTargetsFirstAndReachesManyTargets() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        try await subscribe(store, [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")], at: now)
+        let channel = try #require(ChannelName("c"))
+        for n in 0..<3 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
+        func claim(limit: Int, perTarget: Int, first: [String]) async throws -> [String?] {
+            try await store.claimDeliveries(
+                now: now,
+                lease: .seconds(20),
+                limit: limit,
+                perTarget: perTarget,
+                window: 100,
+                first: first
+            ).map(\.subscriptionID)
+        }
+        // sub_a's deliveries are older, but b.test is preferred (a healthy target).
+        #expect(try await claim(limit: 1, perTarget: 10, first: ["https://b.test:443"]) == ["sub_b"])
+        // The cap per target applies before the limit: a claim of two reaches both targets.
+        #expect(Set(try await claim(limit: 2, perTarget: 1, first: [])) == ["sub_a", "sub_b"])
     }
 
     @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
@@ -208,14 +260,9 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(rotated.signingSecrets(at: now) == [new, old])
         #expect(rotated.signingSecrets(at: now.adding(milliseconds: 60_000)) == [new])
         // The delivery was queued before the rotation: it is signed as the subscription is now.
-        let during = try await store.claimDeliveries(now: now, lease: .zero, limit: 10, perTarget: 10)
+        let during = try await claim(store, at: now, lease: .zero)
         #expect(during.map(\.secrets) == [[new, old]])
-        let after = try await store.claimDeliveries(
-            now: now.adding(milliseconds: 60_000),
-            lease: .zero,
-            limit: 10,
-            perTarget: 10
-        )
+        let after = try await claim(store, at: now.adding(milliseconds: 60_000), lease: .zero)
         #expect(after.map(\.secrets) == [[new]])
         // Rotating to the secret in use changes nothing.
         let again = try await store.rotateSecret("sub_r", to: new, overlap: .zero, at: now)
@@ -238,7 +285,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         _ = try await store.append(type: "t", data: "1", to: channel, at: start)
         _ = try await store.append(type: "t", data: "2", to: channel, at: start)
         let (first, second) = try await {
-            let claimed = try await store.claimDeliveries(now: start, lease: .seconds(5), limit: 10, perTarget: 10)
+            let claimed = try await claim(store, at: start)
             return (claimed[0], claimed[1])
         }()
         func fail(_ id: String, at time: Timestamp) async throws {
@@ -268,6 +315,55 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
             at: start
         )
         #expect(enabled?.disabledAt == nil && enabled?.failingSince == nil)
+        // Re-enabled, it starts at the log's head: what came while it was disabled is for a replay.
+        _ = try await store.append(type: "t", data: "4", to: channel, at: start)
+        let next = try await claim(store, at: start)
+        #expect(next.count == 1 && next[0].payload.contains("\"data\":4"))
+    }
+
+    @Test func subscriptionsReadTheEventLogThroughAWindowAndParkedOnesCostNoRows() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        try await subscribe(store, [("sub_w", "https://w.test/")], event: "t.*", at: now)
+        try await subscribe(store, [("sub_p", "https://p.test/")], at: now)
+        try await store.holdDeliveries([], parking: [("https://p.test:443", now.adding(milliseconds: 60_000))], at: now)
+        let channel = try #require(ChannelName("c"))
+        for n in 0..<6 {
+            _ = try await store.append(type: "t.x", data: "\(n)", to: channel, at: now)
+            _ = try await store.append(type: "u", data: "\(n)", to: channel, at: now)
+        }
+        let claimWindow = { try await self.claim(store, at: now, lease: .seconds(20), limit: 100, window: 4) }
+        let first = try await claimWindow()
+        #expect(first.map(\.subscriptionID) == Array(repeating: "sub_w", count: 4))
+        #expect(first.allSatisfy { $0.eventType == "t.x" })
+        // Twelve events, and no row for the parked target's subscription.
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_p")).items.isEmpty)
+        // Four not yet attempted fill the window; two attempts make room for the last two.
+        #expect(try await claimWindow().isEmpty)
+        for delivery in first.prefix(2) {
+            let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
+            try await store.recordAttempt(
+                attempt,
+                of: delivery.id,
+                outcome: .delivered,
+                disableFailingBefore: Timestamp(millisecondsSince1970: 0)
+            )
+        }
+        let second = try await claimWindow()
+        #expect(second.map(\.payload).map { $0.contains("\"data\":4") || $0.contains("\"data\":5") } == [true, true])
+        #expect(try await store.nextDeliveryDue(now: now, window: 4) != now)
+        // Unparked, the subscription reads its backlog from the log, a window at a time.
+        try await store.unparkTarget("https://p.test:443", at: now)
+        #expect(try await store.nextDeliveryDue(now: now, window: 4) == now)
+        #expect(try await claimWindow().map(\.subscriptionID) == Array(repeating: "sub_p", count: 4))
+        // The log keeps what an active subscription has not read, and only that.
+        _ = try await store.prune(now: now)
+        let kept = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM webhook_events") }
+        #expect(kept == 8)
+        #expect(try await store.deleteSubscription("sub_p", at: now))
+        _ = try await store.prune(now: now)
+        let left = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM webhook_events") }
+        #expect(left == 1)
     }
 
     @Test func pagingWalksEveryCheckNewestFirst() async throws {

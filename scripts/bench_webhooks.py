@@ -242,6 +242,15 @@ def main():
                                max_ms=round(max(delays), 1), publish_p50_ms=round(percentile(acks[phase], 50), 1),
                                publish_p99_ms=round(percentile(acks[phase], 99), 1))
         rows["hang"].update(rss_mib=round(rss / 1024, 1), cpu_s=round(cpu_after - cpu_before, 1))
+        # The worst delay of each second of the run, by when the event was published.
+        hang_records = [r for r in records if r[0] == "bench.lat.hang"]
+        if hang_records:
+            first = min(r[2] - r[1] for r in hang_records)
+            worst = {}
+            for r in hang_records:
+                second = int(r[2] - r[1] - first)
+                worst[second] = max(worst.get(second, 0), round(r[1] * 1000, 1))
+            rows["hang"]["worst_ms_by_second"] = [worst.get(n, None) for n in range(max(worst) + 1)]
         rows["throughput"]["delivered"] = sum(1 for r in records if r[0] == "bench.throughput")
         pending = herald.call("GET", "/api/v1/deliveries?state=pending&limit=500")["deliveries"]
         rows["hang"]["pending_to_hanging_after"] = len(pending)

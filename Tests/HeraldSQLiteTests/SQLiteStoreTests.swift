@@ -384,6 +384,36 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(seen == ids.reversed())
     }
 
+    @Test func aStoreWrittenByV2IsUpgradedWithItsQueuedDeliveries() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "herald-test-\(UUID().uuidString)"
+        )
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let now = Timestamp.now().millisecondsSince1970
+        do {
+            let old = try DatabaseQueue(path: directory.appendingPathComponent("herald.sqlite").path)
+            try SQLiteStore.migrator.migrate(old, upTo: "v2: webhook subscriptions, delivery outbox and log")
+            try await old.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO subscriptions (id, target_url, event, secret, created_at, updated_at)
+                        VALUES ('sub_up', 'https://Up.test/hook', '*', ?, ?, ?);
+                        INSERT INTO deliveries (id, subscription_id, target_url, secret, event_type, event_time, payload,
+                                                state, next_attempt_at, created_at, updated_at)
+                        VALUES ('msg_old', 'sub_up', 'https://Up.test/hook', '', 't', ?, '{}', 'pending', ?, ?, ?);
+                        """,
+                    arguments: [WebhookSecret.generate(), now, now, now, now, now, now]
+                )
+            }
+        }
+        let store = try SQLiteStore(directory: directory, retention: .init())
+        // The queued delivery kept, its target filled in; a new event reaches the subscription.
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: .now())
+        let claimed = try await claim(store, at: .now())
+        #expect(claimed.map(\.id).first == "msg_old" && claimed.count == 2)
+        #expect(claimed.allSatisfy { $0.target == "https://up.test:443" && $0.subscriptionID == "sub_up" })
+    }
+
     @Test func dataSurvivesReopening() async throws {
         let (store, directory) = try makeStore()
         let check = delayCheck()

@@ -161,8 +161,9 @@ package final class WebhookDispatcher: Service, Sendable {
                 // Small writes, so a claim for a healthy target never waits long behind one.
                 let records = Array(finished.records.prefix(64))
                 finished.records.removeFirst(records.count)
-                defer { finished.unparking = [] }
-                return (records, finished.unparking)
+                let unparking = finished.unparking
+                finished.unparking = []
+                return (records, unparking)
             }
             guard let batch else { return }
             do {

@@ -11,10 +11,20 @@ extension SQLiteStore {
     /// is active. A subscription's deliveries are made from the log by ``fanOut(now:window:limit:_:)``,
     /// so an event costs one row however many subscriptions it matches.
     static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
-        let payload = Self.payload(of: event)
+        // Runs for every event written: the prepared statements are kept, not compiled each time.
+        let subscribed =
+            try Bool.fetchOne(
+                try db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL)")
+            ) ?? false
+        var callback: (check: Check, url: String, secret: String)?
         if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
             check.spec.calls(check.state)
         {
+            callback = (check, url, secret)
+        }
+        guard subscribed || callback != nil else { return }
+        let payload = Self.payload(of: event)
+        if let (check, url, secret) = callback {
             let target = Delivery.target(of: url)
             // A parked target's new deliveries join its backlog instead of being claimed only
             // to be held.
@@ -36,13 +46,17 @@ extension SQLiteStore {
                 db
             )
         }
-        // Runs for every event written: the prepared statement is kept, not compiled each time.
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO webhook_events (check_id, type, time, payload)
-                SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL)
-                """
-        ).execute(arguments: [check?.id.rawValue, event.type, event.time.millisecondsSince1970, payload])
+        guard subscribed else { return }
+        try db.cachedStatement(sql: "INSERT INTO webhook_events (check_id, type, time, payload) VALUES (?, ?, ?, ?)")
+            .execute(arguments: [check?.id.rawValue, event.type, event.time.millisecondsSince1970, payload])
+    }
+
+    /// `herald_event_matches(pattern, type)`: ``Subscription/pattern(_:matches:)`` in SQL, so the
+    /// fan-out reads from the log exactly the events it makes deliveries of.
+    static let eventMatches = DatabaseFunction("herald_event_matches", argumentCount: 2, pure: true) { arguments in
+        guard let pattern = String.fromDatabaseValue(arguments[0]), let type = String.fromDatabaseValue(arguments[1])
+        else { return false }
+        return Subscription.pattern(pattern, matches: type)
     }
 
     /// Makes deliveries from the webhook event log: for each active subscription behind the
@@ -51,21 +65,20 @@ extension SQLiteStore {
     /// them, in the caller's transaction. A parked or backed-up subscription costs nothing per
     /// event: its backlog is the log after its cursor. At most `limit` rows in one call.
     static func fanOut(now: Timestamp, window: Int, limit: Int, _ db: Database) throws {
+        guard let head = try logHead(db) else { return }
         var budget = limit
-        for subscription in try fanOutCandidates(now: now, window: window, db) where budget > 0 {
+        for subscription in try fanOutCandidates(head: head, now: now, window: window, limit: -1, db) where budget > 0 {
             let room = min(window - subscription.fresh, budget)
-            var cursor = subscription.cursor
-            var made = 0
             let events = try Row.fetchAll(
                 try db.cachedStatement(
-                    sql: "SELECT * FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT 256"
+                    sql: """
+                        SELECT * FROM webhook_events WHERE seq > ? AND herald_event_matches(?, type)
+                        ORDER BY seq LIMIT ?
+                        """
                 ),
-                arguments: [cursor]
+                arguments: [subscription.cursor, subscription.event, room]
             )
             for event in events {
-                if made == room { break }
-                cursor = event["seq"]
-                guard Subscription.pattern(subscription.event, matches: event["type"]) else { continue }
                 try insertDelivery(
                     subscription: subscription.id,
                     check: event["check_id"],
@@ -78,50 +91,60 @@ extension SQLiteStore {
                     at: now,
                     db
                 )
-                made += 1
             }
-            budget -= made
+            budget -= events.count
+            // Read up to the head, unless the room ran out first.
+            let cursor: Int64 = events.count == room ? events.last?["seq"] ?? head : head
             try db.cachedStatement(sql: "UPDATE subscriptions SET cursor = ? WHERE id = ?")
                 .execute(arguments: [cursor, subscription.id])
         }
     }
 
+    /// The last entry of the webhook event log, if it has any.
+    private static func logHead(_ db: Database) throws -> Int64? {
+        try Int64.fetchOne(try db.cachedStatement(sql: "SELECT MAX(seq) FROM webhook_events"))
+    }
+
     private struct FanOutCandidate {
         var id, targetURL, target, event, secret: String
         var cursor: Int64
+        /// Its deliveries not yet attempted.
         var fresh: Int
     }
 
-    /// The subscriptions ``fanOut(now:window:limit:_:)`` would make deliveries for.
-    private static func fanOutCandidates(now: Timestamp, window: Int, _ db: Database) throws -> [FanOutCandidate] {
-        guard
-            let head = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT MAX(seq) FROM webhook_events"))
-        else { return [] }
-        let rows = try Row.fetchAll(
+    /// The subscriptions ``fanOut(now:window:limit:_:)`` would make deliveries for, at most
+    /// `limit` (-1: all).
+    private static func fanOutCandidates(
+        head: Int64,
+        now: Timestamp,
+        window: Int,
+        limit: Int,
+        _ db: Database
+    ) throws -> [FanOutCandidate] {
+        try Row.fetchAll(
             try db.cachedStatement(
                 sql: """
-                    SELECT id, target_url, target, event, secret, cursor,
-                           (SELECT COUNT(*) FROM deliveries WHERE subscription_id = subscriptions.id
-                              AND state = 'pending' AND attempts = 0) AS fresh
-                    FROM subscriptions
-                    WHERE disabled_at IS NULL AND cursor < ? AND NOT EXISTS
-                          (SELECT 1 FROM parked_targets WHERE parked_targets.target = subscriptions.target AND until > ?)
-                    ORDER BY seq
+                    SELECT * FROM
+                      (SELECT id, seq, target_url, target, event, secret, cursor,
+                              (SELECT COUNT(*) FROM deliveries WHERE subscription_id = subscriptions.id
+                                 AND state = 'pending' AND attempts = 0) AS fresh
+                       FROM subscriptions
+                       WHERE disabled_at IS NULL AND cursor < ? AND NOT EXISTS
+                             (SELECT 1 FROM parked_targets
+                              WHERE parked_targets.target = subscriptions.target AND until > ?))
+                    WHERE fresh < ? ORDER BY seq LIMIT ?
                     """
             ),
-            arguments: [head, now.millisecondsSince1970]
-        )
-        return rows.compactMap { row in
-            let fresh: Int = row["fresh"]
-            guard fresh < window else { return nil }
-            return FanOutCandidate(
+            arguments: [head, now.millisecondsSince1970, window, limit]
+        ).map { row in
+            FanOutCandidate(
                 id: row["id"],
                 targetURL: row["target_url"],
                 target: row["target"],
                 event: row["event"],
                 secret: row["secret"],
                 cursor: row["cursor"],
-                fresh: fresh
+                fresh: row["fresh"]
             )
         }
     }
@@ -337,7 +360,11 @@ extension SQLiteStore {
 
     package func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp? {
         try await pool.read { db in
-            if try !Self.fanOutCandidates(now: now, window: window, db).isEmpty { return now }
+            if let head = try Self.logHead(db),
+                try !Self.fanOutCandidates(head: head, now: now, window: window, limit: 1, db).isEmpty
+            {
+                return now
+            }
             return try Int64.fetchOne(
                 try db.cachedStatement(sql: "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'")
             ).map(Timestamp.init(millisecondsSince1970:))
@@ -375,10 +402,6 @@ extension SQLiteStore {
                 try remember.execute(arguments: [target.target, target.until.millisecondsSince1970])
             }
         }
-    }
-
-    package func unparkTarget(_ target: String, at now: Timestamp) async throws {
-        try await pool.write { db in try Self.unparkTarget(target, at: now, db) }
     }
 
     private static func unparkTarget(_ target: String, at now: Timestamp, _ db: Database) throws {

@@ -45,6 +45,7 @@ package final class SQLiteStore: Store {
             // 8 MiB of pages per connection (the default is 2): the outbox's indexes are written
             // on every event, and pages read again from the OS cache cost a copy each.
             try db.execute(sql: "PRAGMA cache_size = -8192")
+            db.add(function: Self.eventMatches)
         }
         do {
             pool = try DatabasePool(
@@ -229,54 +230,43 @@ package final class SQLiteStore: Store {
         let eventCutoff = now.millisecondsSince1970 - retention.maxEventAge.milliseconds
         let checkCutoff = now.millisecondsSince1970 - retention.checkRetention.milliseconds
         let keyCutoff = now.millisecondsSince1970 - retention.idempotencyKeyLifetime.milliseconds
-        return try await pool.write { db in
+        let deletions: [(sql: String, arguments: StatementArguments)] = [
             // Ended checks past retention go with their whole channel.
-            try db.execute(
-                sql: """
-                    DELETE FROM channels WHERE name IN
-                      (SELECT 'check:' || id FROM checks WHERE state != 'processing' AND completed_at < ?)
-                    """,
-                arguments: [checkCutoff]
-            )
-            var removed = db.changesCount
-            try db.execute(
-                sql: "DELETE FROM checks WHERE state != 'processing' AND completed_at < ?",
-                arguments: [checkCutoff]
-            )
-            removed += db.changesCount
+            (
+                """
+                DELETE FROM channels WHERE name IN
+                  (SELECT 'check:' || id FROM checks WHERE state != 'processing' AND completed_at < ?)
+                """, [checkCutoff]
+            ),
+            ("DELETE FROM checks WHERE state != 'processing' AND completed_at < ?", [checkCutoff]),
             // A check channel keeps its history while the check is kept: it is the snapshot.
-            try db.execute(
-                sql: "DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'",
-                arguments: [eventCutoff]
-            )
-            removed += db.changesCount
-            try db.execute(
-                sql: """
-                    DELETE FROM channels WHERE updated_at < ? AND name NOT LIKE 'check:%'
-                      AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
-                    """,
-                arguments: [eventCutoff]
-            )
-            removed += db.changesCount
-            try db.execute(sql: "DELETE FROM idempotency_keys WHERE created_at < ?", arguments: [keyCutoff])
-            removed += db.changesCount
+            ("DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'", [eventCutoff]),
+            (
+                """
+                DELETE FROM channels WHERE updated_at < ? AND name NOT LIKE 'check:%'
+                  AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
+                """, [eventCutoff]
+            ),
+            ("DELETE FROM idempotency_keys WHERE created_at < ?", [keyCutoff]),
             // The delivery log is kept as long as ended checks are; pending deliveries stay.
-            try db.execute(
-                sql: "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?",
-                arguments: [checkCutoff]
-            )
-            removed += db.changesCount
+            ("DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", [checkCutoff]),
             // The webhook event log is kept until every active subscription has read it.
-            try db.execute(
-                sql: """
-                    DELETE FROM webhook_events WHERE seq <=
-                      COALESCE((SELECT MIN(cursor) FROM subscriptions WHERE disabled_at IS NULL), 9223372036854775807)
-                    """
-            )
-            removed += db.changesCount
+            (
+                """
+                DELETE FROM webhook_events WHERE seq <=
+                  COALESCE((SELECT MIN(cursor) FROM subscriptions WHERE disabled_at IS NULL), 9223372036854775807)
+                """, []
+            ),
             // A target parked until a time now past has nothing parked any more.
-            try db.execute(sql: "DELETE FROM parked_targets WHERE until < ?", arguments: [now.millisecondsSince1970])
-            return removed + db.changesCount
+            ("DELETE FROM parked_targets WHERE until < ?", [now.millisecondsSince1970]),
+        ]
+        return try await pool.write { db in
+            var removed = 0
+            for deletion in deletions {
+                try db.execute(sql: deletion.sql, arguments: deletion.arguments)
+                removed += db.changesCount
+            }
+            return removed
         }
     }
 

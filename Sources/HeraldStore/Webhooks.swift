@@ -301,15 +301,13 @@ package protocol WebhookStore: Sendable {
     /// target is busy, and the backlog (due, or parked before) of a parked `target` (one not
     /// known to be healthy and busy, or with its circuit open), so the next claims
     /// pass over that target's backlog without reading it. Deliveries queued for a parked
-    /// target are due when it is (until ``unparkTarget(_:at:)``).
+    /// target are due when it is (until ``recordAttempts(_:unparking:disableFailingBefore:at:)``
+    /// unparks it).
     func holdDeliveries(
         _ deliveries: [(id: String, until: Timestamp)],
         parking targets: [(target: String, until: Timestamp)],
         at now: Timestamp
     ) async throws
-    /// Makes a parked target's backlog due at `now` (its attempt in flight ended), and
-    /// deliveries queued for it from now on due at once.
-    func unparkTarget(_ target: String, at now: Timestamp) async throws
     /// Unparks every target: at start-up, when nothing is in flight and no circuit is known.
     func unparkAll(at now: Timestamp) async throws
     func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?)

@@ -153,6 +153,11 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         )
     }
 
+    /// Unparks `target` as the dispatcher does when its attempt in flight ends.
+    private func unpark(_ store: SQLiteStore, _ target: String, at now: Timestamp) async throws {
+        try await store.recordAttempts([], unparking: [target], disableFailingBefore: now, at: now)
+    }
+
     /// Creates a subscription to each `(id, target URL)` for `event`.
     private func subscribe(
         _ store: SQLiteStore,
@@ -213,7 +218,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(third.map(\.subscriptionID) == ["sub_other", "sub_other"])
         // Unparked, the backlog is due at once: the 3 parked and the new one, not the 2 leased.
         #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_busy")).items.count == 5)
-        try await store.unparkTarget("https://busy.test:443", at: now)
+        try await unpark(store, "https://busy.test:443", at: now)
         let fourth = try await claim(store, at: now, lease: .seconds(20), limit: 100)
         #expect(fourth.filter { $0.subscriptionID == "sub_busy" }.count == 4)
         // A park that ran out is forgotten by the janitor, so the table does not grow per target.
@@ -224,6 +229,13 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await parkedTargets() == 1)
         _ = try await store.prune(now: later.adding(milliseconds: 1))
         #expect(try await parkedTargets() == 0)
+        // At start-up every park is lifted: no attempt is in flight, no circuit is known.
+        _ = try await store.append(type: "t", data: "6", to: channel, at: now)
+        try await store.holdDeliveries([], parking: [("https://busy.test:443", later)], at: now)
+        #expect(try await claim(store, at: now).allSatisfy { $0.subscriptionID == "sub_other" })
+        try await store.unparkAll(at: now)
+        #expect(try await parkedTargets() == 0)
+        #expect(try await claim(store, at: now).map(\.subscriptionID) == ["sub_busy"])
     }
 
     @Test func aClaimTakesPreferredTargetsFirstAndReachesManyTargets() async throws {
@@ -353,7 +365,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(second.map(\.payload).map { $0.contains("\"data\":4") || $0.contains("\"data\":5") } == [true, true])
         #expect(try await store.nextDeliveryDue(now: now, window: 4) != now)
         // Unparked, the subscription reads its backlog from the log, a window at a time.
-        try await store.unparkTarget("https://p.test:443", at: now)
+        try await unpark(store, "https://p.test:443", at: now)
         #expect(try await store.nextDeliveryDue(now: now, window: 4) == now)
         #expect(try await claimWindow().map(\.subscriptionID) == Array(repeating: "sub_p", count: 4))
         // The log keeps what an active subscription has not read, and only that.

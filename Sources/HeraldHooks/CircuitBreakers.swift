@@ -1,3 +1,4 @@
+internal import DequeModule
 internal import Synchronization
 
 /// Per-target isolation: a cap on deliveries in flight, and a circuit breaker that opens after
@@ -5,11 +6,14 @@ internal import Synchronization
 /// a success.
 ///
 /// Only a target whose last attempt succeeded is *healthy* and gets `maxInFlightPerTarget`
-/// deliveries at once. Any other (new, failing, probing) gets one, and all of those together
-/// get at most half of `maxInFlight`, so the other half always serves healthy targets: a
-/// thousand dead or hanging targets cost half the slots at most until their circuits open,
-/// and one probe per cooldown after that. A target that finds no slot for suspects is parked
-/// until one is given back, first come first served, rather than asking again and again.
+/// deliveries at once. Any other (new, failing, probing) is a *suspect*: it gets one, and all
+/// of them together get at most half of `maxInFlight`, so the other half always serves healthy
+/// targets: a thousand dead or hanging targets cost half the slots at most until their
+/// circuits open, and one probe per cooldown after that. Suspects' attempts also start at most
+/// `suspectAttemptsPerSecond` (a token bucket), so a thousand targets that appear together are
+/// tried over seconds and, if they hang, time out over seconds, not all in one. A suspect that
+/// finds no slot or no token is parked in a queue, first come first served, and unparked when
+/// both are there for it (see ``admitWaiting(now:)``), rather than asking again and again.
 final class CircuitBreakers: Sendable {
     /// What to do with a delivery to a target.
     enum Decision: Equatable {
@@ -18,8 +22,8 @@ final class CircuitBreakers: Sendable {
         case send(suspect: Bool)
         /// Hold this delivery a little: its healthy target is at its cap.
         case wait(Duration)
-        /// Hold every delivery to the target this long: it is not known to be healthy and is
-        /// busy with one already, or its circuit is open.
+        /// Hold every delivery to the target this long, or until it is unparked: it is not known
+        /// to be healthy and is busy with one already or waits its turn, or its circuit is open.
         case park(Duration)
     }
 
@@ -38,21 +42,35 @@ final class CircuitBreakers: Sendable {
         var targets: [String: Target] = [:]
         var suspectInFlight = 0
         var releases = 0
-        /// Targets parked because every slot for suspects was taken, in order: each slot given
-        /// back unparks the first (a target parks once, however many deliveries it has).
-        var waiting: [String] = []
+        /// Suspects parked for a slot or a token, in order (a target queues once, however many
+        /// deliveries it has).
+        var waiting: Deque<String> = []
         var isWaiting: Set<String> = []
+        /// Suspects taken off the queue and unparked, with a slot and a token kept for them
+        /// until their delivery is claimed (or, if it never is, for a while).
+        var admitted: [String: ContinuousClock.Instant] = [:]
+        var tokens: Double
+        var refilled: ContinuousClock.Instant
     }
 
     /// How long an idle target is remembered.
     private static let memory: Duration = .seconds(600)
+    /// How long a slot is kept for an admitted suspect whose delivery is not claimed.
+    private static let admission: Duration = .seconds(5)
 
     private let configuration: WebhookConfiguration
-    private let state = Mutex(State())
+    private let state: Mutex<State>
+    private let rate: Double
+    private let burst: Double
 
-    init(configuration: WebhookConfiguration) {
+    init(configuration: WebhookConfiguration, now: ContinuousClock.Instant = .now) {
         self.configuration = configuration
+        self.rate = Double(configuration.suspectAttemptsPerSecond)
+        self.burst = max(1, rate / 10)
+        self.state = Mutex(State(tokens: max(1, rate / 10), refilled: now))
     }
+
+    private var suspectSlots: Int { max(1, configuration.maxInFlight / 2) }
 
     func acquire(_ key: String, now: ContinuousClock.Instant) -> Decision {
         state.withLock { state in
@@ -69,11 +87,15 @@ final class CircuitBreakers: Sendable {
                     state.targets[key] = target
                     return .park(configuration.timeout + .seconds(1))
                 }
-                if state.suspectInFlight >= configuration.maxInFlight / 2 {
-                    // Until a slot is given back (see `release`); every attempt in flight ends
-                    // within the timeout.
-                    if state.isWaiting.insert(key).inserted { state.waiting.append(key) }
-                    return .park(configuration.timeout + .seconds(1))
+                if state.admitted.removeValue(forKey: key) == nil {
+                    refill(&state, now: now)
+                    let free = state.suspectInFlight + state.admitted.count < suspectSlots
+                    guard free && state.tokens >= 1 && state.waiting.isEmpty else {
+                        if state.isWaiting.insert(key).inserted { state.waiting.append(key) }
+                        let position = state.waiting.firstIndex(of: key).map { $0 + 1 } ?? 1
+                        return .park(queued(behind: position))
+                    }
+                    state.tokens -= 1
                 }
                 state.suspectInFlight += 1
             } else if target.inFlight >= configuration.maxInFlightPerTarget {
@@ -94,17 +116,14 @@ final class CircuitBreakers: Sendable {
 
     /// Returns a slot with the attempt's result.
     /// - Returns: the targets whose parked backlog may go now: this one unless its circuit is
-    ///   open, and, for a suspect's slot, the target that waited longest for one.
+    ///   open, and, for a suspect's slot, the target that waited longest for one if a token is
+    ///   there for it.
     func release(_ key: String, suspect: Bool, succeeded: Bool, now: ContinuousClock.Instant) -> [String] {
         state.withLock { state in
             var unpark: [String] = []
             if suspect {
                 state.suspectInFlight -= 1
-                if !state.waiting.isEmpty {
-                    let next = state.waiting.removeFirst()
-                    state.isWaiting.remove(next)
-                    unpark.append(next)
-                }
+                unpark = admit(&state, now: now)
             }
             guard var target = state.targets[key] else { return unpark }
             target.inFlight -= 1
@@ -134,5 +153,51 @@ final class CircuitBreakers: Sendable {
             }
             return unpark
         }
+    }
+
+    /// How long a suspect `behind` others in the queue is parked: until ``admitWaiting(now:)``
+    /// unparks it, so this is a fallback (should the unparking write fail), and twice the
+    /// longest its turn may take, so the parks of a thousand targets queued together do not
+    /// run out together while they still wait.
+    private func queued(behind position: Int) -> Duration {
+        let rounds = 1 + position / suspectSlots  // each within a timeout
+        let tokens = Duration.milliseconds(Int64(Double(position) / rate * 1000))
+        return (configuration.timeout + .seconds(1)) * (2 * rounds) + tokens * 2
+    }
+
+    /// Takes suspects off the queue while a slot and a token are there for each.
+    /// - Returns: the targets to unpark, and how long until the next token if the queue waits
+    ///   for one (a slot given back admits through ``release(_:suspect:succeeded:now:)``).
+    func admitWaiting(now: ContinuousClock.Instant) -> (unpark: [String], next: Duration?) {
+        state.withLock { state in
+            let unpark = admit(&state, now: now)
+            guard !state.waiting.isEmpty, state.suspectInFlight + state.admitted.count < suspectSlots else {
+                return (unpark, nil)
+            }
+            return (unpark, .milliseconds(Int64(((1 - state.tokens) / rate * 1000).rounded(.up))))
+        }
+    }
+
+    private func admit(_ state: inout State, now: ContinuousClock.Instant) -> [String] {
+        state.admitted = state.admitted.filter { _, at in now - at < Self.admission }
+        refill(&state, now: now)
+        var unpark: [String] = []
+        while state.tokens >= 1, state.suspectInFlight + state.admitted.count < suspectSlots,
+            let next = state.waiting.popFirst()
+        {
+            state.isWaiting.remove(next)
+            state.tokens -= 1
+            state.admitted[next] = now
+            unpark.append(next)
+        }
+        return unpark
+    }
+
+    private func refill(_ state: inout State, now: ContinuousClock.Instant) {
+        let elapsed = now - state.refilled
+        guard elapsed > .zero else { return }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        state.tokens = min(burst, state.tokens + seconds * rate)
+        state.refilled = now
     }
 }

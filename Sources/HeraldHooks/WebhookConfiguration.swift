@@ -12,6 +12,10 @@ package struct WebhookConfiguration: Sendable {
     /// Deliveries not yet attempted that a subscription may have at once: more of its events
     /// stay in the webhook event log until these go.
     package var fanOutWindow: Int { 2 * maxInFlightPerTarget }
+    /// First attempts to targets not known to be healthy (new, failing, probing), per second,
+    /// with bursts of a tenth of that: a thousand new targets are tried over seconds, so their
+    /// connections, and timeouts if they hang, never line up.
+    package var suspectAttemptsPerSecond = 100
     /// Consecutive failures that open a target's circuit.
     package var breakerThreshold = 5
     /// How long an open circuit holds a target's deliveries before one probe goes out.

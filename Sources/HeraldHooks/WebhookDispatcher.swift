@@ -22,6 +22,7 @@ package final class WebhookDispatcher: Service, Sendable {
     private let resolver: TargetResolver
     private let configuration: WebhookConfiguration
     private let breakers: CircuitBreakers
+    private let clients: PinnedClients
     private let doorbell = Doorbell()
     /// Attempts started and not yet recorded.
     private let inFlight = Mutex(0)
@@ -38,6 +39,10 @@ package final class WebhookDispatcher: Service, Sendable {
         self.resolver = resolver
         self.configuration = configuration
         self.breakers = CircuitBreakers(configuration: configuration)
+        self.clients = PinnedClients(
+            timeout: configuration.timeout,
+            connectionsPerHost: configuration.maxInFlightPerTarget
+        )
         self.logger = logger
     }
 
@@ -52,17 +57,26 @@ package final class WebhookDispatcher: Service, Sendable {
             logger.warning("unparking targets at start failed", metadata: ["error": "\(error)"])
         }
         await cancelWhenGracefulShutdown { await self.loop() }
+        await clients.shutdown()
     }
 
     private func loop() async {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
+                // Suspects queued for a token: unparked with the next records, a few per write.
+                let admission = breakers.admitWaiting(now: .now)
+                if !admission.unpark.isEmpty {
+                    finished.withLock { $0.unparking += admission.unpark }
+                    group.addTask { await self.recordFinished() }
+                }
                 // A read first: most wake-ups (one per published event) find nothing due, and
                 // a claim is a write that would queue behind the events themselves.
                 let due = try? await store.nextDeliveryDue(now: .now(), window: configuration.fanOutWindow)
                 let free = min(configuration.maxInFlight - inFlight.withLock { $0 }, 256)
                 guard let due, due <= .now(), free > 0 else {
-                    await doorbell.wait(upTo: Self.pause(until: free > 0 ? due : nil))
+                    var pause = Self.pause(until: free > 0 ? due : nil)
+                    if let next = admission.next { pause = min(pause, max(next, .milliseconds(50))) }
+                    await doorbell.wait(upTo: pause)
                     continue
                 }
                 let claimed: [Delivery]
@@ -73,7 +87,7 @@ package final class WebhookDispatcher: Service, Sendable {
                         limit: free,
                         perTarget: configuration.maxInFlightPerTarget,
                         window: configuration.fanOutWindow,
-                        first: breakers.healthyTargets()
+                        healthy: breakers.healthyTargets()
                     )
                 } catch {
                     logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
@@ -227,8 +241,6 @@ package final class WebhookDispatcher: Service, Sendable {
                 body: delivery.payload
             )
         else { return Result(outcome: .failed, error: "the signing secret is not valid") }
-        let http = HTTPClient.pinned(host: url.host, to: address, timeout: configuration.timeout)
-        defer { http.shutdown { _ in } }
         var request = HTTPClientRequest(url: delivery.targetURL)
         request.method = .POST
         request.headers.add(name: "content-type", value: "application/json")
@@ -237,6 +249,13 @@ package final class WebhookDispatcher: Service, Sendable {
         request.headers.add(name: "webhook-timestamp", value: "\(timestamp)")
         request.headers.add(name: "webhook-signature", value: signature)
         request.body = .bytes(ByteBuffer(string: delivery.payload))
+        return await clients.with(host: url.host, address: address) { http in
+            await self.post(request, with: http, attempts: attempts)
+        }
+    }
+
+    /// POSTs `request` (attempt number `attempts`) and makes the outcome of its answer.
+    private func post(_ request: HTTPClientRequest, with http: HTTPClient, attempts: Int) async -> Result {
         do {
             let response = try await http.execute(request, timeout: .init(configuration.timeout))
             var body = try await response.body.collect(upTo: 64 * 1024)

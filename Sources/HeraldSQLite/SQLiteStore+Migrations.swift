@@ -137,6 +137,18 @@ extension SQLiteStore {
                     """
             )
         }
+        migrator.registerMigration("v5: subscriptions the fan-out skips for a while") { db in
+            // `fan_out_at`: when the fan-out looks at the subscription again, sooner if one of
+            // its deliveries is attempted or its target is unparked. A thousand subscriptions
+            // parked or backed up then cost the fan-out nothing per event.
+            try db.execute(
+                sql: """
+                    ALTER TABLE subscriptions ADD COLUMN fan_out_at INTEGER NOT NULL DEFAULT 0;
+                    CREATE INDEX subscriptions_fan_out ON subscriptions(fan_out_at, cursor) WHERE disabled_at IS NULL;
+                    CREATE INDEX subscriptions_target ON subscriptions(target);
+                    """
+            )
+        }
         return migrator
     }
 }

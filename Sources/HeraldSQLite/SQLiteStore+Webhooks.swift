@@ -63,11 +63,30 @@ extension SQLiteStore {
     /// log's head whose target is not parked and that has fewer than `window` deliveries not
     /// yet attempted, the next matching events become delivery rows and its cursor moves past
     /// them, in the caller's transaction. A parked or backed-up subscription costs nothing per
-    /// event: its backlog is the log after its cursor. At most `limit` rows in one call.
-    static func fanOut(now: Timestamp, window: Int, limit: Int, _ db: Database) throws {
+    /// event: its backlog is the log after its cursor, and the fan-out skips it (`fan_out_at`)
+    /// until its target is unparked or one of its deliveries is attempted. A target not among
+    /// the `healthy` ones is sent one delivery at a time, so its subscriptions get a window of
+    /// one. At most `limit` rows in one call.
+    static func fanOut(
+        now: Timestamp,
+        window healthyWindow: Int,
+        healthy: Set<String>,
+        limit: Int,
+        _ db: Database
+    )
+        throws
+    {
         guard let head = try logHead(db) else { return }
         var budget = limit
-        for subscription in try fanOutCandidates(head: head, now: now, window: window, limit: -1, db) where budget > 0 {
+        let skip = try db.cachedStatement(sql: "UPDATE subscriptions SET fan_out_at = ? WHERE id = ?")
+        // Should an attempt's record never come, it is looked at again after this long.
+        let skipUntil = now.adding(milliseconds: 60_000).millisecondsSince1970
+        for subscription in try fanOutCandidates(head: head, now: now, window: nil, limit: -1, db) where budget > 0 {
+            let window = healthy.contains(subscription.target) ? healthyWindow : 1
+            guard subscription.fresh < window else {
+                try skip.execute(arguments: [skipUntil, subscription.id])
+                continue
+            }
             let room = min(window - subscription.fresh, budget)
             let events = try Row.fetchAll(
                 try db.cachedStatement(
@@ -97,6 +116,9 @@ extension SQLiteStore {
             let cursor: Int64 = events.count == room ? events.last?["seq"] ?? head : head
             try db.cachedStatement(sql: "UPDATE subscriptions SET cursor = ? WHERE id = ?")
                 .execute(arguments: [cursor, subscription.id])
+            if subscription.fresh + events.count >= window {
+                try skip.execute(arguments: [skipUntil, subscription.id])
+            }
         }
     }
 
@@ -112,12 +134,13 @@ extension SQLiteStore {
         var fresh: Int
     }
 
-    /// The subscriptions ``fanOut(now:window:limit:_:)`` would make deliveries for, at most
-    /// `limit` (-1: all).
+    /// The subscriptions behind the log's head, not skipped for now and not parked, oldest
+    /// cursor first, at most `limit` (-1: all); only those with fewer than `window` deliveries
+    /// not yet attempted if `window` is given.
     private static func fanOutCandidates(
         head: Int64,
         now: Timestamp,
-        window: Int,
+        window: Int?,
         limit: Int,
         _ db: Database
     ) throws -> [FanOutCandidate] {
@@ -125,14 +148,15 @@ extension SQLiteStore {
             try db.cachedStatement(
                 sql: """
                     SELECT * FROM
-                      (SELECT id, seq, target_url, target, event, secret, cursor,
+                      (SELECT id, target_url, target, event, secret, cursor,
                               (SELECT COUNT(*) FROM deliveries WHERE subscription_id = subscriptions.id
                                  AND state = 'pending' AND attempts = 0) AS fresh
-                       FROM subscriptions
-                       WHERE disabled_at IS NULL AND cursor < ? AND NOT EXISTS
+                       FROM subscriptions INDEXED BY subscriptions_fan_out
+                       WHERE disabled_at IS NULL AND fan_out_at <= ?2 AND cursor < ?1 AND NOT EXISTS
                              (SELECT 1 FROM parked_targets
-                              WHERE parked_targets.target = subscriptions.target AND until > ?))
-                    WHERE fresh < ? ORDER BY seq LIMIT ?
+                              WHERE parked_targets.target = subscriptions.target AND until > ?2)
+                       ORDER BY fan_out_at, cursor)
+                    WHERE ?3 IS NULL OR fresh < ?3 LIMIT ?4
                     """
             ),
             arguments: [head, now.millisecondsSince1970, window, limit]
@@ -235,7 +259,7 @@ extension SQLiteStore {
             try db.execute(
                 sql: """
                     UPDATE subscriptions SET target_url = ?, target = ?, event = ?, updated_at = ?, disabled_at = NULL,
-                                             failing_since = NULL, cursor = CASE WHEN disabled_at IS NULL THEN cursor
+                                             failing_since = NULL, fan_out_at = 0, cursor = CASE WHEN disabled_at IS NULL THEN cursor
                                              ELSE (SELECT COALESCE(MAX(seq), 0) FROM webhook_events) END
                     WHERE id = ?
                     """,
@@ -315,12 +339,12 @@ extension SQLiteStore {
         limit: Int,
         perTarget: Int,
         window: Int,
-        first preferred: [String]
+        healthy: [String]
     ) async throws -> [Delivery] {
         try await pool.write { db in
-            try Self.fanOut(now: now, window: window, limit: max(limit, 64), db)
+            try Self.fanOut(now: now, window: window, healthy: Set(healthy), limit: max(limit, 64), db)
             // At most `perTarget` of each target, so one claim reaches many targets; the
-            // preferred targets' first. A subscription's delivery is signed with its secrets
+            // healthy targets' first. A subscription's delivery is signed with its secrets
             // as they are now.
             let claimed = try Row.fetchAll(
                 try db.cachedStatement(
@@ -336,7 +360,7 @@ extension SQLiteStore {
                         LIMIT ?4
                         """
                 ),
-                arguments: [now.millisecondsSince1970, perTarget, Self.jsonArray(preferred), limit]
+                arguments: [now.millisecondsSince1970, perTarget, Self.jsonArray(healthy), limit]
             )
             let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
             let lease = try db.cachedStatement(sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?")
@@ -395,11 +419,15 @@ extension SQLiteStore {
             let remember = try db.cachedStatement(
                 sql: "INSERT OR REPLACE INTO parked_targets (target, until) VALUES (?, ?)"
             )
+            let skip = try db.cachedStatement(
+                sql: "UPDATE subscriptions SET fan_out_at = MAX(fan_out_at, ?) WHERE target = ?"
+            )
             for target in targets {
                 try park.execute(arguments: [
                     target.until.millisecondsSince1970, target.target, now.millisecondsSince1970,
                 ])
                 try remember.execute(arguments: [target.target, target.until.millisecondsSince1970])
+                try skip.execute(arguments: [target.until.millisecondsSince1970, target.target])
             }
         }
     }
@@ -412,6 +440,8 @@ extension SQLiteStore {
             )
         else { return }
         try db.cachedStatement(sql: "DELETE FROM parked_targets WHERE target = ?").execute(arguments: [target])
+        try db.cachedStatement(sql: "UPDATE subscriptions SET fan_out_at = 0 WHERE target = ?")
+            .execute(arguments: [target])
         // Exactly the parked ones: a leased delivery (in flight) or a scheduled retry has
         // another time.
         try db.cachedStatement(
@@ -433,6 +463,7 @@ extension SQLiteStore {
                 arguments: [now.millisecondsSince1970]
             )
             try db.execute(sql: "DELETE FROM parked_targets")
+            try db.execute(sql: "UPDATE subscriptions SET fan_out_at = 0")
         }
     }
 
@@ -485,6 +516,16 @@ extension SQLiteStore {
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?"
         ).execute(arguments: [state.rawValue, next, at, id])
         if let subscription = delivery.subscriptionID {
+            if delivery.attempts == 0 {
+                // Room in its window: the fan-out looks at it again, unless its target is parked.
+                try db.cachedStatement(
+                    sql: """
+                        UPDATE subscriptions SET fan_out_at = COALESCE(
+                          (SELECT until FROM parked_targets WHERE parked_targets.target = subscriptions.target), 0)
+                        WHERE id = ?
+                        """
+                ).execute(arguments: [subscription])
+            }
             // A success ends a run of failures; a failure starts one if none is running.
             try db.cachedStatement(
                 sql: outcome == .delivered

@@ -92,6 +92,11 @@ package enum ConfigurationLoader {
             v throws(ConfigurationError) in
             c.webhooks.maxInFlightPerTarget = try int(v, "webhook-max-per-target", 1...10_000)
         },
+        Setting(name: "webhook-suspect-rate", help: "attempts per second to targets not known healthy") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.suspectAttemptsPerSecond = try int(v, "webhook-suspect-rate", 1...100_000)
+        },
         Setting(name: "webhook-breaker-failures", help: "consecutive failures that open a target's circuit") {
             c,
             v throws(ConfigurationError) in

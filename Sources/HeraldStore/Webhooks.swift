@@ -272,17 +272,18 @@ package protocol WebhookStore: Sendable {
     func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
 
     /// Pending deliveries due at `now`, at most `perTarget` of one target, those of the
-    /// `preferred` targets first and then oldest first, each leased until `now + lease` (a
+    /// `healthy` targets first and then oldest first, each leased until `now + lease` (a
     /// crash while sending makes it due again then, with the same id). First, in the same
     /// write, subscriptions behind the webhook event log get delivery rows for what they match,
-    /// up to `window` not yet attempted each, unless their target is parked.
+    /// up to `window` not yet attempted each (one for a target not among the healthy, which is
+    /// sent one at a time), unless their target is parked.
     func claimDeliveries(
         now: Timestamp,
         lease: Duration,
         limit: Int,
         perTarget: Int,
         window: Int,
-        first preferred: [String]
+        healthy: [String]
     ) async throws -> [Delivery]
     /// When the next pending delivery is due, if any: `now` when a claim would make deliveries
     /// from the event log.

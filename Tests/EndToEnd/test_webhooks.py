@@ -22,13 +22,17 @@ class Receiver:
 
     def __init__(self, port=0):
         self.requests = []
+        self.connections = []  # the client's (address, port) of each request
         self.scripts = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as most servers
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.requests.append((self.path, dict(self.headers.items()), body.decode(), time.monotonic()))
+                receiver.connections.append(self.client_address)
                 if self.path == "/hang":
                     time.sleep(6)  # past --webhook-timeout
                 script = receiver.scripts.get(self.path, [200])
@@ -263,6 +267,35 @@ def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald
             assert all(later - earlier >= 1.5 for earlier, later in zip(arrivals, arrivals[1:])), arrivals
     finally:
         slow.close()
+
+
+def test_deliveries_to_a_target_reuse_its_connection(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        api.post("/api/v1/subscription", json={"target_url": receiver.url + "/kept", "event": "*"}, headers=AUTH)
+        for n in range(5):
+            publish(api, "kept", n)
+            wait_for(lambda: len(receiver.to("/kept")) == n + 1)
+    # One after another: every delivery after the first goes over the first one's connection.
+    assert len(set(receiver.connections)) == 1, receiver.connections
+
+
+def test_first_attempts_to_new_targets_start_at_the_suspect_rate(make_herald):
+    # 2 a second, in bursts of 1: six new targets are tried over 2.5 s, not at once.
+    herald = make_herald(*FAST, env={"HERALD_WEBHOOK_SUSPECT_RATE": "2"})
+    targets = [Receiver() for _ in range(6)]
+    try:
+        with herald.client() as api:
+            for target in targets:
+                api.post("/api/v1/subscription", json={"target_url": target.url + "/new", "event": "*"},
+                         headers=AUTH)
+            publish(api, "rate", 0)
+            wait_for(lambda: all(target.to("/new") for target in targets), timeout=20)
+        arrivals = sorted(target.to("/new")[0][3] for target in targets)
+        assert arrivals[-1] - arrivals[0] >= 2.0, arrivals
+    finally:
+        for target in targets:
+            target.close()
 
 
 def test_replay_queues_again_what_a_subscription_matches_since_a_time(make_herald, receiver):

@@ -3,14 +3,21 @@ import Testing
 @testable import HeraldHooks
 
 @Suite struct CircuitBreakersTests {
-    private func breakers(threshold: Int = 3, perTarget: Int = 2, total: Int = 1024) -> CircuitBreakers {
+    private func breakers(
+        threshold: Int = 3,
+        perTarget: Int = 2,
+        total: Int = 1024,
+        rate: Int = 100,
+        at now: ContinuousClock.Instant = .now
+    ) -> CircuitBreakers {
         var configuration = WebhookConfiguration()
         configuration.breakerThreshold = threshold
         configuration.breakerCooldown = .seconds(30)
         configuration.timeout = .seconds(15)
         configuration.maxInFlightPerTarget = perTarget
         configuration.maxInFlight = total
-        return CircuitBreakers(configuration: configuration)
+        configuration.suspectAttemptsPerSecond = rate
+        return CircuitBreakers(configuration: configuration, now: now)
     }
 
     /// Sends one delivery to `target` and gives its slot back with `succeeded`.
@@ -48,10 +55,11 @@ import Testing
         #expect(breakers.acquire("x", now: now) == .send(suspect: true))
         #expect(breakers.acquire("x", now: now) == .park(.seconds(16)))  // behind an attempt that may hang
         #expect(breakers.acquire("y", now: now) == .send(suspect: true))
-        // Suspects hold half the slots: the others park until one is given back, in order.
-        #expect(breakers.acquire("new", now: now) == .park(.seconds(16)))
-        #expect(breakers.acquire("newer", now: now) == .park(.seconds(16)))
-        #expect(breakers.acquire("new", now: now) == .park(.seconds(16)))  // still first in line
+        // Suspects hold half the slots: the others park until one is given back, in order, for
+        // twice as long as their turn may take (a timeout per round of slots, 10 ms per token).
+        #expect(breakers.acquire("new", now: now) == .park(.milliseconds(32_020)))
+        #expect(breakers.acquire("newer", now: now) == .park(.milliseconds(64_040)))
+        #expect(breakers.acquire("new", now: now) == .park(.milliseconds(32_020)))  // still first in line
         #expect(breakers.acquire("healthy", now: now) == .send(suspect: false))  // the other half is free
         #expect(breakers.release("x", suspect: true, succeeded: true, now: now) == ["new", "x"])
         #expect(breakers.acquire("new", now: now) == .send(suspect: true))
@@ -86,5 +94,39 @@ import Testing
             attempt(breakers, "flaky", succeeded: succeeded, at: now)
         }
         #expect(breakers.acquire("flaky", now: now) == .send(suspect: true))
+    }
+
+    @Test func suspectsStartAtTheTokenRateInTheOrderTheyCame() {
+        let start = ContinuousClock.now
+        // 20 per second: bursts of 2, then one every 50 ms.
+        let breakers = breakers(rate: 20, at: start)
+        #expect(breakers.acquire("a", now: start) == .send(suspect: true))
+        #expect(breakers.acquire("b", now: start) == .send(suspect: true))
+        #expect(breakers.acquire("c", now: start) == .park(.milliseconds(32_100)))
+        #expect(breakers.acquire("d", now: start) == .park(.milliseconds(32_200)))
+        #expect(breakers.admitWaiting(now: start) == ([], .milliseconds(50)))
+        // A token later, the first in line is unparked and its slot kept: a newcomer with the
+        // next token still queues behind the second.
+        let later = start.advanced(by: .milliseconds(50))
+        #expect(breakers.admitWaiting(now: later) == (["c"], .milliseconds(50)))
+        #expect(breakers.acquire("e", now: later.advanced(by: .milliseconds(50))) == .park(.milliseconds(32_200)))
+        #expect(breakers.acquire("c", now: later.advanced(by: .milliseconds(50))) == .send(suspect: true))
+        #expect(breakers.admitWaiting(now: later.advanced(by: .milliseconds(50))) == (["d"], .milliseconds(50)))
+        // Healthy targets take no token.
+        _ = breakers.release("a", suspect: true, succeeded: true, now: later)
+        for _ in 0..<2 { #expect(breakers.acquire("a", now: later) == .send(suspect: false)) }
+    }
+
+    @Test func aQueuedSuspectWaitsForASlotAsWellAsAToken() {
+        let start = ContinuousClock.now
+        let breakers = breakers(total: 2, rate: 1000, at: start)  // one slot for suspects
+        #expect(breakers.acquire("a", now: start) == .send(suspect: true))
+        #expect(breakers.acquire("b", now: start) == .park(.milliseconds(64_002)))
+        // Tokens are there, the slot is not: nothing to wait for but a release.
+        #expect(breakers.admitWaiting(now: start.advanced(by: .seconds(1))) == ([], nil))
+        #expect(breakers.release("a", suspect: true, succeeded: false, now: start.advanced(by: .seconds(2))) == ["b"])
+        // An admission not claimed within a while gives its slot back.
+        #expect(breakers.acquire("c", now: start.advanced(by: .seconds(3))) == .park(.milliseconds(64_002)))
+        #expect(breakers.admitWaiting(now: start.advanced(by: .seconds(8))) == (["c"], nil))
     }
 }

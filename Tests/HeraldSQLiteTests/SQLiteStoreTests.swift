@@ -141,15 +141,20 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         lease: Duration = .seconds(5),
         limit: Int = 10,
         perTarget: Int = 10,
-        window: Int = 100
+        window: Int = 100,
+        healthy: [String]? = nil
     ) async throws -> [Delivery] {
-        try await store.claimDeliveries(
+        // Every subscribed target is healthy unless told otherwise.
+        let subscribed = try await store.pool.read {
+            try String.fetchAll($0, sql: "SELECT DISTINCT target FROM subscriptions")
+        }
+        return try await store.claimDeliveries(
             now: now,
             lease: lease,
             limit: limit,
             perTarget: perTarget,
             window: window,
-            first: []
+            healthy: healthy ?? subscribed
         )
     }
 
@@ -244,20 +249,24 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         try await subscribe(store, [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")], at: now)
         let channel = try #require(ChannelName("c"))
         for n in 0..<3 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
-        func claim(limit: Int, perTarget: Int, first: [String]) async throws -> [String?] {
+        func claim(limit: Int, perTarget: Int, healthy: [String]) async throws -> [String?] {
             try await store.claimDeliveries(
                 now: now,
                 lease: .seconds(20),
                 limit: limit,
                 perTarget: perTarget,
                 window: 100,
-                first: first
+                healthy: healthy
             ).map(\.subscriptionID)
         }
         // sub_a's deliveries are older, but b.test is preferred (a healthy target).
-        #expect(try await claim(limit: 1, perTarget: 10, first: ["https://b.test:443"]) == ["sub_b"])
+        #expect(try await claim(limit: 1, perTarget: 10, healthy: ["https://b.test:443"]) == ["sub_b"])
         // The cap per target applies before the limit: a claim of two reaches both targets.
-        #expect(Set(try await claim(limit: 2, perTarget: 1, first: [])) == ["sub_a", "sub_b"])
+        #expect(Set(try await claim(limit: 2, perTarget: 1, healthy: [])) == ["sub_a", "sub_b"])
+        // a.test is not known healthy, so it is sent one at a time: one row for its three events.
+        let rows = { (id: String) in try await store.deliveries(matching: .init(subscriptionID: id)).items.count }
+        #expect(try await rows("sub_a") == 1)
+        #expect(try await rows("sub_b") == 3)
     }
 
     @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
@@ -352,6 +361,14 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_p")).items.isEmpty)
         // Four not yet attempted fill the window; two attempts make room for the last two.
         #expect(try await claimWindow().isEmpty)
+        // Meanwhile the fan-out skips both: the full one for a while, the parked one until its park ends.
+        let fanOutAt = { (id: String) in
+            try await store.pool.read {
+                try Int64.fetchOne($0, sql: "SELECT fan_out_at FROM subscriptions WHERE id = ?", arguments: [id])
+            }
+        }
+        #expect(try await fanOutAt("sub_w") ?? 0 > now.millisecondsSince1970)
+        #expect(try await fanOutAt("sub_p") == now.adding(milliseconds: 60_000).millisecondsSince1970)
         for delivery in first.prefix(2) {
             let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
             try await store.recordAttempt(
@@ -361,11 +378,13 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
                 disableFailingBefore: Timestamp(millisecondsSince1970: 0)
             )
         }
+        #expect(try await fanOutAt("sub_w") == 0)
         let second = try await claimWindow()
         #expect(second.map(\.payload).map { $0.contains("\"data\":4") || $0.contains("\"data\":5") } == [true, true])
         #expect(try await store.nextDeliveryDue(now: now, window: 4) != now)
         // Unparked, the subscription reads its backlog from the log, a window at a time.
         try await unpark(store, "https://p.test:443", at: now)
+        #expect(try await fanOutAt("sub_p") == 0)
         #expect(try await store.nextDeliveryDue(now: now, window: 4) == now)
         #expect(try await claimWindow().map(\.subscriptionID) == Array(repeating: "sub_p", count: 4))
         // The log keeps what an active subscription has not read, and only that.

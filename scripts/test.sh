@@ -12,6 +12,7 @@ step "system packages"
 packages=()
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
+command -v protoc >/dev/null || packages+=(protobuf-compiler)
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${packages[*]}; run this script as root, or: sudo apt-get install -y ${packages[*]}" >&2
@@ -41,6 +42,15 @@ if grep -E "^/.*/(Sources|Tests)/.*warning:" .build/test-build.log | grep -v "/.
   echo "the build has warnings in Herald's code" >&2
   exit 1
 fi
+
+step "generated gRPC code is current (scripts/generate-grpc.sh)"
+generated="$(mktemp -d)"
+if ! scripts/generate-grpc.sh "$generated" >.build/generate-grpc.log 2>&1; then
+  cat .build/generate-grpc.log
+  exit 1
+fi
+diff -ru Sources/HeraldGRPC/Generated "$generated"
+rm -rf "$generated"
 
 step "unit tests (swift test)"
 swift test --skip-build

@@ -96,13 +96,20 @@ package struct HeraldServer: Sendable {
         router.get(RouterPath(WebSocketEndpoint.path)) { _, _ -> Response in
             throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
         }
-        let openAPI = try Self.resource("openapi.yaml")
-        router.get("/openapi.yaml") { _, _ in
-            Response(
-                status: .ok,
-                headers: [.contentType: "application/yaml"],
-                body: .init(byteBuffer: ByteBuffer(string: openAPI))
-            )
+        // The public surface as files: the OpenAPI document, and the gRPC service's proto, from
+        // which any language generates a client.
+        for (path, name, type) in [
+            ("/openapi.yaml", "openapi.yaml", "application/yaml"),
+            ("/api/v1/herald.proto", "herald.proto", "text/plain; charset=utf-8"),
+        ] {
+            let file = try Self.resource(name)
+            router.get(RouterPath(path)) { _, _ in
+                Response(
+                    status: .ok,
+                    headers: [.contentType: type],
+                    body: .init(byteBuffer: ByteBuffer(string: file))
+                )
+            }
         }
 
         let host = configuration.host

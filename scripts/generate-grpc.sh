@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 out="${1:-Sources/HeraldGRPC/Generated}"
 
 command -v protoc >/dev/null || {
-  echo "protoc is missing: apt-get install -y protobuf-compiler" >&2
+  echo "protoc is missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2
   exit 1
 }
 scratch="$PWD/.build-codegen"

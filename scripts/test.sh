@@ -13,6 +13,7 @@ packages=()
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/struct.proto ] || packages+=(libprotobuf-dev) # protoc's well-known types
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${packages[*]}; run this script as root, or: sudo apt-get install -y ${packages[*]}" >&2

@@ -65,12 +65,18 @@ final class CircuitBreakers: Sendable {
 
     init(configuration: WebhookConfiguration, now: ContinuousClock.Instant = .now) {
         self.configuration = configuration
-        self.rate = Double(configuration.suspectAttemptsPerSecond)
-        self.burst = max(1, rate / 10)
-        self.state = Mutex(State(tokens: max(1, rate / 10), refilled: now))
+        let rate = Double(configuration.suspectAttemptsPerSecond)
+        let burst = max(1, rate / 10)
+        (self.rate, self.burst) = (rate, burst)
+        self.state = Mutex(State(tokens: burst, refilled: now))
     }
 
     private var suspectSlots: Int { max(1, configuration.maxInFlight / 2) }
+
+    /// Whether a suspect's slot is free, counting those kept for admitted suspects.
+    private func slotFree(_ state: State) -> Bool {
+        state.suspectInFlight + state.admitted.count < suspectSlots
+    }
 
     func acquire(_ key: String, now: ContinuousClock.Instant) -> Decision {
         state.withLock { state in
@@ -89,10 +95,15 @@ final class CircuitBreakers: Sendable {
                 }
                 if state.admitted.removeValue(forKey: key) == nil {
                     refill(&state, now: now)
-                    let free = state.suspectInFlight + state.admitted.count < suspectSlots
-                    guard free && state.tokens >= 1 && state.waiting.isEmpty else {
-                        if state.isWaiting.insert(key).inserted { state.waiting.append(key) }
-                        let position = state.waiting.firstIndex(of: key).map { $0 + 1 } ?? 1
+                    guard slotFree(state) && state.tokens >= 1 && state.waiting.isEmpty else {
+                        // A newcomer is last; one already queued (its park ran out) keeps its place.
+                        let position: Int
+                        if state.isWaiting.insert(key).inserted {
+                            state.waiting.append(key)
+                            position = state.waiting.count
+                        } else {
+                            position = (state.waiting.firstIndex(of: key) ?? state.waiting.count) + 1
+                        }
                         return .park(queued(behind: position))
                     }
                     state.tokens -= 1
@@ -171,7 +182,7 @@ final class CircuitBreakers: Sendable {
     func admitWaiting(now: ContinuousClock.Instant) -> (unpark: [String], next: Duration?) {
         state.withLock { state in
             let unpark = admit(&state, now: now)
-            guard !state.waiting.isEmpty, state.suspectInFlight + state.admitted.count < suspectSlots else {
+            guard !state.waiting.isEmpty, slotFree(state) else {
                 return (unpark, nil)
             }
             return (unpark, .milliseconds(Int64(((1 - state.tokens) / rate * 1000).rounded(.up))))
@@ -179,12 +190,12 @@ final class CircuitBreakers: Sendable {
     }
 
     private func admit(_ state: inout State, now: ContinuousClock.Instant) -> [String] {
-        state.admitted = state.admitted.filter { _, at in now - at < Self.admission }
+        if !state.admitted.isEmpty {
+            state.admitted = state.admitted.filter { _, at in now - at < Self.admission }
+        }
         refill(&state, now: now)
         var unpark: [String] = []
-        while state.tokens >= 1, state.suspectInFlight + state.admitted.count < suspectSlots,
-            let next = state.waiting.popFirst()
-        {
+        while state.tokens >= 1, slotFree(state), let next = state.waiting.popFirst() {
             state.isWaiting.remove(next)
             state.tokens -= 1
             state.admitted[next] = now

@@ -8,7 +8,8 @@ internal import Synchronization
 /// connections. A host that resolves to another address gets another client: the connection
 /// always goes to the address the SSRF guard checked.
 ///
-/// Clients nobody uses are shut down after `idle`, and at once beyond `capacity` of them.
+/// Clients nobody uses are shut down once idle for `idle` (looked for every tenth of it, as
+/// deliveries end), and at once beyond `capacity` of them.
 final class PinnedClients: Sendable {
     private struct Key: Hashable {
         var host: String
@@ -21,7 +22,13 @@ final class PinnedClients: Sendable {
         var lastUsed: ContinuousClock.Instant
     }
 
-    private let clients = Mutex<[Key: Entry]>([:])
+    private struct State {
+        var clients: [Key: Entry] = [:]
+        /// When the idle clients were last looked for.
+        var swept = ContinuousClock.now
+    }
+
+    private let state = Mutex(State())
     private let timeout: Duration
     private let connectionsPerHost: Int
     private let capacity: Int
@@ -41,9 +48,9 @@ final class PinnedClients: Sendable {
         _ body: (HTTPClient) async -> Result
     ) async -> Result {
         let key = Key(host: host, address: address.description)
-        let client = clients.withLock { clients in
+        let client = state.withLock { state in
             var entry =
-                clients[key]
+                state.clients[key]
                 ?? Entry(
                     client: .pinned(
                         host: host,
@@ -55,15 +62,18 @@ final class PinnedClients: Sendable {
                     lastUsed: .now
                 )
             entry.users += 1
-            clients[key] = entry
+            state.clients[key] = entry
             return entry.client
         }
         let result = await body(client)
-        let retired = clients.withLock { clients in
+        let retired = state.withLock { state in
             let now = ContinuousClock.now
-            clients[key]?.users -= 1
-            clients[key]?.lastUsed = now
-            return Self.retire(from: &clients, now: now, capacity: capacity, idle: idle)
+            state.clients[key]?.users -= 1
+            state.clients[key]?.lastUsed = now
+            // Not per delivery: every few seconds, or when there are too many.
+            guard state.clients.count > capacity || now - state.swept >= idle / 10 else { return [HTTPClient]() }
+            state.swept = now
+            return Self.retire(from: &state.clients, now: now, capacity: capacity, idle: idle)
         }
         for client in retired { client.shutdown { _ in } }
         return result
@@ -71,9 +81,9 @@ final class PinnedClients: Sendable {
 
     /// Shuts every client down; call it once nothing is sent any more.
     func shutdown() async {
-        let all = clients.withLock { clients in
-            defer { clients = [:] }
-            return clients.values.map(\.client)
+        let all = state.withLock { state in
+            defer { state.clients = [:] }
+            return state.clients.values.map(\.client)
         }
         for client in all { try? await client.shutdown() }
     }

@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(
@@ -106,7 +107,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HeraldHTTPTests",
-            dependencies: ["HeraldHTTP", .product(name: "HTTPTypes", package: "swift-http-types")],
+            dependencies: ["HeraldHTTP", "HeraldStore", .product(name: "HTTPTypes", package: "swift-http-types")],
             swiftSettings: swiftSettings
         ),
 
@@ -141,6 +142,7 @@ let package = Package(
         .target(
             name: "HeraldServer",
             dependencies: [
+                "HeraldGRPC",
                 "HeraldHTTP",
                 "HeraldHooks",
                 "HeraldWebSocket",
@@ -165,13 +167,31 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // The gRPC surface (issue 5, under way): so far the code generated from
-        // Public/herald.proto by scripts/generate-grpc.sh, committed.
+        // The gRPC surface: the code generated from Public/herald.proto by
+        // scripts/generate-grpc.sh (committed), the service over the same store and hub, its
+        // HTTP/2 server, and gRPC-Web on the HTTP port.
         .target(
             name: "HeraldGRPC",
             dependencies: [
+                "HeraldHTTP",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(
+            name: "HeraldGRPCTests",
+            dependencies: [
+                "HeraldGRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: swiftSettings

@@ -3,7 +3,8 @@ package import HeraldCore
 package import HeraldHub
 package import HeraldStore
 
-/// Creating a check, the same for every transport (HTTP `POST`, the WebSocket `create_check` op).
+/// Creating and cancelling a check, the same for every transport (HTTP, the WebSocket
+/// `create_check` op, gRPC).
 ///
 /// Admission (the runner's queue bound) and the SSRF guard run before anything is written; the
 /// check and its first event commit together; only then is the event published and the check
@@ -47,5 +48,27 @@ package struct CheckService: Sendable {
             runner.submit(creation.check)
         }
         return creation
+    }
+
+    /// Cancels a check that is still processing and announces it.
+    /// - Throws: ``HeraldError`` `.notFound`, or `.conflict` once the check has ended.
+    package func cancel(_ id: CheckID) async throws -> Check {
+        let finish = try await store.finishCheck(
+            id,
+            as: .canceled,
+            result: nil,
+            error: Check.errorValue(code: "canceled", message: "canceled by a client"),
+            at: .now(),
+            requiring: .any
+        )
+        switch finish {
+        case .finished(let check, let event):
+            hub.publish(event)
+            return check
+        case .alreadyEnded(let check), .wrongKind(let check):
+            throw HeraldError.conflict("check \(id) already ended as \(check.state.rawValue)")
+        case .notFound:
+            throw HeraldError.notFound("no check with id \(id)")
+        }
     }
 }

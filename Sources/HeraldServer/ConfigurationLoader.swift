@@ -2,6 +2,7 @@ internal import Foundation
 internal import HeraldCore
 internal import HeraldHTTP
 internal import HeraldHooks
+internal import HeraldHub
 internal import HeraldRunner
 internal import HeraldSQLite
 internal import HeraldStore
@@ -150,6 +151,16 @@ package enum ConfigurationLoader {
         },
         Setting(name: "external-timeout", help: "seconds an external check waits") { c, v throws(ConfigurationError) in
             c.runner.externalTimeout = .seconds(try int(v, "external-timeout", 1...31_536_000))
+        },
+        Setting(name: "stream-max-queued-events", help: "events queued per stream subscriber before it is cut") {
+            c,
+            v throws(ConfigurationError) in
+            c.streams.maxQueuedEvents = try int(v, "stream-max-queued-events", 1...1_000_000)
+        },
+        Setting(name: "stream-max-queued-bytes", help: "bytes queued per stream subscriber before it is cut") {
+            c,
+            v throws(ConfigurationError) in
+            c.streams.maxQueuedBytes = try int(v, "stream-max-queued-bytes", 1024...1_073_741_824)
         },
         Setting(name: "ws-max-message-bytes", help: "largest WebSocket message a client may send") {
             c,

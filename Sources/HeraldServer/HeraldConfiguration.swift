@@ -1,5 +1,6 @@
 package import HeraldHTTP
 package import HeraldHooks
+package import HeraldHub
 package import HeraldRunner
 package import HeraldSQLite
 package import HeraldStore
@@ -39,6 +40,8 @@ package struct HeraldConfiguration: Sendable {
     package var retention = RetentionConfiguration()
     package var webSocket = WebSocketConfiguration()
     package var webhooks = WebhookConfiguration()
+    /// The bound of every streaming subscriber's queue (SSE, NDJSON, iframe, WebSocket, gRPC).
+    package var streams = SubscriberLimits()
 
     /// Where the data lives.
     package enum StoreKind: Sendable, Hashable {

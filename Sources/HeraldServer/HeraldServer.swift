@@ -1,6 +1,7 @@
 internal import Foundation
 internal import HTTPTypes
 internal import HeraldCore
+internal import HeraldGRPC
 internal import HeraldHTTP
 internal import HeraldHooks
 internal import HeraldHub
@@ -17,6 +18,7 @@ package import Logging
 internal import NIOCore
 internal import NIOSSL
 internal import ServiceLifecycle
+internal import Synchronization
 internal import UnixSignals
 
 /// Herald assembled from a configuration: the store, hub, runner and HTTP server, run as one
@@ -35,10 +37,11 @@ package struct HeraldServer: Sendable {
         self.logger = logger
     }
 
-    /// Runs until a shutdown signal; calls `onListening` with the base URL once the port is bound.
+    /// Runs until a shutdown signal; calls `onListening` once every port is bound, with the
+    /// HTTP base URL and the gRPC port (`nil` when gRPC is off).
     ///
     /// - Throws: ``ConfigurationError`` with a one-line reason when Herald cannot start.
-    package func run(onListening: @escaping @Sendable (String) -> Void) async throws {
+    package func run(onListening: @escaping @Sendable (_ url: String, _ grpcPort: Int?) -> Void) async throws {
         if case .postgres = configuration.store {
             throw ConfigurationError(message: "the postgres store is not available in this build; use --store sqlite")
         }
@@ -61,7 +64,11 @@ package struct HeraldServer: Sendable {
             configuration: configuration.webhooks,
             logger: logger.labelled("herald.webhooks")
         )
-        let hub = Hub(logger: logger.labelled("herald.hub"), onPublish: { webhooks.wake() })
+        let hub = Hub(
+            limits: configuration.streams,
+            logger: logger.labelled("herald.hub"),
+            onPublish: { webhooks.wake() }
+        )
         let runner = CheckRunner(
             store: store,
             hub: hub,
@@ -78,29 +85,47 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.http")
         )
 
+        let follower = ChannelFollower(
+            store: store,
+            hub: hub,
+            pageSize: configuration.http.maxEventsPerPoll,
+            heartbeat: configuration.http.heartbeat
+        )
         let webSocket = WebSocketEndpoint(
-            follower: ChannelFollower(
-                store: store,
-                hub: hub,
-                pageSize: configuration.http.maxEventsPerPoll,
-                heartbeat: configuration.http.heartbeat
-            ),
+            follower: follower,
             checks: checks,
             configuration: configuration.webSocket,
             logger: logger.labelled("herald.ws")
         )
 
+        let grpcService = HeraldService(
+            store: store,
+            hub: hub,
+            checks: checks,
+            follower: follower,
+            configuration: GRPCConfiguration(
+                apiKey: configuration.apiKey,
+                maxDataBytes: configuration.http.maxBodyBytes,
+                maxSubscriptions: configuration.webSocket.maxSubscriptions
+            ),
+            logger: logger.labelled("herald.grpc")
+        )
+        let grpcWeb = GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
+        let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
+
         let router = Router()
         api.register(on: router)
+        grpcWeb.register(on: router)
         // Reached by a plain GET; a refused upgrade is answered by UpgradeRefusalHandler.
         router.get(RouterPath(WebSocketEndpoint.path)) { _, _ -> Response in
             throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
         }
-        // The public surface as files: the OpenAPI document, and the gRPC service's proto, from
-        // which any language generates a client.
+        // The public surface as files: the OpenAPI document, the gRPC service's proto, from
+        // which any language generates a client, and a page calling it with gRPC-Web.
         for (path, name, type) in [
             ("/openapi.yaml", "openapi.yaml", "application/yaml"),
             ("/api/v1/herald.proto", "herald.proto", "text/plain; charset=utf-8"),
+            ("/grpc-web", "grpc-web.html", "text/html; charset=utf-8"),
         ] {
             let file = try Self.resource(name)
             router.get(RouterPath(path)) { _, _ in
@@ -183,26 +208,45 @@ package struct HeraldServer: Sendable {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
                 let displayHost = host.contains(":") ? "[\(host)]" : host
-                onListening("\(scheme)://\(displayHost):\(port)")
+                readiness.http("\(scheme)://\(displayHost):\(port)")
             },
             logger: logger.labelled("herald.http")
         )
+        // Shut down last to first: WebSockets close, the hub ends every stream, gRPC stops
+        // taking calls, HTTP drains, gRPC-Web (over HTTP) stops, then the workers.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: runner),
+            .init(service: webhooks),
+            .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
+            .init(service: GRPCWebEndpoint(transport: grpcWeb, service: grpcService)),
+            .init(service: app),
+        ]
+        if configuration.grpcPort != 0 {
+            let grpc = GRPCEndpoint(
+                service: grpcService,
+                host: host,
+                port: configuration.grpcPort,
+                tls: configuration.tlsCertificatePath.flatMap { certificate in
+                    configuration.tlsKeyPath.map { GRPCEndpoint.TLSFiles(certificatePath: certificate, keyPath: $0) }
+                },
+                keepalive: configuration.http.heartbeat,
+                maxMessageBytes: configuration.http.maxBodyBytes,
+                onListening: { port in readiness.grpc(port) }
+            )
+            services.append(.init(service: grpc))
+        }
+        services += [.init(service: hub), .init(service: webSocket)]
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: runner),
-                    .init(service: webhooks),
-                    .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
-                    .init(service: app),
-                    .init(service: hub),
-                    .init(service: webSocket),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger.labelled("herald.lifecycle")
             )
         )
         do {
             try await group.run()
+        } catch let error as HeraldError where error.code == .unavailable {
+            throw ConfigurationError(message: error.message)
         } catch let error as IOError where error.errnoCode == EADDRINUSE {
             throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): the address is in use")
         } catch let error as IOError {
@@ -298,5 +342,37 @@ extension Logger {
         var logger = Logger(label: label)
         logger.logLevel = logLevel
         return logger
+    }
+}
+
+/// Announces readiness once, when the HTTP port and (unless off) the gRPC port are bound.
+final class Readiness: Sendable {
+    private struct State {
+        var url: String?
+        var grpcPort: Int?
+        var isAnnounced = false
+    }
+
+    private let state = Mutex(State())
+    private let expectsGRPC: Bool
+    private let announce: @Sendable (String, Int?) -> Void
+
+    init(expectsGRPC: Bool, announce: @escaping @Sendable (String, Int?) -> Void) {
+        self.expectsGRPC = expectsGRPC
+        self.announce = announce
+    }
+
+    func http(_ url: String) { update { $0.url = url } }
+
+    func grpc(_ port: Int) { update { $0.grpcPort = port } }
+
+    private func update(_ change: (inout State) -> Void) {
+        let ready = state.withLock { state -> (String, Int?)? in
+            change(&state)
+            guard !state.isAnnounced, let url = state.url, !expectsGRPC || state.grpcPort != nil else { return nil }
+            state.isAnnounced = true
+            return (url, state.grpcPort)
+        }
+        if let (url, port) = ready { announce(url, port) }
     }
 }

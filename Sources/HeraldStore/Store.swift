@@ -66,6 +66,22 @@ package struct IdempotencyKey: Sendable, Hashable {
         self.key = key
         self.fingerprint = fingerprint
     }
+
+    /// A client's key for a create whose body is `body`: the fingerprint is of the canonical
+    /// JSON text, so formatting differences do not count as another request.
+    /// - Throws: `.invalid`, naming `field`, unless the key is 1 to 255 visible ASCII characters.
+    package init(validating key: String, field: String, body: JSONValue) throws(HeraldError) {
+        guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+            throw .invalid("\(field) must be 1 to 255 visible ASCII characters")
+        }
+        // FNV-1a, 64 bits, as hex: a stable fingerprint, not a security measure.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in body.jsonText.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        self.init(key: key, fingerprint: String(hash, radix: 16))
+    }
 }
 
 /// What ``Store/createCheck(_:idempotency:)`` did.

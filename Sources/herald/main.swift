@@ -96,8 +96,8 @@ struct Serve: AsyncParsableCommand {
         if configuration.apiKeyWasGenerated {
             say("herald: generated API key \(configuration.apiKey) (set --api-key or HERALD_API_KEY to choose one)")
         }
-        try await HeraldServer(configuration: configuration, logger: logger).run { url in
-            say("herald listening on \(url)")
+        try await HeraldServer(configuration: configuration, logger: logger).run { url, grpcPort in
+            say("herald listening on \(url)" + (grpcPort.map { " (gRPC on port \($0))" } ?? ""))
         }
     }
 }

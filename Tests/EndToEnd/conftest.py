@@ -27,6 +27,7 @@ class Herald:
         self.env = env or {}
         self.proc = None
         self.url = None
+        self.grpc_port = None
         self.lines = queue.Queue()
         self.output = []
 
@@ -52,6 +53,8 @@ class Herald:
             match = re.search(r"listening on (https?://\S+)", line)
             if match:
                 self.url = match.group(1)
+                grpc = re.search(r"gRPC on port (\d+)", line)
+                self.grpc_port = int(grpc.group(1)) if grpc else None
                 return self
         raise RuntimeError("herald did not start:\n" + "".join(self.output))
 

@@ -1,5 +1,6 @@
 import HTTPTypes
 import HeraldCore
+import HeraldStore
 import Testing
 
 @testable import HeraldHTTP
@@ -34,9 +35,14 @@ import Testing
         #expect(HeraldAPI.version(fromETag: value) == version)
     }
 
-    @Test func fingerprintsAreStableAndDistinguishBodies() {
-        #expect(fingerprint(#"{"kind":"delay"}"#) == fingerprint(#"{"kind":"delay"}"#))
-        #expect(fingerprint(#"{"kind":"delay"}"#) != fingerprint(#"{"kind":"external"}"#))
+    @Test func idempotencyFingerprintsAreStableAndDistinguishBodies() throws {
+        func key(_ kind: String, _ text: String = "k") throws -> IdempotencyKey {
+            try IdempotencyKey(validating: text, field: "Idempotency-Key", body: .object(["kind": .string(kind)]))
+        }
+        #expect(try key("delay").fingerprint == key("delay").fingerprint)
+        #expect(try key("delay").fingerprint != key("external").fingerprint)
+        #expect(throws: HeraldError.self) { try key("delay", "has space") }
+        #expect(throws: HeraldError.self) { try key("delay", "") }
     }
 
     @Test func keysAreComparedInConstantTime() {

@@ -87,13 +87,27 @@ package enum Herald_V1_Herald: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CancelCheck" metadata.
+        package enum CancelCheck: Sendable {
+            /// Request type for "CancelCheck".
+            package typealias Input = Herald_V1_CancelCheckRequest
+            /// Response type for "CancelCheck".
+            package typealias Output = Herald_V1_Check
+            /// Descriptor for "CancelCheck".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "herald.v1.Herald"),
+                method: "CancelCheck",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "herald.v1.Herald" service.
         package static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateCheck.descriptor,
             GetCheck.descriptor,
             WatchCheck.descriptor,
             Subscribe.descriptor,
-            Publish.descriptor
+            Publish.descriptor,
+            CancelCheck.descriptor
         ]
     }
 }
@@ -211,6 +225,25 @@ extension Herald_V1_Herald {
             request: GRPCCore.StreamingServerRequest<Herald_V1_PublishRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Herald_V1_Event>
+
+        /// Handle the "CancelCheck" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+        /// > once it has ended.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Herald_V1_CancelCheckRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Herald_V1_Check` messages.
+        func cancelCheck(
+            request: GRPCCore.StreamingServerRequest<Herald_V1_CancelCheckRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Herald_V1_Check>
     }
 
     /// Service protocol for the "herald.v1.Herald" service.
@@ -312,6 +345,25 @@ extension Herald_V1_Herald {
             request: GRPCCore.ServerRequest<Herald_V1_PublishRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Herald_V1_Event>
+
+        /// Handle the "CancelCheck" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+        /// > once it has ended.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Herald_V1_CancelCheckRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Herald_V1_Check` message.
+        func cancelCheck(
+            request: GRPCCore.ServerRequest<Herald_V1_CancelCheckRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Herald_V1_Check>
     }
 
     /// Simple service protocol for the "herald.v1.Herald" service.
@@ -413,6 +465,25 @@ extension Herald_V1_Herald {
             request: Herald_V1_PublishRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Herald_V1_Event
+
+        /// Handle the "CancelCheck" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+        /// > once it has ended.
+        ///
+        /// - Parameters:
+        ///   - request: A `Herald_V1_CancelCheckRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Herald_V1_Check` to respond with.
+        func cancelCheck(
+            request: Herald_V1_CancelCheckRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Herald_V1_Check
     }
 }
 
@@ -475,6 +546,17 @@ extension Herald_V1_Herald.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Herald_V1_Herald.Method.CancelCheck.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Herald_V1_CancelCheckRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Herald_V1_Check>(),
+            handler: { request, context in
+                try await self.cancelCheck(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -519,6 +601,17 @@ extension Herald_V1_Herald.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Herald_V1_Event> {
         let response = try await self.publish(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func cancelCheck(
+        request: GRPCCore.StreamingServerRequest<Herald_V1_CancelCheckRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Herald_V1_Check> {
+        let response = try await self.cancelCheck(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -595,6 +688,19 @@ extension Herald_V1_Herald.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Herald_V1_Event> {
         return GRPCCore.ServerResponse<Herald_V1_Event>(
             message: try await self.publish(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    package func cancelCheck(
+        request: GRPCCore.ServerRequest<Herald_V1_CancelCheckRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Herald_V1_Check> {
+        return GRPCCore.ServerResponse<Herald_V1_Check>(
+            message: try await self.cancelCheck(
                 request: request.message,
                 context: context
             ),
@@ -727,6 +833,30 @@ extension Herald_V1_Herald {
             deserializer: some GRPCCore.MessageDeserializer<Herald_V1_Event>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Herald_V1_Event>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CancelCheck" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+        /// > once it has ended.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Herald_V1_CancelCheckRequest` message.
+        ///   - serializer: A serializer for `Herald_V1_CancelCheckRequest` messages.
+        ///   - deserializer: A deserializer for `Herald_V1_Check` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func cancelCheck<Result>(
+            request: GRPCCore.ClientRequest<Herald_V1_CancelCheckRequest>,
+            serializer: some GRPCCore.MessageSerializer<Herald_V1_CancelCheckRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Herald_V1_Check>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Herald_V1_Check>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -913,6 +1043,41 @@ extension Herald_V1_Herald {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "CancelCheck" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+        /// > once it has ended.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Herald_V1_CancelCheckRequest` message.
+        ///   - serializer: A serializer for `Herald_V1_CancelCheckRequest` messages.
+        ///   - deserializer: A deserializer for `Herald_V1_Check` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func cancelCheck<Result>(
+            request: GRPCCore.ClientRequest<Herald_V1_CancelCheckRequest>,
+            serializer: some GRPCCore.MessageSerializer<Herald_V1_CancelCheckRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Herald_V1_Check>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Herald_V1_Check>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Herald_V1_Herald.Method.CancelCheck.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1057,6 +1222,36 @@ extension Herald_V1_Herald.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Herald_V1_PublishRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Herald_V1_Event>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CancelCheck" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+    /// > once it has ended.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Herald_V1_CancelCheckRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func cancelCheck<Result>(
+        request: GRPCCore.ClientRequest<Herald_V1_CancelCheckRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Herald_V1_Check>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.cancelCheck(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Herald_V1_CancelCheckRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Herald_V1_Check>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1224,6 +1419,40 @@ extension Herald_V1_Herald.ClientProtocol {
             metadata: metadata
         )
         return try await self.publish(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CancelCheck" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cancels a check that is still processing, as DELETE /api/v1/checks/{id}; FAILED_PRECONDITION
+    /// > once it has ended.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func cancelCheck<Result>(
+        _ message: Herald_V1_CancelCheckRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Herald_V1_Check>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Herald_V1_CancelCheckRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.cancelCheck(
             request: request,
             options: options,
             onResponse: handleResponse

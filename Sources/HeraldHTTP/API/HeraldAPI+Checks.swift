@@ -38,11 +38,7 @@ extension HeraldAPI {
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         let spec = try CheckSpec.validate(body)
         let idempotency = try request.headers[.idempotencyKey].map { key throws(HeraldError) in
-            guard (1...255).contains(key.utf8.count), key.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
-                throw .invalid("Idempotency-Key must be 1 to 255 visible ASCII characters")
-            }
-            // The canonical text of the body, so formatting differences do not count as a new request.
-            return IdempotencyKey(key: key, fingerprint: fingerprint(body.jsonText))
+            try IdempotencyKey(validating: key, field: "Idempotency-Key", body: body)
         }
         let creation = try await checks.create(spec, idempotency: idempotency)
         var headers = HTTPFields()
@@ -140,15 +136,8 @@ extension HeraldAPI {
     // MARK: End
 
     private func cancelCheck(_ request: Request, id: CheckID) async throws -> Response {
-        let finish = try await store.finishCheck(
-            id,
-            as: .canceled,
-            result: nil,
-            error: Check.errorValue(code: "canceled", message: "canceled by a client"),
-            at: .now(),
-            requiring: .any
-        )
-        return try respond(to: finish, id: id)
+        let check = try await checks.cancel(id)
+        return jsonResponse(.ok, check.json, headers: [.eTag: "\"\(check.version)\""])
     }
 
     private func completeCheck(_ request: Request, id: CheckID) async throws -> Response {
@@ -192,14 +181,4 @@ extension HeraldAPI {
             throw HeraldError.notFound("no check with id \(id)")
         }
     }
-}
-
-/// FNV-1a, 64 bits, as hex: a stable fingerprint of a request body (not a security measure).
-func fingerprint(_ text: String) -> String {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in text.utf8 {
-        hash ^= UInt64(byte)
-        hash &*= 0x100_0000_01b3
-    }
-    return String(hash, radix: 16)
 }

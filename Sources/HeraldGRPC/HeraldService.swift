@@ -1,0 +1,288 @@
+internal import Foundation
+package import GRPCCore
+internal import HeraldCore
+package import HeraldHTTP
+package import HeraldHub
+package import HeraldRunner
+package import HeraldStore
+package import Logging
+
+/// What the gRPC surface needs to know beyond the store and hub.
+package struct GRPCConfiguration: Sendable {
+    /// The server API key `Publish` wants as `authorization: Bearer KEY`.
+    package var apiKey: String
+    /// Largest JSON a call may carry: a `Publish`'s `data_json`, a `CreateCheck` as JSON (the
+    /// HTTP body limit, `max-body-bytes`).
+    package var maxDataBytes: Int
+    /// Channels one `Subscribe` call may follow at once (`ws-max-subscriptions`, as for a WebSocket).
+    package var maxSubscriptions: Int
+
+    package init(apiKey: String, maxDataBytes: Int, maxSubscriptions: Int) {
+        self.apiKey = apiKey
+        self.maxDataBytes = maxDataBytes
+        self.maxSubscriptions = maxSubscriptions
+    }
+}
+
+/// `herald.v1.Herald`: the same checks and channels as the REST API and the streams, over the
+/// same store, hub and ``CheckService``.
+///
+/// Every call runs in its own task, cancelled when the client cancels or the deadline passes
+/// (gRPC signals that on the call, not on the handler's task), so a cancelled stream leaves
+/// the hub at once. Herald's errors become status codes in one table (`RPCError.init(_:)`).
+/// Streams end with `UNAVAILABLE` on shutdown and `RESOURCE_EXHAUSTED` when the client falls
+/// behind the hub's bound, both with the position to resume from in the message and in the
+/// trailers `herald-epoch` and `herald-offset`.
+package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
+    let store: any Store
+    let hub: Hub
+    let checks: CheckService
+    let follower: ChannelFollower
+    let configuration: GRPCConfiguration
+    let logger: Logger
+
+    package init(
+        store: any Store,
+        hub: Hub,
+        checks: CheckService,
+        follower: ChannelFollower,
+        configuration: GRPCConfiguration,
+        logger: Logger
+    ) {
+        self.store = store
+        self.hub = hub
+        self.checks = checks
+        self.follower = follower
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    package func createCheck(
+        request: ServerRequest<Herald_V1_CreateCheckRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Herald_V1_Check> {
+        try await call(context) {
+            let body = request.message.body
+            let size = body.jsonText.utf8.count
+            guard size <= configuration.maxDataBytes else {
+                throw HeraldError(
+                    .tooLarge,
+                    "the check is \(size) bytes of JSON, more than \(configuration.maxDataBytes)"
+                )
+            }
+            let spec = try CheckSpec.validate(body)
+            let key = request.message.idempotencyKey
+            let idempotency =
+                key.isEmpty ? nil : try IdempotencyKey(validating: key, field: "idempotency_key", body: body)
+            let creation = try await checks.create(spec, idempotency: idempotency)
+            var check = Herald_V1_Check(creation.check)
+            check.callbackSecret = creation.check.spec.callbackSecret ?? ""
+            return ServerResponse(message: check, metadata: creation.isNew ? [:] : ["idempotent-replayed": "true"])
+        }
+    }
+
+    package func getCheck(
+        request: ServerRequest<Herald_V1_GetCheckRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Herald_V1_Check> {
+        try await call(context) {
+            let id = try checkID(request.message.id)
+            guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
+            return ServerResponse(message: Herald_V1_Check(check))
+        }
+    }
+
+    package func cancelCheck(
+        request: ServerRequest<Herald_V1_CancelCheckRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Herald_V1_Check> {
+        try await call(context) {
+            let id = try checkID(request.message.id)
+            return ServerResponse(message: Herald_V1_Check(try await checks.cancel(id)))
+        }
+    }
+
+    package func watchCheck(
+        request: ServerRequest<Herald_V1_WatchCheckRequest>,
+        context: ServerContext
+    ) async throws -> StreamingServerResponse<Herald_V1_Event> {
+        let message = request.message
+        let id = try await call(context) {
+            let id = try checkID(message.id)
+            guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
+            return id
+        }
+        // No epoch: the check's current state first. An epoch: the changes after `after_offset`.
+        let position = message.epoch.isEmpty ? nil : Offset(clamping: message.afterOffset)
+        let epoch = message.epoch.isEmpty ? nil : Epoch(message.epoch)
+        return StreamingServerResponse { writer in
+            try await call(context) {
+                try await follow(id.channel, after: position, epoch: epoch) { item in
+                    switch item {
+                    case .events(let events):
+                        for encoded in events { try await writer.write(Herald_V1_Event(encoded.event)) }
+                    case .reset(let read):
+                        // The position is gone (another epoch): one `herald.reset`, as on SSE.
+                        var reset = Herald_V1_Event()
+                        reset.channel = id.channel.rawValue
+                        reset.epoch = read.epoch.rawValue
+                        reset.offset = UInt64(read.next)
+                        reset.type = "herald.reset"
+                        reset.dataJson = read.resetJSON(channel: id.channel)
+                        try await writer.write(reset)
+                    case .heartbeat:
+                        break  // HTTP/2 keepalive pings watch the connection
+                    }
+                }
+            }
+            return [:]
+        }
+    }
+
+    package func subscribe(
+        request: StreamingServerRequest<Herald_V1_SubscribeRequest>,
+        context: ServerContext
+    ) async throws -> StreamingServerResponse<Herald_V1_SubscribeResponse> {
+        StreamingServerResponse { writer in
+            try await call(context) {
+                let session = SubscribeSession(service: self)
+                try await session.run(request.messages, writer: writer)
+            }
+            return [:]
+        }
+    }
+
+    package func publish(
+        request: ServerRequest<Herald_V1_PublishRequest>,
+        context: ServerContext
+    ) async throws -> ServerResponse<Herald_V1_Event> {
+        try await call(context) {
+            try authorize(request.metadata)
+            let message = request.message
+            guard let channel = ChannelName(message.channel) else {
+                throw HeraldError.invalid("channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$")
+            }
+            if channel.isCheckChannel {
+                throw HeraldError.invalid("channels named check:… belong to checks; publish to another name")
+            }
+            guard Event.isValidType(message.type) else {
+                throw HeraldError.invalid("type is required: 1 to 100 of A-Z a-z 0-9 _ - . :")
+            }
+            var data = JSONValue.null
+            if !message.dataJson.isEmpty {
+                guard message.dataJson.utf8.count <= configuration.maxDataBytes else {
+                    throw HeraldError(.tooLarge, "data_json is larger than \(configuration.maxDataBytes) bytes")
+                }
+                do {
+                    data = try JSONDecoder().decode(JSONValue.self, from: Data(message.dataJson.utf8))
+                } catch {
+                    throw HeraldError.invalid("data_json is not valid JSON")
+                }
+            }
+            let event = try await store.append(type: message.type, data: data.jsonText, to: channel, at: .now())
+            hub.publish(event)
+            return ServerResponse(message: Herald_V1_Event(event))
+        }
+    }
+
+    // MARK: Shared
+
+    /// Follows `channel` for a stream and turns its end into the stream's status.
+    func follow(
+        _ channel: ChannelName,
+        after position: Offset?,
+        epoch: Epoch?,
+        onStart: (EventRead) async throws -> Void = { _ in },
+        emit: (ChannelFollower.Item) async throws -> Void
+    ) async throws {
+        var current = epoch
+        let (end, last) = try await follower.follow(
+            channel,
+            after: position,
+            epoch: epoch,
+            onStart: { read in
+                current = read.epoch
+                try await onStart(read)
+            },
+            emit: { item in
+                if case .events(let events) = item, let newest = events.last { current = newest.event.epoch }
+                try await emit(item)
+            }
+        )
+        var resume = Metadata()
+        resume.addString(current?.rawValue ?? "", forKey: "herald-epoch")
+        resume.addString(String(last), forKey: "herald-offset")
+        let at = "\(channel) after offset \(last) of epoch \(current?.rawValue ?? "")"
+        switch end {
+        case .checkEnded:
+            return
+        case .slowConsumer:
+            throw RPCError(
+                code: .resourceExhausted,
+                message: "fell behind the event flow; resume \(at)",
+                metadata: resume
+            )
+        case .ended:
+            try Task.checkCancellation()
+            throw RPCError(code: .unavailable, message: "the server is shutting down; resume \(at)", metadata: resume)
+        }
+    }
+
+    /// Runs `body` as the call: in a task cancelled with the call, its errors as statuses.
+    func call<Value: Sendable>(
+        _ context: ServerContext,
+        _ body: @escaping @Sendable () async throws -> Value
+    ) async throws -> Value {
+        let task = Task { try await body() }
+        defer {
+            logger.debug(
+                "call ended",
+                metadata: ["grpc.method": "\(context.descriptor.method)", "herald.streams": "\(hub.subscriberCount)"]
+            )
+        }
+        do {
+            return try await withRPCCancellationHandler {
+                try await withTaskCancellationHandler {
+                    try await task.value
+                } onCancel: {
+                    task.cancel()
+                }
+            } onCancelRPC: {
+                task.cancel()
+            }
+        } catch let error as RPCError {
+            throw error
+        } catch let error as HeraldError {
+            if error.code == .internal {
+                logger.error(
+                    "call failed",
+                    metadata: ["grpc.method": "\(context.descriptor.method)", "error": "\(error)"]
+                )
+            }
+            throw RPCError(error)
+        } catch is CancellationError {
+            throw RPCError(code: .cancelled, message: "the call was cancelled, or its deadline passed")
+        } catch {
+            logger.error("call failed", metadata: ["grpc.method": "\(context.descriptor.method)", "error": "\(error)"])
+            throw RPCError(code: .internalError, message: "an internal error occurred")
+        }
+    }
+
+    private func checkID(_ text: String) throws(HeraldError) -> CheckID {
+        guard !text.isEmpty else { throw .invalid("id is required") }
+        guard let id = CheckID(text) else { throw .notFound("no check with id \(text)") }
+        return id
+    }
+
+    /// Requires the server API key as `authorization: Bearer KEY`.
+    private func authorize(_ metadata: Metadata) throws(HeraldError) {
+        guard let value = metadata[stringValues: "authorization"].first(where: { _ in true }),
+            value.lowercased().hasPrefix("bearer ")
+        else {
+            throw HeraldError(.unauthorized, "Publish needs the server API key: metadata authorization: Bearer <key>")
+        }
+        guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(configuration.apiKey.utf8)) else {
+            throw HeraldError(.unauthorized, "the API key is not valid")
+        }
+    }
+}

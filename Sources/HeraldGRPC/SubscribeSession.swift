@@ -1,0 +1,194 @@
+internal import GRPCCore
+internal import HeraldCore
+internal import HeraldHTTP
+internal import Logging
+internal import Synchronization
+
+/// One `Subscribe` call: commands in, events of many channels out.
+///
+/// Each channel is followed by ``ChannelFollower`` in its own task (cancelled by
+/// `unsubscribe` or when the call ends); all answers go through one ``Outbox`` to the call's
+/// writer. The call ends OK once the client closed its side and no subscription is left
+/// (a `check:` channel ends after the check's terminal event); it fails as a whole with
+/// `RESOURCE_EXHAUSTED` when one channel falls behind the hub's bound, as a WebSocket is cut.
+final class SubscribeSession: Sendable {
+    private struct Subscription {
+        var id: UInt64
+        var task: Task<Void, Never>
+    }
+
+    private struct State {
+        var subscriptions: [ChannelName: Subscription] = [:]
+        var nextID: UInt64 = 0
+        var commandsEnded = false
+    }
+
+    private let service: HeraldService
+    private let outbox = Outbox<Herald_V1_SubscribeResponse>()
+    private let state = Mutex(State())
+
+    init(service: HeraldService) {
+        self.service = service
+    }
+
+    func run(
+        _ commands: RPCAsyncSequence<Herald_V1_SubscribeRequest, any Error>,
+        writer: RPCWriter<Herald_V1_SubscribeResponse>
+    ) async throws {
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { await self.read(commands) }
+                do {
+                    try await outbox.drain { try await writer.write($0) }
+                } catch {
+                    group.cancelAll()
+                    throw error
+                }
+                group.cancelAll()
+            }
+        } catch {
+            await cancelAll()
+            throw error
+        }
+        await cancelAll()
+    }
+
+    private func read(_ commands: RPCAsyncSequence<Herald_V1_SubscribeRequest, any Error>) async {
+        do {
+            for try await command in commands {
+                try await handle(command)
+            }
+            let isIdle = state.withLock { state in
+                state.commandsEnded = true
+                return state.subscriptions.isEmpty
+            }
+            if isIdle { outbox.finish() }
+        } catch {
+            outbox.fail(error)
+        }
+    }
+
+    private func handle(_ command: Herald_V1_SubscribeRequest) async throws {
+        let requestID = command.requestID
+        switch command.command {
+        case .subscribe(let subscribe)?:
+            guard let channel = ChannelName(subscribe.channel) else {
+                return try await refuse("invalid", "channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$", requestID)
+            }
+            let epoch = subscribe.epoch.isEmpty ? nil : Epoch(subscribe.epoch)
+            let position: Offset? =
+                if subscribe.fromStart { 0 } else if epoch != nil || subscribe.afterOffset > 0 {
+                    Offset(clamping: subscribe.afterOffset)
+                } else { nil }
+            try await start(channel, after: position, epoch: epoch, requestID: requestID)
+        case .unsubscribe(let unsubscribe)?:
+            let removed = ChannelName(unsubscribe.channel).flatMap { channel in
+                state.withLock { $0.subscriptions.removeValue(forKey: channel) }
+            }
+            guard let removed else {
+                return try await refuse("not_subscribed", "not subscribed to \(unsubscribe.channel)", requestID)
+            }
+            removed.task.cancel()
+            finishIfIdle()
+        case nil:
+            try await refuse("invalid", "a request needs a command: subscribe or unsubscribe", requestID)
+        }
+    }
+
+    private func start(_ channel: ChannelName, after position: Offset?, epoch: Epoch?, requestID: UInt64) async throws {
+        let maximum = service.configuration.maxSubscriptions
+        let refusal = state.withLock { state -> (String, String)? in
+            if state.subscriptions[channel] != nil {
+                return ("already_subscribed", "already subscribed to \(channel); unsubscribe first")
+            }
+            if state.subscriptions.count >= maximum {
+                return ("too_many_subscriptions", "at most \(maximum) channels per call")
+            }
+            return nil
+        }
+        if let (code, message) = refusal { return try await refuse(code, message, requestID) }
+        // Registered under the lock before it runs, so its own end finds it.
+        state.withLock { state in
+            state.nextID += 1
+            let id = state.nextID
+            let task = Task { await self.follow(channel, id: id, after: position, epoch: epoch, requestID: requestID) }
+            state.subscriptions[channel] = Subscription(id: id, task: task)
+        }
+    }
+
+    private func follow(
+        _ channel: ChannelName,
+        id: UInt64,
+        after position: Offset?,
+        epoch: Epoch?,
+        requestID: UInt64
+    )
+        async
+    {
+        do {
+            try await service.follow(
+                channel,
+                after: position,
+                epoch: epoch,
+                onStart: { read in
+                    var subscribed = Herald_V1_Subscribed()
+                    subscribed.channel = channel.rawValue
+                    subscribed.epoch = read.epoch.rawValue
+                    subscribed.offset = UInt64(read.next)
+                    subscribed.recovered = read.recovered
+                    subscribed.requestID = requestID
+                    var response = Herald_V1_SubscribeResponse()
+                    response.subscribed = subscribed
+                    try await outbox.send(response)
+                },
+                emit: { item in
+                    guard case .events(let events) = item else { return }  // `recovered` told of a reset
+                    for encoded in events {
+                        var response = Herald_V1_SubscribeResponse()
+                        response.event = Herald_V1_Event(encoded.event)
+                        try await outbox.send(response)
+                    }
+                }
+            )
+        } catch is CancellationError {
+        } catch let error as RPCError {
+            if !Task.isCancelled { outbox.fail(error) }
+        } catch let error as HeraldError {
+            try? await refuse(error.code == .internal ? "internal" : error.code.rawValue, error.message, requestID)
+        } catch {
+            if !Task.isCancelled {
+                service.logger.error("subscription failed", metadata: ["error": "\(error)"])
+                try? await refuse("internal", "the subscription to \(channel) failed", requestID)
+            }
+        }
+        state.withLock { state in
+            if state.subscriptions[channel]?.id == id { state.subscriptions[channel] = nil }
+        }
+        finishIfIdle()
+    }
+
+    private func refuse(_ code: String, _ message: String, _ requestID: UInt64) async throws {
+        var error = Herald_V1_CommandError()
+        error.code = code
+        error.message = message
+        error.requestID = requestID
+        var response = Herald_V1_SubscribeResponse()
+        response.error = error
+        try await outbox.send(response)
+    }
+
+    /// Ends the call once the client is done sending and nothing is followed any more.
+    private func finishIfIdle() {
+        if state.withLock({ $0.commandsEnded && $0.subscriptions.isEmpty }) { outbox.finish() }
+    }
+
+    /// Cancels every subscription and waits until each has left the hub.
+    private func cancelAll() async {
+        let tasks = state.withLock { state in
+            defer { state.subscriptions.removeAll() }
+            return state.subscriptions.values.map(\.task)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+}

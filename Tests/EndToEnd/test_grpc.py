@@ -414,6 +414,19 @@ def test_the_server_pings_a_silent_connection(make_herald):
     assert pinged
 
 
+def test_with_tls_on_the_http_port_grpc_speaks_tls_too(make_herald, pb, tmp_path):
+    from test_browser_streams import self_signed_certificate
+    m, services = pb
+    cert, key = self_signed_certificate(tmp_path)
+    herald = start(make_herald, "--tls-cert", str(cert), "--tls-key", str(key))
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    secure = services.HeraldStub(grpc.secure_channel(f"localhost:{herald.grpc_port}", credentials))
+    assert secure.CreateCheck(m.CreateCheckRequest(kind="external")).state == m.CHECK_STATE_PROCESSING
+    plain = services.HeraldStub(grpc.insecure_channel(f"127.0.0.1:{herald.grpc_port}"))
+    assert code_of(lambda: plain.GetCheck(m.GetCheckRequest(id=NO_CHECK), timeout=5))[0] in (
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def test_grpc_port_zero_turns_grpc_off_and_a_taken_port_is_a_clear_error(make_herald):
     herald = make_herald()
     assert herald.grpc_port is None and "gRPC" not in "".join(herald.output)

@@ -107,16 +107,13 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         context: ServerContext
     ) async throws -> StreamingServerResponse<Herald_V1_Event> {
         let message = request.message
-        let id = try await call(context) {
-            let id = try checkID(message.id)
-            guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
-            return id
-        }
         // No epoch: the check's current state first. An epoch: the changes after `after_offset`.
         let position = message.epoch.isEmpty ? nil : Offset(clamping: message.afterOffset)
         let epoch = message.epoch.isEmpty ? nil : Epoch(message.epoch)
         return StreamingServerResponse { writer in
             try await call(context) {
+                let id = try checkID(message.id)
+                guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
                 try await follow(id.channel, after: position, epoch: epoch) { item in
                     switch item {
                     case .events(let events):

@@ -32,6 +32,9 @@ package struct Event: Sendable, Hashable {
         return writer.result
     }
 
+    /// What a publisher is told when its type is missing or not acceptable.
+    package static let typeRule = "type is required: 1 to 100 of A-Z a-z 0-9 _ - . :"
+
     /// Whether `type` is an acceptable event type: 1 to 100 of `A-Z a-z 0-9 _ - . :`.
     package static func isValidType(_ type: String) -> Bool {
         (1...100).contains(type.utf8.count)

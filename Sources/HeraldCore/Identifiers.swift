@@ -46,6 +46,14 @@ package struct ChannelName: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether the name is in the `check:` namespace, which only Herald itself writes to.
     package var isCheckChannel: Bool { rawValue.hasPrefix("check:") }
+
+    /// What a client is told when its text is not a channel name.
+    package static let rule = "channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$"
+
+    /// Refuses the `check:` namespace to an application that publishes.
+    package func requireApplicationChannel() throws(HeraldError) {
+        if isCheckChannel { throw .invalid("channels named check:… belong to checks; publish to another name") }
+    }
 }
 
 /// Names one unbroken history of a channel; it changes only when that history was lost.

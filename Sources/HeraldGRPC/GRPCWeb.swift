@@ -117,7 +117,7 @@ package final class GRPCWebTransport: ServerTransport {
         var headers = HTTPFields()
         headers[.contentType] = isText ? "application/grpc-web-text+proto" : "application/grpc-web+proto"
         headers[.cacheControl] = "no-cache, no-store"
-        headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
+        headers[.xAccelBuffering] = "no"
         return Response(
             status: .ok,
             headers: headers,
@@ -182,25 +182,25 @@ package final class GRPCWebTransport: ServerTransport {
     /// The messages of a request body: frames of a flag byte, a big-endian length and the
     /// message; `nil` when the body is cut short or a frame is compressed (not offered).
     static func messages(in body: [UInt8]) -> [[UInt8]]? {
+        var body = ByteBuffer(bytes: body)
         var messages: [[UInt8]] = []
-        var index = 0
-        while index < body.count {
-            guard body.count - index >= 5, body[index] & 0x01 == 0 else { return nil }
-            let length = body[(index + 1)..<(index + 5)].reduce(0) { $0 << 8 | Int($1) }
-            guard body.count - index - 5 >= length else { return nil }
-            if body[index] & 0x80 == 0 { messages.append(Array(body[(index + 5)..<(index + 5 + length)])) }
-            index += 5 + length
+        while body.readableBytes > 0 {
+            guard let flags = body.readInteger(as: UInt8.self), flags & 0x01 == 0,
+                let length = body.readInteger(as: UInt32.self),
+                let message = body.readBytes(length: Int(length))
+            else { return nil }
+            if flags & 0x80 == 0 { messages.append(message) }
         }
         return messages
     }
 
     /// One frame, base64 on its own in text mode.
     static func frame(flags: UInt8, _ payload: [UInt8], text: Bool) -> ByteBuffer {
-        let length = UInt32(payload.count)
-        var bytes: [UInt8] = [flags, UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff)]
-        bytes.append(UInt8(length & 0xff))
-        bytes += payload
-        return text ? ByteBuffer(string: Data(bytes).base64EncodedString()) : ByteBuffer(bytes: bytes)
+        var frame = ByteBuffer()
+        frame.writeInteger(flags)
+        frame.writeInteger(UInt32(payload.count))
+        frame.writeBytes(payload)
+        return text ? ByteBuffer(string: Data(frame.readableBytesView).base64EncodedString()) : frame
     }
 
     /// The trailer frame's payload: `grpc-status`, `grpc-message` and the metadata as HTTP/1 header lines.

@@ -157,14 +157,10 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
             try authorize(request.metadata)
             let message = request.message
             guard let channel = ChannelName(message.channel) else {
-                throw HeraldError.invalid("channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$")
+                throw HeraldError.invalid(ChannelName.rule)
             }
-            if channel.isCheckChannel {
-                throw HeraldError.invalid("channels named check:… belong to checks; publish to another name")
-            }
-            guard Event.isValidType(message.type) else {
-                throw HeraldError.invalid("type is required: 1 to 100 of A-Z a-z 0-9 _ - . :")
-            }
+            try channel.requireApplicationChannel()
+            guard Event.isValidType(message.type) else { throw HeraldError.invalid(Event.typeRule) }
             var data = JSONValue.null
             if !message.dataJson.isEmpty {
                 guard message.dataJson.utf8.count <= configuration.maxDataBytes else {
@@ -273,13 +269,10 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
 
     /// Requires the server API key as `authorization: Bearer KEY`.
     private func authorize(_ metadata: Metadata) throws(HeraldError) {
-        guard let value = metadata[stringValues: "authorization"].first(where: { _ in true }),
-            value.lowercased().hasPrefix("bearer ")
-        else {
-            throw HeraldError(.unauthorized, "Publish needs the server API key: metadata authorization: Bearer <key>")
-        }
-        guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(configuration.apiKey.utf8)) else {
-            throw HeraldError(.unauthorized, "the API key is not valid")
-        }
+        try requireBearer(
+            metadata[stringValues: "authorization"].first(where: { _ in true }),
+            key: configuration.apiKey,
+            missing: "Publish needs the server API key: metadata authorization: Bearer <key>"
+        )
     }
 }

@@ -36,14 +36,10 @@ final class SubscribeSession: Sendable {
         writer: RPCWriter<Herald_V1_SubscribeResponse>
     ) async throws {
         do {
+            // A throwing body cancels the reader by itself; an ended one must stop it.
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { await self.read(commands) }
-                do {
-                    try await outbox.drain { try await writer.write($0) }
-                } catch {
-                    group.cancelAll()
-                    throw error
-                }
+                try await outbox.drain { try await writer.write($0) }
                 group.cancelAll()
             }
         } catch {
@@ -73,7 +69,7 @@ final class SubscribeSession: Sendable {
         switch command.command {
         case .subscribe(let subscribe)?:
             guard let channel = ChannelName(subscribe.channel) else {
-                return try await refuse("invalid", "channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$", requestID)
+                return try await refuse("invalid", ChannelName.rule, requestID)
             }
             let epoch = subscribe.epoch.isEmpty ? nil : Epoch(subscribe.epoch)
             let position: Offset? =
@@ -104,16 +100,14 @@ final class SubscribeSession: Sendable {
             if state.subscriptions.count >= maximum {
                 return ("too_many_subscriptions", "at most \(maximum) channels per call")
             }
-            return nil
-        }
-        if let (code, message) = refusal { return try await refuse(code, message, requestID) }
-        // Registered under the lock before it runs, so its own end finds it.
-        state.withLock { state in
+            // Registered under the lock before it runs, so its own end finds it.
             state.nextID += 1
             let id = state.nextID
             let task = Task { await self.follow(channel, id: id, after: position, epoch: epoch, requestID: requestID) }
             state.subscriptions[channel] = Subscription(id: id, task: task)
+            return nil
         }
+        if let (code, message) = refusal { try await refuse(code, message, requestID) }
     }
 
     private func follow(

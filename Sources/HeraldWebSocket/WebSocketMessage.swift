@@ -20,7 +20,7 @@ enum ClientOp: Sendable {
         }
         func channel() -> Result<ChannelName, OpError> {
             guard case .string(let text)? = members["channel"], let name = ChannelName(text) else {
-                return .failure(OpError("invalid", "channel must match ^[A-Za-z0-9_\\-:.@]{1,200}$"))
+                return .failure(OpError("invalid", ChannelName.rule))
             }
             return .success(name)
         }

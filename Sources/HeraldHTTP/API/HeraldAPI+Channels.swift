@@ -26,16 +26,14 @@ extension HeraldAPI {
     /// `POST /api/v1/channels/{name}/events`: an application publishes `{"type", "data"}`.
     private func publish(_ request: Request, channel: ChannelName) async throws -> Response {
         try request.requireServerKey(configuration.apiKey)
-        if channel.isCheckChannel {
-            throw HeraldError.invalid("channels named check:… belong to checks; publish to another name")
-        }
+        try channel.requireApplicationChannel()
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         guard let members = body.objectValue else { throw HeraldError.invalid("the body must be a JSON object") }
         if let unknown = members.keys.sorted().first(where: { $0 != "type" && $0 != "data" }) {
             throw HeraldError.invalid("\(unknown) is not a known field (known: data, type)")
         }
         guard case .string(let type)? = members["type"], Event.isValidType(type) else {
-            throw HeraldError.invalid("type is required: 1 to 100 of A-Z a-z 0-9 _ - . :")
+            throw HeraldError.invalid(Event.typeRule)
         }
         let event = try await store.append(
             type: type,

@@ -1,6 +1,6 @@
 internal import Foundation
 internal import HTTPTypes
-internal import HeraldCore
+package import HeraldCore
 internal import Hummingbird
 internal import NIOCore
 
@@ -51,12 +51,11 @@ extension Request {
 
     /// Requires `Authorization: Bearer <key>` with the server API key.
     func requireServerKey(_ key: String) throws(HeraldError) {
-        guard let value = headers[.authorization], value.lowercased().hasPrefix("bearer ") else {
-            throw .unauthorized("this route needs the server API key: Authorization: Bearer <key>")
-        }
-        guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(key.utf8)) else {
-            throw .unauthorized("the API key is not valid")
-        }
+        try requireBearer(
+            headers[.authorization],
+            key: key,
+            missing: "this route needs the server API key: Authorization: Bearer <key>"
+        )
     }
 
     /// A query parameter, or `nil` when absent.
@@ -114,8 +113,17 @@ extension Request {
     }
 }
 
+/// Requires `value` (an `Authorization` header or metadata) to be `Bearer <key>`.
+/// - Throws: `.unauthorized` with `missing` when there is no bearer value, or when the key differs.
+package func requireBearer(_ value: String?, key: String, missing: String) throws(HeraldError) {
+    guard let value, value.lowercased().hasPrefix("bearer ") else { throw .unauthorized(missing) }
+    guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(key.utf8)) else {
+        throw .unauthorized("the API key is not valid")
+    }
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
-package func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
     guard lhs.count == rhs.count else { return false }
     var difference: UInt8 = 0
     for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }

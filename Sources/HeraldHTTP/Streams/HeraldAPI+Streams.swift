@@ -1,4 +1,4 @@
-internal import HTTPTypes
+package import HTTPTypes
 internal import HeraldCore
 internal import HeraldHub
 internal import HeraldStore
@@ -7,7 +7,8 @@ internal import NIOCore
 
 extension HTTPField.Name {
     static let lastEventID = HTTPField.Name("Last-Event-ID")!
-    static let xAccelBuffering = HTTPField.Name("X-Accel-Buffering")!
+    /// `no` asks nginx not to buffer a streamed answer.
+    package static let xAccelBuffering = HTTPField.Name("X-Accel-Buffering")!
 }
 
 extension HeraldAPI {

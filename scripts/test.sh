@@ -12,6 +12,7 @@ step "system packages"
 packages=()
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || packages+=(nginx) # the hostile proxies of the herald.js tests
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/struct.proto ] || packages+=(libprotobuf-dev) # protoc's well-known types
 if [ ${#packages[@]} -gt 0 ]; then
@@ -23,6 +24,7 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 echo "chromium: $(chromium --version 2>/dev/null | head -1)"
+echo "nginx: $( (/usr/sbin/nginx -v || nginx -v) 2>&1 | head -1)"
 
 step "python venv for the third-party clients"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi

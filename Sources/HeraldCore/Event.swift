@@ -78,11 +78,22 @@ package struct EventRead: Sendable, Hashable {
 
     /// The loss signal of streams: `{"type": "herald.reset", "channel", "epoch", "recovered": false, "next"}`.
     package func resetJSON(channel: ChannelName) -> String {
+        markerJSON(type: "herald.reset", channel: channel, next: next)
+    }
+
+    /// The first message of a stream opened with `welcome=1`, proof that messages flow:
+    /// `{"type": "herald.welcome", "channel", "epoch", "recovered", "next"}`, where `next` is
+    /// the offset the stream continues after.
+    package func welcomeJSON(channel: ChannelName) -> String {
+        markerJSON(type: "herald.welcome", channel: channel, next: events.first.map { $0.offset - 1 } ?? next)
+    }
+
+    private func markerJSON(type: String, channel: ChannelName, next: Offset) -> String {
         var writer = JSONWriter()
-        writer.string("type", "herald.reset")
+        writer.string("type", type)
         writer.string("channel", channel.rawValue)
         writer.string("epoch", epoch.rawValue)
-        writer.bool("recovered", false)
+        writer.bool("recovered", recovered)
         writer.int("next", next)
         return writer.result
     }

@@ -121,17 +121,23 @@ package struct HeraldServer: Sendable {
             throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
         }
         // The public surface as files: the OpenAPI document, the gRPC service's proto, from
-        // which any language generates a client, and a page calling it with gRPC-Web.
+        // which any language generates a client, a page calling it with gRPC-Web, the browser
+        // client (a classic script, its ES module face and its types) and the transport lab.
         for (path, name, type) in [
             ("/openapi.yaml", "openapi.yaml", "application/yaml"),
             ("/api/v1/herald.proto", "herald.proto", "text/plain; charset=utf-8"),
             ("/grpc-web", "grpc-web.html", "text/html; charset=utf-8"),
+            ("/grpc-web.js", "grpc-web.js", "text/javascript; charset=utf-8"),
+            ("/herald.js", "herald.js", "text/javascript; charset=utf-8"),
+            ("/herald.mjs", "herald.mjs", "text/javascript; charset=utf-8"),
+            ("/herald.d.ts", "herald.d.ts", "application/typescript; charset=utf-8"),
+            ("/lab", "lab.html", "text/html; charset=utf-8"),
         ] {
             let file = try Self.resource(name)
             router.get(RouterPath(path)) { _, _ in
                 Response(
                     status: .ok,
-                    headers: [.contentType: type],
+                    headers: [.contentType: type, .cacheControl: "no-cache"],
                     body: .init(byteBuffer: ByteBuffer(string: file))
                 )
             }

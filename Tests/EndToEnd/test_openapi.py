@@ -41,7 +41,7 @@ def test_every_documented_route_answers_with_a_documented_status(make_herald):
             if answer.status_code >= 400:
                 assert answer.headers["content-type"] == "application/problem+json"
             called += 1
-    assert called == 23
+    assert called == 28
 
 
 def test_every_route_served_is_documented(api):
@@ -50,7 +50,9 @@ def test_every_route_served_is_documented(api):
               ("delete", "/api/v1/checks/{id}"), ("post", "/api/v1/checks/{id}/complete"),
               ("get", "/api/v1/checks/{id}/events"), ("post", "/api/v1/channels/{name}/events"),
               ("get", "/api/v1/channels/{name}/events"), ("get", "/healthz"), ("get", "/readyz"),
-              ("get", "/openapi.yaml"), ("get", "/api/v1/herald.proto"), ("get", "/grpc-web"), ("get", "/api/v1/subscription"), ("post", "/api/v1/subscription"),
+              ("get", "/openapi.yaml"), ("get", "/api/v1/herald.proto"), ("get", "/grpc-web"),
+              ("get", "/grpc-web.js"), ("get", "/herald.js"), ("get", "/herald.mjs"), ("get", "/herald.d.ts"),
+              ("get", "/lab"), ("get", "/api/v1/subscription"), ("post", "/api/v1/subscription"),
               ("get", "/api/v1/subscription/{subscription}"), ("put", "/api/v1/subscription/{subscription}"),
               ("delete", "/api/v1/subscription/{subscription}"), ("post", "/api/v1/subscription/{subscription}/replay"),
               ("post", "/api/v1/subscription/{subscription}/rotate"),

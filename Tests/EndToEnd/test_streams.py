@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from conftest import AUTH, create
+from conftest import AUTH, assert_problem, create
 from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
 from test_sse import publish
 
@@ -85,3 +85,38 @@ def test_a_forever_iframe_delivers_events_to_its_parent_page(browser, herald):  
         received = browser.execute_script("return window.received")
     assert [e["offset"] for e in received] == [1, 2, 3]
     assert received[2]["data"] == {"html": "</script><b>x</b>"}
+
+
+def test_a_stream_opened_with_welcome_announces_itself_and_shows_its_heartbeats(api, herald):
+    with api.stream("GET", "/api/v1/channels/welcomed/events?format=ndjson&welcome=1&heartbeat=1") as stream:
+        lines = stream.iter_lines()
+        welcome = json.loads(next(lines))
+        assert welcome == {"type": "herald.welcome", "channel": "welcomed", "epoch": "", "recovered": True, "next": 0}
+        assert json.loads(next(lines)) == {"type": "herald.heartbeat", "channel": "welcomed"}
+    # In SSE every message is a plain `message` (no event: line), so EventSource.onmessage sees them all.
+    api.post("/api/v1/channels/welcomed/events", json={"type": "t", "data": 1}, headers=AUTH)
+    with api.stream("GET", "/api/v1/channels/welcomed/events?format=sse&welcome=1&since=0") as stream:
+        text = ""
+        for chunk in stream.iter_text():
+            text += chunk
+            if text.count("\n\n") >= 3:
+                break
+    retry, welcome, event = text.split("\n\n")[:3]
+    assert retry == "retry: 2000"
+    assert welcome.startswith('data: {"type":"herald.welcome"') and "event:" not in welcome
+    epoch = json.loads(welcome[len("data: "):])["epoch"]
+    assert event.startswith(f"id: {epoch}:1\ndata: ") and '"type":"t"' in event
+
+
+def test_an_iframe_stream_names_its_tag_and_bad_stream_options_are_refused(api):
+    api.post("/api/v1/channels/tagged/events", json={"type": "t", "data": 1}, headers=AUTH)
+    with api.stream("GET", "/api/v1/channels/tagged/events?format=html&since=0&tag=frame-7") as stream:
+        text = ""
+        for chunk in stream.iter_text():
+            text += chunk
+            if "</script>" in text:
+                break
+    assert ',"frame-7");</script>' in text
+    for query in ["heartbeat=0", "heartbeat=soon", "tag=%22%29%3Balert(1)%3B"]:
+        answer = api.get(f"/api/v1/channels/tagged/events?format=html&{query}")
+        assert_problem(answer, 422)

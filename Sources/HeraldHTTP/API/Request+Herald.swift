@@ -111,6 +111,30 @@ extension Request {
         }
         return name
     }
+
+    /// The heartbeat interval a stream asks for with `heartbeat=S`, at most `cap`.
+    /// - Throws: `.invalid` (422) unless S is a number of seconds, 1 or more.
+    func heartbeat(cap: Duration) throws(HeraldError) -> Duration {
+        guard let text = query("heartbeat") else { return cap }
+        guard let seconds = Double(text), seconds.isFinite, seconds >= 1 else {
+            throw .invalid("heartbeat must be a number of seconds, 1 or more")
+        }
+        return min(.milliseconds(Int64(min(seconds, 86_400) * 1000)), cap)
+    }
+
+    /// The iframe stream's `tag`, validated, or `nil` when none was asked for.
+    /// - Throws: `.invalid` (422) unless it is 1 to 64 of `A-Z a-z 0-9 _ -`.
+    func frameTag() throws(HeraldError) -> String? {
+        guard let tag = query("tag") else { return nil }
+        let isSafe = tag.utf8.allSatisfy { byte in
+            (65...90).contains(byte) || (97...122).contains(byte) || (48...57).contains(byte)
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+        }
+        guard isSafe, (1...64).contains(tag.utf8.count) else {
+            throw .invalid("tag must match ^[A-Za-z0-9_-]{1,64}$")
+        }
+        return tag
+    }
 }
 
 /// Requires `value` (an `Authorization` header or metadata) to be `Bearer <key>`.

@@ -22,6 +22,13 @@ extension HeraldAPI {
     /// before the events still kept. A subscriber that falls behind its queue bound is cut
     /// off; it resumes from the store with its last position. A client that vanished is
     /// noticed at the next write, at most one heartbeat later.
+    ///
+    /// With `welcome=1` the stream opens with a `herald.welcome` message and its heartbeats
+    /// are messages a script sees (`{"type": "herald.heartbeat", "channel"}`), so a client can
+    /// tell a stream that flows from one a proxy holds back. `tag` names the iframe stream in
+    /// its `parent.heraldEvent(event, tag)` calls. `heartbeat=S` asks for heartbeats at least
+    /// every S seconds (1 or more; the server's own interval is the most), for paths whose
+    /// proxies cut idle connections sooner.
     func stream(_ request: Request, format: StreamFormat, channel: ChannelName, check: Check?) async throws -> Response
     {
         // EventSource resumes with Last-Event-ID, which wins over the query.
@@ -42,23 +49,43 @@ extension HeraldAPI {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
+        let framing = StreamFraming(
+            format: format,
+            announces: request.query("welcome") == "1",
+            tag: try request.frameTag()
+        )
         let follower = ChannelFollower(
             store: store,
             hub: hub,
             pageSize: configuration.maxEventsPerPoll,
-            heartbeat: configuration.heartbeat
+            heartbeat: try request.heartbeat(cap: configuration.heartbeat)
         )
         return Response(
             status: .ok,
             headers: format.headers,
             body: ResponseBody { writer in
                 try await writer.write(ByteBuffer(string: format.preamble))
-                _ = try await follower.follow(channel, after: position, epoch: positionEpoch) { item in
+                _ = try await follower.follow(
+                    channel,
+                    after: position,
+                    epoch: positionEpoch,
+                    onStart: { read in
+                        guard framing.announces else { return }
+                        try await writer.write(
+                            ByteBuffer(
+                                string: framing.marker(read.welcomeJSON(channel: channel), type: "herald.welcome")
+                            )
+                        )
+                    }
+                ) { item in
                     let bytes: ByteBuffer
                     switch item {
-                    case .reset(let read): bytes = ByteBuffer(string: format.reset(read.resetJSON(channel: channel)))
-                    case .events(let events): bytes = format.encode(events)
-                    case .heartbeat: bytes = ByteBuffer(string: format.heartbeat)
+                    case .reset(let read):
+                        bytes = ByteBuffer(
+                            string: framing.marker(read.resetJSON(channel: channel), type: "herald.reset")
+                        )
+                    case .events(let events): bytes = framing.encode(events)
+                    case .heartbeat: bytes = ByteBuffer(string: framing.heartbeat(channel: channel))
                     }
                     if bytes.readableBytes > 0 { try await writer.write(bytes) }
                 }

@@ -53,13 +53,30 @@ enum StreamFormat: Sendable {
         }
     }
 
+    /// The last bytes of a stream that ends.
+    var epilogue: String {
+        self == .html ? "</body></html>\n" : ""
+    }
+}
+
+/// How one stream frames what it sends: its format, whether it announces itself (`welcome=1`:
+/// a welcome message first, heartbeats a script can see and, in SSE, every message a plain
+/// `message` whose JSON carries its type, so `EventSource.onmessage` sees them all), and the
+/// iframe's `tag`.
+struct StreamFraming: Sendable {
+    let format: StreamFormat
+    let announces: Bool
+    let tag: String?
+
     /// One event: for SSE and NDJSON the event's shared bytes. The JSON escapes `<`, `>`, `&`,
     /// U+2028 and U+2029, so it is safe in `<script>`.
     func encode(_ event: EncodedEvent) -> ByteBuffer {
-        switch self {
+        switch format {
+        case .sse where announces:
+            ByteBuffer(string: "id: \(event.event.epoch.rawValue):\(event.event.offset)\ndata: \(event.json)\n\n")
         case .sse: event.sse
         case .ndjson: event.ndjson
-        case .html: ByteBuffer(string: "<script>parent.heraldEvent(" + event.json + ");</script>\n")
+        case .html: ByteBuffer(string: script(event.json))
         }
     }
 
@@ -74,25 +91,33 @@ enum StreamFormat: Sendable {
         return batch
     }
 
-    /// The loss signal before the events still kept: `{"type": "herald.reset", ...}`.
-    func reset(_ json: String) -> String {
-        switch self {
-        case .sse: "event: herald.reset\ndata: \(json)\n\n"
+    /// A message that is not an event (`herald.reset`, `herald.welcome`, `herald.heartbeat`):
+    /// an SSE message of that type without an id, an NDJSON line, an iframe script.
+    func marker(_ json: String, type: String) -> String {
+        switch format {
+        case .sse where announces: "data: \(json)\n\n"
+        case .sse: "event: \(type)\ndata: \(json)\n\n"
         case .ndjson: json + "\n"
-        case .html: "<script>parent.heraldEvent(" + json + ");</script>\n"
+        case .html: script(json)
         }
     }
 
-    var heartbeat: String {
-        switch self {
-        case .sse: ": heartbeat\n\n"
-        case .ndjson: "\n"
-        case .html: "<!-- heartbeat -->\n"
+    func heartbeat(channel: ChannelName) -> String {
+        guard announces else {
+            switch format {
+            case .sse: return ": heartbeat\n\n"
+            case .ndjson: return "\n"
+            case .html: return "<!-- heartbeat -->\n"
+            }
         }
+        var writer = JSONWriter()
+        writer.string("type", "herald.heartbeat")
+        writer.string("channel", channel.rawValue)
+        return marker(writer.result, type: "herald.heartbeat")
     }
 
-    /// The last bytes of a stream that ends.
-    var epilogue: String {
-        self == .html ? "</body></html>\n" : ""
+    private func script(_ json: String) -> String {
+        let tagArgument = tag.map { ",\"\($0)\"" } ?? ""
+        return "<script>parent.heraldEvent(\(json)\(tagArgument));</script>\n"
     }
 }

@@ -12,7 +12,8 @@ let package = Package(
     name: "herald",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "herald", targets: ["herald"])
+        .executable(name: "herald", targets: ["herald"]),
+        .library(name: "HeraldClient", targets: ["HeraldClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -197,10 +198,27 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // The Swift client: Herald's REST API and a negotiated event stream (WebSocket, SSE,
+        // NDJSON, long polling). It depends on no server target.
+        .target(
+            name: "HeraldClient",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "HeraldClientTests", dependencies: ["HeraldClient"], swiftSettings: swiftSettings),
+
         .executableTarget(
             name: "herald",
             dependencies: [
                 "HeraldServer",
+                "HeraldClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -8,7 +8,7 @@ import Logging
 struct Herald: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Herald, a self-hosted server-push system.",
-        subcommands: [Serve.self]
+        subcommands: [Serve.self, CheckCommand.self, WatchCommand.self, PublishCommand.self, SubscribeCommand.self]
     )
 
     /// Parses and runs, printing a one-line reason for a bad flag instead of a usage page.

@@ -1,0 +1,249 @@
+internal import AsyncHTTPClient
+internal import Foundation
+internal import HummingbirdWSClient
+internal import Logging
+internal import NIOCore
+internal import NIOFoundationCompat
+internal import NIOHTTP1
+
+/// What a transport reads off the wire, in the terms of every transport.
+enum Wire: Sendable, Hashable {
+    /// Proof that messages flow; on a channel, where its stream continues after.
+    case welcome(channel: String?, epoch: String, next: Int)
+    /// The position on `channel` was lost; what is kept, up to `next`, follows.
+    case reset(channel: String, epoch: String, next: Int)
+    case event(ChannelEvent)
+    case heartbeat
+
+    /// One JSON message of a stream opened with `welcome=1` (an SSE `data:`, an NDJSON line).
+    init?(streamMessage text: Substring) throws {
+        let data = Data(text.utf8)
+        let marker = try JSONDecoder().decode(Marker.self, from: data)
+        switch marker.type {
+        case "herald.welcome":
+            self = .welcome(channel: marker.channel, epoch: marker.epoch ?? "", next: marker.next ?? 0)
+        case "herald.reset":
+            self = .reset(channel: marker.channel ?? "", epoch: marker.epoch ?? "", next: marker.next ?? 0)
+        case "herald.heartbeat":
+            self = .heartbeat
+        default:
+            self = .event(try JSONDecoder().decode(ChannelEvent.self, from: data))
+        }
+    }
+
+    private struct Marker: Decodable {
+        var type: String
+        var channel: String?
+        var epoch: String?
+        var next: Int?
+    }
+}
+
+/// Where Herald is and how transports reach it.
+struct Endpoint: Sendable {
+    var base: String
+    var httpClient: HTTPClient
+    var heartbeat: Int
+    var pollWait: Int
+    var logger: Logger
+
+    func channelURL(_ channel: String, _ query: [(String, String)]) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-_.")
+        let name = channel.addingPercentEncoding(withAllowedCharacters: allowed) ?? channel
+        let search = query.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0.1)" }
+        return base + "/api/v1/channels/" + name + "/events"
+            + (search.isEmpty ? "" : "?" + search.joined(separator: "&"))
+    }
+
+    static func positionQuery(_ position: Position?) -> [(String, String)] {
+        guard let position else { return [] }
+        return [("since", String(position.offset))] + (position.epoch.isEmpty ? [] : [("epoch", position.epoch)])
+    }
+
+    /// Opens `transport` for `channels`; the stream ends (or throws) when the connection does.
+    func open(_ transport: Transport, channels: [String: Position?]) -> AsyncThrowingStream<Wire, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(
+            of: Wire.self,
+            bufferingPolicy: .bufferingNewest(4096)
+        )
+        let task = Task {
+            do {
+                switch transport {
+                case .websocket: try await webSocket(channels, continuation)
+                case .sse: try await perChannel(channels) { try await self.stream($0, $1, format: "sse", continuation) }
+                case .ndjson:
+                    try await perChannel(channels) { try await self.stream($0, $1, format: "ndjson", continuation) }
+                case .longPolling: try await perChannel(channels) { try await self.poll($0, $1, continuation) }
+                }
+                continuation.finish(throwing: HeraldClientError("\(transport.rawValue) connection ended"))
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
+    }
+
+    /// One task per channel; the first to end ends them all.
+    private func perChannel(
+        _ channels: [String: Position?],
+        _ follow: @escaping @Sendable (String, Position?) async throws -> Void
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (channel, position) in channels {
+                group.addTask { try await follow(channel, position) }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+        if channels.isEmpty { try await Task.sleep(for: .seconds(86_400 * 365)) }
+    }
+
+    /// SSE or NDJSON, opened with `welcome=1`, read line by line.
+    private func stream(
+        _ channel: String,
+        _ position: Position?,
+        format: String,
+        _ continuation: AsyncThrowingStream<Wire, any Error>.Continuation
+    ) async throws {
+        let query =
+            [("format", format), ("welcome", "1"), ("heartbeat", String(heartbeat))] + Self.positionQuery(position)
+        let request = HTTPClientRequest(url: channelURL(channel, query))
+        let response = try await httpClient.execute(request, timeout: .hours(24 * 365), logger: logger)
+        guard response.status == .ok else {
+            throw HeraldClientError(status: Int(response.status.code), "stream refused")
+        }
+        var pending = ""
+        var data = ""
+        for try await chunk in response.body {
+            pending += String(buffer: chunk)
+            while let newline = pending.firstIndex(of: "\n") {
+                let line = pending[..<newline]
+                pending = String(pending[pending.index(after: newline)...])
+                if format == "ndjson" {
+                    if !line.isEmpty, let wire = try Wire(streamMessage: line) { continuation.yield(wire) }
+                } else if line.hasPrefix("data: ") {
+                    data += line.dropFirst(6)
+                } else if line.isEmpty, !data.isEmpty {
+                    if let wire = try Wire(streamMessage: Substring(data)) { continuation.yield(wire) }
+                    data = ""
+                }
+            }
+        }
+        // A check's stream ends after its terminal event: that is not a cut.
+        if !channel.hasPrefix("check:") { throw HeraldClientError("\(format) stream of \(channel) ended") }
+        try await Task.sleep(for: .seconds(86_400 * 365))
+    }
+
+    /// Long polling: the first answer at once (the welcome), then held polls.
+    private func poll(
+        _ channel: String,
+        _ start: Position?,
+        _ continuation: AsyncThrowingStream<Wire, any Error>.Continuation
+    ) async throws {
+        var position = start
+        var first = true
+        while true {
+            let wait = first ? 0 : pollWait
+            let query = (wait > 0 ? [("wait", String(wait))] : []) + Self.positionQuery(position)
+            let response = try await httpClient.execute(
+                HTTPClientRequest(url: channelURL(channel, query)),
+                timeout: .seconds(Int64(wait + 10)),
+                logger: logger
+            )
+            let body = try await response.body.collect(upTo: 16 << 20)
+            guard response.status == .ok else {
+                throw HeraldClientError(status: Int(response.status.code), "poll refused")
+            }
+            let answer = try JSONDecoder().decode(PollAnswer.self, from: Data(buffer: body))
+            if first {
+                let before = answer.events.first.map { $0.offset - 1 } ?? answer.next
+                continuation.yield(.welcome(channel: channel, epoch: answer.epoch, next: before))
+            }
+            if !answer.recovered && position != nil {
+                continuation.yield(.reset(channel: channel, epoch: answer.epoch, next: answer.next))
+            }
+            for event in answer.events { continuation.yield(.event(event)) }
+            position = Position(epoch: answer.epoch, offset: answer.next)
+            first = false
+        }
+    }
+
+    private struct PollAnswer: Decodable {
+        var epoch: String
+        var recovered: Bool
+        var next: Int
+        var events: [ChannelEvent]
+    }
+
+    /// One WebSocket for every channel: a ping first (its pong is the welcome), then subscribe.
+    private func webSocket(
+        _ channels: [String: Position?],
+        _ continuation: AsyncThrowingStream<Wire, any Error>.Continuation
+    ) async throws {
+        let url = base.replacingOccurrences(of: "http", with: "ws", options: .anchored) + "/api/v1/ws"
+        let close = try await WebSocketClient.connect(
+            url: url,
+            configuration: .init(maxFrameSize: 1 << 20),
+            logger: logger
+        ) {
+            inbound,
+            outbound,
+            _ in
+            try await outbound.writeTextMessage(#"{"op":"ping","id":0}"#)
+            for try await message in inbound.messages(maxSize: 1 << 20) {
+                guard case .text(let text) = message else { continue }
+                let frame = try JSONDecoder().decode(ServerFrame.self, from: Data(text.utf8))
+                switch frame.op {
+                case "pong" where frame.id == 0:
+                    continuation.yield(.welcome(channel: nil, epoch: "", next: 0))
+                    for (index, (channel, position)) in channels.enumerated() {
+                        let subscribe = SubscribeFrame(
+                            channel: channel,
+                            since: position?.offset,
+                            epoch: position.flatMap { $0.epoch.isEmpty ? nil : $0.epoch },
+                            id: index + 1
+                        )
+                        try await outbound.writeTextMessage(
+                            String(decoding: try JSONEncoder().encode(subscribe), as: UTF8.self)
+                        )
+                    }
+                case "subscribed":
+                    let (channel, epoch, next) = (frame.channel ?? "", frame.epoch ?? "", frame.offset ?? 0)
+                    continuation.yield(
+                        frame.recovered == false
+                            ? .reset(channel: channel, epoch: epoch, next: next)
+                            : .welcome(channel: channel, epoch: epoch, next: next)
+                    )
+                case "event":
+                    continuation.yield(.event(try JSONDecoder().decode(ChannelEvent.self, from: Data(text.utf8))))
+                case "error":
+                    logger.warning("herald: \(frame.code ?? "error"): \(frame.message ?? "")")
+                default:
+                    continuation.yield(.heartbeat)
+                }
+            }
+        }
+        throw HeraldClientError("WebSocket closed (\(close.map { "\($0.closeCode)" } ?? "no close frame"))")
+    }
+
+    private struct ServerFrame: Decodable {
+        var op: String
+        var id: Int?
+        var channel: String?
+        var epoch: String?
+        var offset: Int?
+        var recovered: Bool?
+        var code: String?
+        var message: String?
+    }
+
+    private struct SubscribeFrame: Encodable {
+        var op = "subscribe"
+        var channel: String
+        var since: Int?
+        var epoch: String?
+        var id: Int
+    }
+}

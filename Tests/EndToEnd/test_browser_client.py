@@ -435,3 +435,14 @@ def test_the_lab_completes_with_every_lane_green(browser, herald):  # noqa: F811
     assert lanes["mixed"]["transport"] == "websocket"
     if os.environ.get("HERALD_LAB_SCREENSHOT"):
         browser.save_screenshot(os.environ["HERALD_LAB_SCREENSHOT"])
+
+
+def test_breaking_websocket_in_the_lab_falls_back_and_the_mixed_lane_still_completes(browser, herald):  # noqa: F811
+    browser.get(herald.url + "/lab?run=1&ms=4000")
+    wait_for(lambda: browser.execute_script("return (window.__results.lanes.mixed || {}).transport") == "websocket",
+             timeout=30)
+    browser.find_element("css selector", "button[data-break=websocket]").click()
+    wait_for(lambda: browser.execute_script("return document.body.dataset.done === '1'"), timeout=60)
+    mixed = browser.execute_script("return window.__results.lanes.mixed")
+    assert mixed["state"] == "ok" and mixed["transport"] != "websocket", mixed
+    assert [e["type"] for e in mixed["events"]] == ["check.created", "check.done"]

@@ -19,12 +19,12 @@ struct ServerOptions: ParsableArguments {
 
 /// `--transport auto|websocket|sse|ndjson|long-polling`.
 struct TransportOption: ParsableArguments {
-    @Option(help: "auto (race them all, the default), websocket, sse, ndjson or long-polling.")
+    @Option(help: "auto (race them all, the default), websocket (or ws), sse, ndjson or long-polling.")
     var transport = "auto"
 
     func transports() throws -> [Transport] {
         if transport == "auto" { return Transport.allCases }
-        guard let one = Transport(rawValue: transport) else {
+        guard let one = transport == "ws" ? .websocket : Transport(rawValue: transport) else {
             throw ValidationError(
                 "--transport must be auto, websocket, sse, ndjson or long-polling, not '\(transport)'"
             )

@@ -16,14 +16,14 @@ def cli(*args, timeout=60):
     return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("transport", ["auto", "websocket", "sse", "ndjson", "long-polling"])
+@pytest.mark.parametrize("transport", ["auto", "ws", "sse", "ndjson", "long-polling"])
 def test_check_create_watch_follows_the_check_to_its_end(herald, transport):
     answer = cli("check", "create", "--url", herald.url, "--kind", "delay", "--params", '{"ms": 600, "result": {"x": 1}}',
                  "--watch", "--transport", transport)
     assert answer.returncode == 0, answer.stderr
     check = json.loads(answer.stdout)
     assert check["state"] == "done" and check["result"] == {"x": 1}
-    expected = "websocket" if transport == "auto" else transport
+    expected = {"auto": "websocket", "ws": "websocket"}.get(transport, transport)
     assert "processing" in answer.stderr and "done" in answer.stderr and f"via {expected}" in answer.stderr
 
 

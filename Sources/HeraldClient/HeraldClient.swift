@@ -60,33 +60,36 @@ public struct HeraldClient: Sendable {
             "POST",
             "/api/v1/checks",
             body: .object(["kind": .string(kind), "params": params]),
-            headers: headers
+            headers: headers,
+            as: HeraldJSON.self
         )
     }
 
     /// `GET /api/v1/checks/{id}`.
     public func check(_ id: String) async throws -> HeraldJSON {
-        try await send("GET", "/api/v1/checks/\(id)")
+        try await send("GET", "/api/v1/checks/\(id)", as: HeraldJSON.self)
     }
 
     /// `POST /api/v1/channels/{name}/events` with the API key: the published event.
     public func publish(_ channel: String, type: String, data: HeraldJSON) async throws -> ChannelEvent {
-        let event = try await send(
+        try await send(
             "POST",
             "/api/v1/channels/\(channel)/events",
             body: .object(["type": .string(type), "data": data]),
-            authorized: true
+            authorized: true,
+            as: ChannelEvent.self
         )
-        return try JSONDecoder().decode(ChannelEvent.self, from: Data(event.description.utf8))
     }
 
-    private func send(
+    /// Sends a request and decodes the answer as `T`; an error answer throws its problem's detail.
+    private func send<T: Decodable>(
         _ method: String,
         _ path: String,
         body: HeraldJSON? = nil,
         headers: HTTPHeaders = [:],
-        authorized: Bool = false
-    ) async throws -> HeraldJSON {
+        authorized: Bool = false,
+        as: T.Type
+    ) async throws -> T {
         var request = HTTPClientRequest(url: url + path)
         request.method = .init(rawValue: method)
         request.headers = headers
@@ -96,12 +99,15 @@ public struct HeraldClient: Sendable {
             request.body = .bytes(ByteBuffer(string: body.description))
         }
         let response = try await httpClient.execute(request, timeout: .seconds(30), logger: logger)
-        let bytes = try await response.body.collect(upTo: 16 << 20)
-        let json = (try? JSONDecoder().decode(HeraldJSON.self, from: Data(buffer: bytes))) ?? .null
+        let bytes = Data(buffer: try await response.body.collect(upTo: 16 << 20))
         guard (200..<300).contains(response.status.code) else {
-            throw HeraldClientError(status: Int(response.status.code), json["detail"]?.string ?? "\(response.status)")
+            let problem = try? JSONDecoder().decode(HeraldJSON.self, from: bytes)
+            throw HeraldClientError(
+                status: Int(response.status.code),
+                problem?["detail"]?.string ?? "\(response.status)"
+            )
         }
-        return json
+        return try JSONDecoder().decode(T.self, from: bytes)
     }
 
     // MARK: Events

@@ -15,27 +15,40 @@ enum Wire: Sendable, Hashable {
     case event(ChannelEvent)
     case heartbeat
 
-    /// One JSON message of a stream opened with `welcome=1` (an SSE `data:`, an NDJSON line).
-    init?(streamMessage text: Substring) throws {
-        let data = Data(text.utf8)
-        let marker = try JSONDecoder().decode(Marker.self, from: data)
-        switch marker.type {
-        case "herald.welcome":
-            self = .welcome(channel: marker.channel, epoch: marker.epoch ?? "", next: marker.next ?? 0)
-        case "herald.reset":
-            self = .reset(channel: marker.channel ?? "", epoch: marker.epoch ?? "", next: marker.next ?? 0)
-        case "herald.heartbeat":
-            self = .heartbeat
+    /// One JSON message of a stream opened with `welcome=1` (an SSE `data:`, an NDJSON line),
+    /// decoded once: markers and events share their fields.
+    init(streamMessage text: Substring) throws {
+        let message = try JSONDecoder().decode(Message.self, from: Data(text.utf8))
+        let (channel, epoch) = (message.channel, message.epoch ?? "")
+        switch message.type {
+        case "herald.welcome": self = .welcome(channel: channel, epoch: epoch, next: message.next ?? 0)
+        case "herald.reset": self = .reset(channel: channel ?? "", epoch: epoch, next: message.next ?? 0)
+        case "herald.heartbeat": self = .heartbeat
         default:
-            self = .event(try JSONDecoder().decode(ChannelEvent.self, from: data))
+            guard let channel, let offset = message.offset, let time = message.time else {
+                throw HeraldClientError("an event without channel, offset or time: \(text)")
+            }
+            self = .event(
+                ChannelEvent(
+                    channel: channel,
+                    offset: offset,
+                    epoch: epoch,
+                    type: message.type,
+                    time: time,
+                    data: message.data ?? .null
+                )
+            )
         }
     }
 
-    private struct Marker: Decodable {
+    private struct Message: Decodable {
         var type: String
         var channel: String?
         var epoch: String?
         var next: Int?
+        var offset: Int?
+        var time: String?
+        var data: HeraldJSON?
     }
 }
 
@@ -118,15 +131,16 @@ struct Endpoint: Sendable {
         var data = ""
         for try await chunk in response.body {
             pending += String(buffer: chunk)
-            while let newline = pending.firstIndex(of: "\n") {
-                let line = pending[..<newline]
-                pending = String(pending[pending.index(after: newline)...])
+            // Complete lines now; the unfinished last one waits for the next chunk.
+            var lines = pending.split(separator: "\n", omittingEmptySubsequences: false)
+            pending = String(lines.removeLast())
+            for line in lines {
                 if format == "ndjson" {
-                    if !line.isEmpty, let wire = try Wire(streamMessage: line) { continuation.yield(wire) }
+                    if !line.isEmpty { continuation.yield(try Wire(streamMessage: line)) }
                 } else if line.hasPrefix("data: ") {
                     data += line.dropFirst(6)
                 } else if line.isEmpty, !data.isEmpty {
-                    if let wire = try Wire(streamMessage: Substring(data)) { continuation.yield(wire) }
+                    continuation.yield(try Wire(streamMessage: Substring(data)))
                     data = ""
                 }
             }

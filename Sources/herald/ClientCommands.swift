@@ -61,9 +61,7 @@ struct CheckCommand: AsyncParsableCommand {
             let client = server.client
             let check = try await client.createCheck(kind: kind, params: parameters)
             guard watch, let id = check["id"]?.string else { return print(check) }
-            let ended = try await follow(id, client: client, transports: try transport.transports())
-            print(ended)
-            if ended["state"]?.string != "done" { throw ExitCode(1) }
+            try await watchToEnd(id, client: client, transports: try transport.transports())
         }
     }
 }
@@ -79,9 +77,7 @@ struct WatchCommand: AsyncParsableCommand {
     @Argument(help: "The check's id.") var id: String
 
     func run() async throws {
-        let ended = try await follow(id, client: server.client, transports: try transport.transports())
-        print(ended)
-        if ended["state"]?.string != "done" { throw ExitCode(1) }
+        try await watchToEnd(id, client: server.client, transports: try transport.transports())
     }
 }
 
@@ -134,6 +130,13 @@ struct SubscribeCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Follows check `id` to its end and prints it; exit 1 unless it is done.
+func watchToEnd(_ id: String, client: HeraldClient, transports: [Transport]) async throws {
+    let ended = try await follow(id, client: client, transports: transports)
+    print(ended)
+    if ended["state"]?.string != "done" { throw ExitCode(1) }
 }
 
 /// Follows check `id` to its end, drawing its live state on standard error: a spinner with
@@ -194,9 +197,8 @@ final class Progress: Sendable {
     }
 
     func draw(final: Bool = false) {
-        let seconds =
-            Double((ContinuousClock.now - started).components.attoseconds / 100_000_000_000_000_000) / 10
-            + Double((ContinuousClock.now - started).components.seconds)
+        let elapsed = (ContinuousClock.now - started).components
+        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
         let text = line.withLock { line in
             line.frame += 1
             let mark = final ? "✓" : animated ? String(Array("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")[line.frame % 10]) : "…"

@@ -268,26 +268,20 @@ def test_through_a_proxy_that_cuts_idle_connections(browser, herald, nginx):  # 
     assert heartbeat < 3, heartbeat
 
 
-def test_websocket_blocked_in_the_page_falls_back_to_sse(browser, herald):  # noqa: F811
+@pytest.mark.parametrize("missing,expected", [
+    ("delete window.WebSocket; window.WebSocket = undefined;", "sse"),
+    ("window.WebSocket = undefined; window.EventSource = undefined;", "xhr_streaming"),
+], ids=["websocket_blocked", "websocket_and_eventsource_missing"])
+def test_a_browser_without_websocket_or_eventsource_falls_back(browser, herald, missing, expected):  # noqa: F811
     browser.get(herald.url + "/lab")
-    browser.execute_script("delete window.WebSocket; window.WebSocket = undefined;")
-    browser.execute_script(SUBSCRIBE, "blocked", {})
+    browser.execute_script(missing)
+    channel = "without-" + expected
+    browser.execute_script(SUBSCRIBE, channel, {})
     wait_for(lambda: browser.execute_script("return h.state") == "connected", timeout=30)
-    publish(herald, "blocked", EVENTS)
+    publish(herald, channel, EVENTS)
     state = received_all(browser, EVENTS, timeout=30)
     assert_exactly_once_in_order(state)
-    assert state["transport"] == "sse", state
-
-
-def test_websocket_and_eventsource_missing_use_xhr_streaming(browser, herald):  # noqa: F811
-    browser.get(herald.url + "/lab")
-    browser.execute_script("window.WebSocket = undefined; window.EventSource = undefined;")
-    browser.execute_script(SUBSCRIBE, "old-browser", {})
-    wait_for(lambda: browser.execute_script("return h.state") == "connected", timeout=30)
-    publish(herald, "old-browser", EVENTS)
-    state = received_all(browser, EVENTS, timeout=30)
-    assert_exactly_once_in_order(state)
-    assert state["transport"] == "xhr_streaming", state
+    assert state["transport"] == expected, state
 
 
 def test_a_websocket_that_opens_but_carries_no_frames_loses_the_race(browser, herald):  # noqa: F811

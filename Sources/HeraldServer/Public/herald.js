@@ -646,7 +646,7 @@
       if (this.candidates.delete(transport)) {
         const race = transport.race;
         // The remembered transport failed its re-verification: forget it.
-        if (race && race.cached === transport.name && !transport.isUpgrade) forgetCache(this.options, this.base);
+        if (race && race.cached === transport.name) forgetCache(this.options, this.base);
         if (race && race.next && this.candidates.size === 0) race.next();
         return;
       }
@@ -689,12 +689,7 @@
       const attempt = (delay) => {
         this.upgradeTimer = setTimeout(() => {
           if (!this.active || this.state !== "connected" || this.candidates.size > 0) return attempt(this.options.upgradeInterval);
-          const transport = createTransport(best, this);
-          transport.isUpgrade = true;
-          transport.verifyTimer = setTimeout(() => transport.fail("upgrade not verified"), this.options.verifyTimeout);
-          this.candidates.add(transport);
-          this.attempts.push(best);
-          transport.open(new Map(this.channels));
+          this.start(best, null); // outside any race: it wins by showing a message, like a racer
           attempt(this.options.upgradeInterval);
         }, delay);
       };

@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "HeraldClient", targets: ["HeraldClient"]),
     ],
     dependencies: [
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
@@ -103,12 +104,15 @@ let package = Package(
                 "HeraldRunner",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "HeraldHTTPTests",
-            dependencies: ["HeraldHTTP", "HeraldStore", .product(name: "HTTPTypes", package: "swift-http-types")],
+            dependencies: [
+                "HeraldHTTP", "HeraldStore", "HeraldSQLite", .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: swiftSettings
         ),
 
@@ -118,6 +122,8 @@ let package = Package(
                 "HeraldHTTP",
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "HummingbirdWSCompression", package: "hummingbird-websocket"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -223,7 +223,7 @@ struct Endpoint: Sendable {
                             String(decoding: try JSONEncoder().encode(subscribe), as: UTF8.self)
                         )
                     }
-                case "subscribed":
+                case "subscribed", "reset":  // "reset": the loss signal on a live subscription
                     let (channel, epoch, next) = (frame.channel ?? "", frame.epoch ?? "", frame.offset ?? 0)
                     continuation.yield(
                         frame.recovered == false

@@ -119,14 +119,8 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                     case .events(let events):
                         for encoded in events { try await writer.write(Herald_V1_Event(encoded.event)) }
                     case .reset(let read):
-                        // The position is gone (another epoch): one `herald.reset`, as on SSE.
-                        var reset = Herald_V1_Event()
-                        reset.channel = id.channel.rawValue
-                        reset.epoch = read.epoch.rawValue
-                        reset.offset = UInt64(read.next)
-                        reset.type = "herald.reset"
-                        reset.dataJson = read.resetJSON(channel: id.channel)
-                        try await writer.write(reset)
+                        // The position is gone (another epoch, trimmed): one `herald.reset`, as on SSE.
+                        try await writer.write(Herald_V1_Event(reset: read, channel: id.channel))
                     case .heartbeat:
                         break  // HTTP/2 keepalive pings watch the connection
                     }
@@ -167,9 +161,9 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                     throw HeraldError(.tooLarge, "data_json is larger than \(configuration.maxDataBytes) bytes")
                 }
                 do {
-                    data = try JSONDecoder().decode(JSONValue.self, from: Data(message.dataJson.utf8))
+                    data = try JSONValue.parse(Data(message.dataJson.utf8))
                 } catch {
-                    throw HeraldError.invalid("data_json is not valid JSON")
+                    throw HeraldError.invalid("data_json is not valid JSON: \(error)")
                 }
             }
             let event = try await store.append(type: message.type, data: data.jsonText, to: channel, at: .now())

@@ -54,6 +54,17 @@ extension Herald_V1_Event {
         time = Google_Protobuf_Timestamp(event.time)
         dataJson = event.data
     }
+
+    /// The loss signal, as on SSE: an event of type `herald.reset` whose `offset` is the last
+    /// one still kept (its events follow) and whose data is the reset marker.
+    init(reset read: EventRead, channel: ChannelName) {
+        self.init()
+        self.channel = channel.rawValue
+        epoch = read.epoch.rawValue
+        offset = UInt64(read.next)
+        type = "herald.reset"
+        dataJson = read.resetJSON(channel: channel)
+    }
 }
 
 extension Herald_V1_CreateCheckRequest {

@@ -119,12 +119,15 @@ final class SubscribeSession: Sendable {
     )
         async
     {
+        // The reset that follows an unrecovered start is told by `subscribed.recovered`.
+        var startReset = false
         do {
             try await service.follow(
                 channel,
                 after: position,
                 epoch: epoch,
                 onStart: { read in
+                    startReset = !read.recovered
                     var subscribed = Herald_V1_Subscribed()
                     subscribed.channel = channel.rawValue
                     subscribed.epoch = read.epoch.rawValue
@@ -136,11 +139,25 @@ final class SubscribeSession: Sendable {
                     try await outbox.send(response)
                 },
                 emit: { item in
-                    guard case .events(let events) = item else { return }  // `recovered` told of a reset
-                    for encoded in events {
+                    switch item {
+                    case .events(let events):
+                        for encoded in events {
+                            var response = Herald_V1_SubscribeResponse()
+                            response.event = Herald_V1_Event(encoded.event)
+                            try await outbox.send(response)
+                        }
+                    case .reset(let read):
+                        // A later reset (trimmed while paging, a new epoch under the stream) is a
+                        // `herald.reset` event.
+                        guard !startReset else {
+                            startReset = false
+                            return
+                        }
                         var response = Herald_V1_SubscribeResponse()
-                        response.event = Herald_V1_Event(encoded.event)
+                        response.event = Herald_V1_Event(reset: read, channel: channel)
                         try await outbox.send(response)
+                    case .heartbeat:
+                        break
                     }
                 }
             )

@@ -1,6 +1,7 @@
 internal import HeraldCore
 package import Hummingbird
 package import Logging
+internal import NIOHTTP1
 
 /// Turns every error into a problem document, so no answer is ever a bare 500 or an HTML page.
 ///
@@ -52,6 +53,16 @@ package struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             response = try problem.response(from: request, context: context)
         } catch is CancellationError {
             throw CancellationError()
+        } catch let error as HTTPParserError {
+            // The body's framing was broken (a chunk size `zz`, an unknown transfer coding):
+            // the client's fault, and the connection cannot be reused.
+            var problem = Problem(
+                status: .badRequest,
+                code: "malformed-request",
+                detail: "the request body is not well framed: \(error)"
+            )
+            problem.headers[.connection] = "close"
+            response = try problem.response(from: request, context: context)
         } catch {
             logger.error("unexpected error", metadata: ["error": "\(error)", "path": "\(request.uri.path)"])
             response = try Problem(status: .internalServerError, code: "internal", detail: "an internal error occurred")

@@ -6,7 +6,8 @@ package import HeraldStore
 /// Creating and cancelling a check, the same for every transport (HTTP, the WebSocket
 /// `create_check` op, gRPC).
 ///
-/// Admission (the runner's queue bound) and the SSRF guard run before anything is written; the
+/// Admission (the runner's queue bound) and the SSRF guard (on the check's target and on its
+/// `callback_url`, as for a subscription's target) run before anything is written; the
 /// check and its first event commit together; only then is the event published and the check
 /// handed to the runner.
 package struct CheckService: Sendable {
@@ -35,6 +36,9 @@ package struct CheckService: Sendable {
             _ = try await resolver.resolve(host)
         case .delay, .external:
             break
+        }
+        if let callback = spec.callbackURL {
+            _ = try await resolver.resolve(try TargetURL(callback, field: "callback_url").host, for: "callback_url")
         }
         if spec.callbackURL != nil && spec.callbackSecret == nil {
             spec.callbackSecret = WebhookSecret.generate()

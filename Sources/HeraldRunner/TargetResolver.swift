@@ -21,17 +21,19 @@ package struct TargetResolver: Sendable {
     /// Runs `getaddrinfo` on NIO's blocking-I/O thread pool, never on an event loop.
     /// - Throws: ``HeraldError`` `.invalid` when the name does not resolve, or when any address
     ///   it resolves to is not public and private targets are not allowed.
-    package func resolve(_ host: String) async throws -> IPAddress {
+    /// - Parameter field: the request field that named the host, for the error's detail.
+    package func resolve(_ host: String, for field: String? = nil) async throws -> IPAddress {
+        let subject = field.map { "\($0): host \(host)" } ?? "host \(host)"
         let addresses: [IPAddress]
         if let literal = IPAddress(host) {
             addresses = [literal]
         } else {
             addresses = try await NIOThreadPool.singleton.runIfActive { Self.lookUp(host) }
         }
-        guard let first = addresses.first else { throw HeraldError.invalid("host \(host) does not resolve") }
+        guard let first = addresses.first else { throw HeraldError.invalid("\(subject) does not resolve") }
         if !allowPrivateTargets, let refused = addresses.first(where: { !AddressPolicy.isPublic($0) }) {
             throw HeraldError.invalid(
-                "host \(host) resolves to \(refused), which is not a public address (see --allow-private-targets)"
+                "\(subject) resolves to \(refused), which is not a public address (see --allow-private-targets)"
             )
         }
         // Prefer IPv4 when both exist: loopback test servers usually listen on 127.0.0.1 only.

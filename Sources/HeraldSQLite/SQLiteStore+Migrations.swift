@@ -149,6 +149,12 @@ extension SQLiteStore {
                     """
             )
         }
+        migrator.registerMigration("v6: runs, so positions are never reused after a lost write or a restore") {
+            db in
+            // One row per key: `generation` (runs started), `running` (1 until a clean stop),
+            // `boot_id` (the kernel's boot of the last start). See SQLiteStore+Runs.swift.
+            try db.execute(sql: "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+        }
         return migrator
     }
 }

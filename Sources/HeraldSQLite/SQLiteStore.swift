@@ -10,6 +10,8 @@ package import HeraldStore
 /// committed state without waiting for a write in progress. No call blocks a NIO event loop.
 package final class SQLiteStore: Store {
     let pool: DatabasePool
+    let directory: URL
+    let durability: Durability
     private let retention: RetentionConfiguration
 
     /// How hard a commit is pushed to disk.
@@ -57,6 +59,8 @@ package final class SQLiteStore: Store {
             throw HeraldError(.unavailable, "cannot open the SQLite store in \(directory.path): \(error)")
         }
         self.retention = retention
+        self.directory = directory
+        self.durability = durability
     }
 
     // MARK: Checks

@@ -140,6 +140,11 @@ package enum ConfigurationLoader {
         Setting(name: "history-max-age", help: "seconds events are kept") { c, v throws(ConfigurationError) in
             c.retention.maxEventAge = .seconds(try int(v, "history-max-age", 1...31_536_000))
         },
+        Setting(name: "janitor-interval", help: "seconds between two removals of what is past retention") {
+            c,
+            v throws(ConfigurationError) in
+            c.retention.janitorInterval = .seconds(try int(v, "janitor-interval", 1...3600))
+        },
         Setting(name: "check-retention", help: "seconds ended checks are kept") { c, v throws(ConfigurationError) in
             c.retention.checkRetention = .seconds(try int(v, "check-retention", 1...315_360_000))
         },
@@ -171,6 +176,11 @@ package enum ConfigurationLoader {
             c,
             v throws(ConfigurationError) in
             c.webSocket.maxQueuedFrames = try int(v, "ws-max-queued-frames", 1...1_000_000)
+        },
+        Setting(name: "ws-max-queued-bytes", help: "bytes queued per WebSocket before it is cut") {
+            c,
+            v throws(ConfigurationError) in
+            c.webSocket.maxQueuedBytes = try int(v, "ws-max-queued-bytes", 65_536...1_073_741_824)
         },
         Setting(name: "ws-max-subscriptions", help: "channels per WebSocket connection") {
             c,
@@ -247,8 +257,13 @@ package enum ConfigurationLoader {
         } catch {
             throw ConfigurationError(message: "cannot read config file \(path)")
         }
-        guard let object = try? JSONDecoder().decode(JSONValue.self, from: data), let members = object.objectValue
-        else {
+        let object: JSONValue
+        do {
+            object = try JSONValue.parse(data)
+        } catch {
+            throw ConfigurationError(message: "config file \(path) is not valid JSON: \(error)")
+        }
+        guard let members = object.objectValue else {
             throw ConfigurationError(message: "config file \(path) is not a JSON object")
         }
         var values: [String: String] = [:]

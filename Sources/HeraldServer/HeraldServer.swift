@@ -46,6 +46,7 @@ package struct HeraldServer: Sendable {
             throw ConfigurationError(message: "the postgres store is not available in this build; use --store sqlite")
         }
         let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
+        let lock = try DataDirectoryLock(directory: directory)
         let store: SQLiteStore
         do {
             store = try SQLiteStore(
@@ -53,10 +54,13 @@ package struct HeraldServer: Sendable {
                 retention: configuration.retention,
                 durability: configuration.durability
             )
+            let start = try store.beginRun(bootID: Self.bootID())
+            if let reason = start.renewedEpochs {
+                logger.warning("every channel starts a new epoch: \(reason)")
+            }
         } catch let error as HeraldError {
             throw ConfigurationError(message: error.message)
         }
-        let lock = try DataDirectoryLock(directory: directory)
         let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
         let webhooks = WebhookDispatcher(
             store: store,
@@ -152,9 +156,11 @@ package struct HeraldServer: Sendable {
                 idleTimeout: idleTimeout
             ),
             ws: .init(
-                maxFrameSize: max(configuration.webSocket.maxMessageBytes, 1 << 20),
-                extensions: [.perMessageDeflate()],
-                autoPing: .enabled(timePeriod: configuration.http.heartbeat)
+                // A frame as large as a message (deflate may grow one a little); larger: 1009.
+                maxFrameSize: configuration.webSocket.maxMessageBytes + 1024,
+                extensions: WebSocketEndpoint.extensions(maxMessageBytes: configuration.webSocket.maxMessageBytes),
+                autoPing: .enabled(timePeriod: configuration.http.heartbeat),
+                validateUTF8: true
             )
         )
         let shouldUpgrade:
@@ -223,7 +229,13 @@ package struct HeraldServer: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runner),
             .init(service: webhooks),
-            .init(service: Janitor(store: store, logger: logger.labelled("herald.janitor"))),
+            .init(
+                service: Janitor(
+                    store: store,
+                    logger: logger.labelled("herald.janitor"),
+                    interval: configuration.retention.janitorInterval
+                )
+            ),
             .init(service: GRPCWebEndpoint(transport: grpcWeb, service: grpcService)),
             .init(service: app),
         ]
@@ -258,7 +270,18 @@ package struct HeraldServer: Sendable {
         } catch let error as IOError {
             throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
         }
+        do {
+            try await store.endRun()
+        } catch {
+            logger.error("the store could not record a clean stop", metadata: ["error": "\(error)"])
+        }
         withExtendedLifetime(lock) {}
+    }
+
+    /// The kernel's boot id, which tells a restart of Herald from a restart of the machine.
+    static func bootID() -> String? {
+        (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// The TLS context of the HTTP port, offering HTTP/2 and HTTP/1.1 by ALPN.
@@ -301,11 +324,11 @@ package struct HeraldServer: Sendable {
     }
 }
 
-/// Removes what is past its retention once a minute.
+/// Removes what is past its retention every `janitor-interval` (a minute by default).
 struct Janitor: Service {
     let store: any Store
     let logger: Logger
-    var interval: Duration = .seconds(60)
+    var interval: Duration
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -330,6 +353,13 @@ final class DataDirectoryLock: Sendable {
     private let descriptor: Int32
 
     init(directory: URL) throws {
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw ConfigurationError(
+                message: "cannot create data directory \(directory.path): \(error.localizedDescription)"
+            )
+        }
         let path = directory.appendingPathComponent("herald.lock").path
         descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw ConfigurationError(message: "cannot open \(path)") }

@@ -150,13 +150,18 @@ package struct RetentionConfiguration: Sendable, Hashable {
     package var checkRetention: Duration
     /// How long an `Idempotency-Key` is remembered: 24 hours.
     package var idempotencyKeyLifetime: Duration
+    /// Time between two passes of the janitor (`janitor-interval`, `HERALD_JANITOR_INTERVAL`,
+    /// default 60 s).
+    package var janitorInterval: Duration
 
     package init(
         maxEventsPerChannel: Int = 1000,
         maxEventAge: Duration = .seconds(86_400),
         checkRetention: Duration = .seconds(7 * 86_400),
-        idempotencyKeyLifetime: Duration = .seconds(86_400)
+        idempotencyKeyLifetime: Duration = .seconds(86_400),
+        janitorInterval: Duration = .seconds(60)
     ) {
+        self.janitorInterval = janitorInterval
         self.maxEventsPerChannel = maxEventsPerChannel
         self.maxEventAge = maxEventAge
         self.checkRetention = checkRetention

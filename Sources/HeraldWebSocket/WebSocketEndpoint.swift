@@ -87,15 +87,34 @@ package final class WebSocketEndpoint: Service, Sendable {
             return sessions.isDraining
         }
         if isDraining { session.finish(.restart) }
-        defer {
-            _ = sessions.withLock { $0.live.removeValue(forKey: ObjectIdentifier(session)) }
-            session.cancelAll()
+        do {
+            try await exchange(inbound, outbound, session: session, frames: frames)
+        } catch {
+            await end(session)
+            throw error
         }
+        await end(session)
+    }
+
+    /// Forgets `session` and waits for its subscriptions to end.
+    private func end(_ session: WebSocketSession) async {
+        _ = sessions.withLock { $0.live.removeValue(forKey: ObjectIdentifier(session)) }
+        await session.close()
+    }
+
+    /// Reads ops and writes frames until either side closes.
+    private func exchange(
+        _ inbound: WebSocketInboundStream,
+        _ outbound: WebSocketOutboundWriter,
+        session: WebSocketSession,
+        frames: AsyncStream<ByteBuffer>
+    ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             // The one writer: frames leave in order, and a slow client only fills its own queue.
             group.addTask {
                 for await frame in frames {
                     try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame)))
+                    session.sent(frame.readableBytes)
                 }
                 switch session.closing {
                 case .slowConsumer(let channel, let offset):

@@ -11,9 +11,15 @@ enum ClientOp: Sendable {
     /// Parses one text message: `{"op": ..., "id": ..., ...}`.
     /// - Returns: the op and the client's `id` (echoed in the answer), or the error and that id.
     static func parse(_ text: String) -> (Result<ClientOp, OpError>, id: JSONValue?) {
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)),
-            let members = value.objectValue
-        else { return (.failure(OpError("malformed", "a message must be a JSON object")), nil) }
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(Data(text.utf8))
+        } catch {
+            return (.failure(OpError("malformed", "a message must be a JSON object: \(error)")), nil)
+        }
+        guard let members = value.objectValue else {
+            return (.failure(OpError("malformed", "a message must be a JSON object")), nil)
+        }
         let id = members["id"]
         guard case .string(let op)? = members["op"] else {
             return (.failure(OpError("malformed", "op is required")), id)
@@ -85,6 +91,18 @@ enum ServerFrame {
         writer.int("offset", read.next)
         writer.bool("recovered", read.recovered)
         if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    /// The loss signal on a live subscription: `{"op": "reset", "channel", "epoch", "offset",
+    /// "recovered": false}`; the events still kept follow, after `offset`'s predecessors.
+    static func reset(_ channel: ChannelName, _ read: EventRead) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "reset")
+        writer.string("channel", channel.rawValue)
+        writer.string("epoch", read.epoch.rawValue)
+        writer.int("offset", read.next)
+        writer.bool("recovered", false)
         return writer.result
     }
 

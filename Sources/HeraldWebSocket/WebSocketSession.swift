@@ -8,10 +8,13 @@ internal import Synchronization
 
 /// One WebSocket connection's state: its subscriptions and its bounded outgoing queue.
 ///
-/// Every frame goes through one bounded queue to one writer task, so a slow client never
-/// blocks a publisher: when the queue is full the connection is cut with `slow_consumer`.
-/// Each subscription runs ``ChannelFollower`` in its own task, cancelled by `unsubscribe`
-/// or when the connection ends.
+/// Every frame goes through one queue to one writer task, bounded in frames and in bytes, so a
+/// slow client never blocks a publisher and never holds more than its bound: past it the
+/// connection is cut with `slow_consumer`. Each subscription runs ``ChannelFollower`` in its
+/// own task, registered under the state's lock with a generation id before it can run, so its
+/// own end removes only itself (a pipelined `unsubscribe` + `subscribe` never leaves an orphan).
+/// Follower tasks alive at once, including those still winding down after `unsubscribe`, are
+/// at most twice `maxSubscriptions`: past that, reading the next op waits for one to end.
 final class WebSocketSession: Sendable {
     /// Why the writer stops, which decides the close code.
     enum Closing: Sendable {
@@ -21,8 +24,23 @@ final class WebSocketSession: Sendable {
         case restart
     }
 
+    private struct Subscription {
+        let id: UInt64
+        let task: Task<Void, Never>
+        /// The `id` of the subscribe op, for its answer.
+        let requestID: JSONValue?
+        /// Whether `subscribed` was queued (else `unsubscribe` answers the subscribe too).
+        var started = false
+    }
+
     private struct State {
-        var subscriptions: [ChannelName: Task<Void, Never>] = [:]
+        var subscriptions: [ChannelName: Subscription] = [:]
+        var nextID: UInt64 = 0
+        /// Follower tasks started and not yet ended (subscribed, or winding down).
+        var liveFollowers = 0
+        /// The op reader, waiting for a follower to end before it starts another.
+        var slotWaiter: CheckedContinuation<Void, Never>?
+        var queuedBytes = 0
         var closing: Closing?
     }
 
@@ -60,40 +78,61 @@ final class WebSocketSession: Sendable {
     /// Queues a frame's payload as it is: an event's bytes are shared by every connection.
     @discardableResult
     func send(_ frame: ByteBuffer, channel: ChannelName? = nil, offset: Offset = 0) -> Bool {
-        guard closing == nil else { return false }
-        switch sink.yield(frame) {
-        case .enqueued:
+        enqueue([frame], channel: channel, offset: offset) { _ in true }
+    }
+
+    /// Queues `frames` in one critical section if `admit` allows it, so nothing queued by
+    /// another op can come between them (`admit` runs under the lock).
+    private func enqueue(
+        _ frames: [ByteBuffer],
+        channel: ChannelName?,
+        offset: Offset,
+        admit: (inout State) -> Bool
+    ) -> Bool {
+        let size = frames.reduce(0) { $0 + $1.readableBytes }
+        let outcome = state.withLock { state -> Bool? in
+            guard state.closing == nil, admit(&state) else { return nil }
+            guard state.queuedBytes + size <= configuration.maxQueuedBytes else { return false }
+            for frame in frames {
+                // Yielding to an AsyncStream never waits; under the lock it keeps the order.
+                guard case .enqueued = sink.yield(frame) else { return false }
+            }
+            state.queuedBytes += size
             return true
-        case .dropped:
-            finish(.slowConsumer(channel: channel ?? ChannelName("connection")!, offset: offset))
-            return false
-        case .terminated:
-            return false
-        @unknown default:
-            return false
         }
+        guard let outcome else { return false }
+        if !outcome { finish(.slowConsumer(channel: channel ?? ChannelName("connection")!, offset: offset)) }
+        return outcome
+    }
+
+    /// Queues a frame of the subscription `generation` on `channel`, only while it is the
+    /// current one: after `unsubscribe` (or a newer `subscribe`) it sends nothing more.
+    private func send(_ frame: ByteBuffer, of channel: ChannelName, generation: UInt64, offset: Offset = 0) -> Bool {
+        enqueue([frame], channel: channel, offset: offset) { state in
+            guard state.subscriptions[channel]?.id == generation else { return false }
+            state.subscriptions[channel]?.started = true
+            return true
+        }
+    }
+
+    /// The writer wrote a frame of `size` bytes: it no longer counts against the queue's bound.
+    func sent(_ size: Int) {
+        state.withLock { $0.queuedBytes -= size }
     }
 
     /// Stops accepting frames; the writer drains the queue, then closes for `reason`.
     func finish(_ reason: Closing) {
-        let first = state.withLock { state -> Bool in
-            guard state.closing == nil else { return false }
+        let (first, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard state.closing == nil else { return (false, nil) }
             state.closing = reason
-            return true
+            defer { state.slotWaiter = nil }
+            return (true, state.slotWaiter)
         }
+        waiter?.resume()
         if first { sink.finish() }
     }
 
-    /// Cancels every subscription (the connection ended).
-    func cancelAll() {
-        let tasks = state.withLock { state in
-            defer { state.subscriptions.removeAll() }
-            return Array(state.subscriptions.values)
-        }
-        for task in tasks { task.cancel() }
-    }
-
-    /// Answers one text message.
+    /// Answers one text message. Every op gets an answer.
     func handle(_ text: String) async {
         let (parsed, id) = ClientOp.parse(text)
         switch parsed {
@@ -102,10 +141,26 @@ final class WebSocketSession: Sendable {
         case .success(.ping):
             send(ServerFrame.simple("pong", id: id))
         case .success(.subscribe(let channel, let since, let epoch)):
-            subscribe(channel, since: since, epoch: epoch, id: id)
+            await subscribe(channel, since: since, epoch: epoch, id: id)
         case .success(.unsubscribe(let channel)):
-            let task = state.withLock { $0.subscriptions.removeValue(forKey: channel) }
-            guard let task else {
+            // One critical section: the subscription goes, its subscribe is answered if it had
+            // not started, and `unsubscribed` is queued; nothing of it can follow.
+            var task: Task<Void, Never>?
+            let answered = enqueue([], channel: channel, offset: 0) { state in
+                guard let subscription = state.subscriptions.removeValue(forKey: channel) else { return false }
+                task = subscription.task
+                var frames: [String] = []
+                if !subscription.started {
+                    let canceled = OpError("canceled", "unsubscribed before the subscription to \(channel) started")
+                    frames.append(ServerFrame.error(canceled, channel: channel, id: subscription.requestID))
+                }
+                frames.append(ServerFrame.simple("unsubscribed", channel: channel, id: id))
+                for frame in frames { sink.yield(ByteBuffer(string: frame)) }
+                state.queuedBytes += frames.reduce(0) { $0 + $1.utf8.count }
+                return true
+            }
+            task?.cancel()
+            if !answered, closing == nil {
                 send(
                     ServerFrame.error(
                         OpError("not_subscribed", "not subscribed to \(channel)"),
@@ -113,10 +168,7 @@ final class WebSocketSession: Sendable {
                         id: id
                     )
                 )
-                return
             }
-            task.cancel()
-            send(ServerFrame.simple("unsubscribed", channel: channel, id: id))
         case .success(.createCheck(let body)):
             do {
                 let creation = try await checks.create(try CheckSpec.validate(body), idempotency: nil)
@@ -130,50 +182,108 @@ final class WebSocketSession: Sendable {
         }
     }
 
-    private func subscribe(_ channel: ChannelName, since: Offset?, epoch: Epoch?, id: JSONValue?) {
+    private func subscribe(_ channel: ChannelName, since: Offset?, epoch: Epoch?, id: JSONValue?) async {
+        guard await followerSlot() else { return }
+        let maximum = configuration.maxSubscriptions
         let refusal = state.withLock { state -> OpError? in
             if state.subscriptions[channel] != nil {
                 return OpError("already_subscribed", "already subscribed to \(channel); unsubscribe first")
             }
-            if state.subscriptions.count >= configuration.maxSubscriptions {
-                return OpError(
-                    "too_many_subscriptions",
-                    "at most \(configuration.maxSubscriptions) channels per connection"
-                )
+            if state.subscriptions.count >= maximum {
+                return OpError("too_many_subscriptions", "at most \(maximum) channels per connection")
             }
+            // Registered under the lock before it runs, so its own end finds it.
+            state.nextID += 1
+            state.liveFollowers += 1
+            let generation = state.nextID
+            let task = Task { await self.follow(channel, generation: generation, since: since, epoch: epoch, id: id) }
+            state.subscriptions[channel] = Subscription(id: generation, task: task, requestID: id)
             return nil
         }
-        if let refusal {
-            send(ServerFrame.error(refusal, channel: channel, id: id))
-            return
-        }
-        // Unstructured: a subscription outlives the message that started it. It is cancelled
-        // by `unsubscribe` or by `cancelAll()` when the connection ends.
-        let task = Task { [follower] in
-            do {
-                let (end, last) = try await follower.follow(
-                    channel,
-                    after: since,
-                    epoch: epoch,
-                    onStart: { read in self.send(ServerFrame.subscribed(channel, read, id: id), channel: channel) },
-                    emit: { item in
-                        guard case .events(let events) = item else { return }
-                        for encoded in events {
-                            guard self.send(encoded.webSocketFrame, channel: channel, offset: encoded.event.offset)
-                            else {
-                                throw CancellationError()
-                            }
-                        }
-                    }
-                )
-                if case .slowConsumer = end { self.finish(.slowConsumer(channel: channel, offset: last)) }
-            } catch is CancellationError {
-            } catch {
-                self.logger.error("subscription failed", metadata: ["error": "\(error)"])
-                self.send(ServerFrame.error(OpError("internal", "the subscription failed"), channel: channel, id: id))
+        if let refusal { send(ServerFrame.error(refusal, channel: channel, id: id)) }
+    }
+
+    /// Waits until fewer than twice `maxSubscriptions` followers are alive; `false` when the
+    /// connection closed meanwhile.
+    private func followerSlot() async -> Bool {
+        let limit = 2 * configuration.maxSubscriptions
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                guard state.closing == nil, state.liveFollowers >= limit else { return true }
+                state.slotWaiter = continuation
+                return false
             }
-            _ = self.state.withLock { $0.subscriptions.removeValue(forKey: channel) }
+            if ready { continuation.resume() }
         }
-        state.withLock { $0.subscriptions[channel] = task }
+        return closing == nil
+    }
+
+    /// One subscription's task: follows the channel until `unsubscribe`, the connection's end,
+    /// a slow-consumer cut or a check's end, then removes itself if still registered. Its
+    /// frames go out only while it is the channel's current subscription.
+    private func follow(_ channel: ChannelName, generation: UInt64, since: Offset?, epoch: Epoch?, id: JSONValue?) async
+    {
+        var startReset = false  // the reset right after an unrecovered start, told by `subscribed`
+        func send(_ frame: ByteBuffer, offset: Offset = 0) throws {
+            guard self.send(frame, of: channel, generation: generation, offset: offset) else {
+                throw CancellationError()
+            }
+        }
+        do {
+            let (end, last) = try await follower.follow(
+                channel,
+                after: since,
+                epoch: epoch,
+                onStart: { read in
+                    startReset = !read.recovered
+                    try send(ByteBuffer(string: ServerFrame.subscribed(channel, read, id: id)))
+                },
+                emit: { item in
+                    switch item {
+                    case .events(let events):
+                        for encoded in events { try send(encoded.webSocketFrame, offset: encoded.event.offset) }
+                    case .reset(let read):
+                        // A later reset (trimmed while paging, a new epoch under the stream) is
+                        // a `reset` op.
+                        guard !startReset else {
+                            startReset = false
+                            return
+                        }
+                        try send(ByteBuffer(string: ServerFrame.reset(channel, read)))
+                    case .heartbeat:
+                        // The WebSocket library pings; this only notices an unsubscribe.
+                        try Task.checkCancellation()
+                    }
+                }
+            )
+            if case .slowConsumer = end { finish(.slowConsumer(channel: channel, offset: last)) }
+        } catch is CancellationError {
+        } catch {
+            logger.error("subscription failed", metadata: ["error": "\(error)"])
+            _ = self.send(
+                ByteBuffer(
+                    string: ServerFrame.error(OpError("internal", "the subscription failed"), channel: channel, id: id)
+                ),
+                of: channel,
+                generation: generation
+            )
+        }
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.subscriptions[channel]?.id == generation { state.subscriptions[channel] = nil }
+            state.liveFollowers -= 1
+            defer { state.slotWaiter = nil }
+            return state.slotWaiter
+        }
+        waiter?.resume()
+    }
+
+    /// Cancels every subscription and waits for their tasks, so none outlives the connection.
+    func close() async {
+        let tasks = state.withLock { state in
+            defer { state.subscriptions.removeAll() }
+            return state.subscriptions.values.map(\.task)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
     }
 }

@@ -143,12 +143,33 @@ def test_unknown_ids_and_routes_are_404_problems(api):
     assert_problem(api.get("/api/v1/nothing-here"), 404)
 
 
-def test_a_callback_secret_is_generated_and_shown_only_at_creation(api):
-    response = create(api, {"kind": "delay", "params": {"ms": 10}, "callback_url": "https://example.com/hook"})
+def test_a_callback_secret_is_generated_and_shown_only_at_creation(make_herald):
+    api = make_herald("--allow-private-targets").client()
+    # An external check is never completed here, so nothing is ever sent to the callback.
+    response = create(api, {"kind": "external", "callback_url": "http://127.0.0.1:9/hook"})
     created = response.json()
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/]+={0,2}", created["callback_secret"])
-    assert created["callback_url"] == "https://example.com/hook"
+    assert created["callback_url"] == "http://127.0.0.1:9/hook"
     assert "callback_secret" not in api.get(f"/api/v1/checks/{created['id']}").json()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://10.0.0.7/hook",
+                                 "http://169.254.169.254/latest/meta-data", "http://localhost/hook",
+                                 "http://0x7f000001/hook"])
+def test_a_callback_url_to_a_private_address_is_refused_at_creation(api, url):
+    """The SSRF guard of subscriptions and http checks: 422 before anything is written."""
+    assert_problem(create(api, {"kind": "external", "callback_url": url}), 422, "callback_url")
+    assert api.get("/api/v1/checks", headers=AUTH).json()["checks"] == []
+
+
+def test_duplicate_keys_in_a_body_are_refused(api):
+    body = b'{"kind": "delay", "kind": "http", "params": {"ms": 1}}'
+    response = api.post("/api/v1/checks", content=body, headers={"Content-Type": "application/json"})
+    assert_problem(response, 400, "kind")
+    escaped = b'{"kind": "external", "params": {"a": 1, "\\u0061": 2}}'
+    response = api.post("/api/v1/checks", content=escaped, headers={"Content-Type": "application/json"})
+    assert_problem(response, 400, "twice")
+    assert api.get("/api/v1/checks", headers=AUTH).json()["checks"] == []
 
 
 def test_a_stalled_request_body_is_cut_not_held(make_herald):

@@ -35,17 +35,9 @@ extension Request {
             throw HeraldError.malformed("the body is empty; a JSON object is expected")
         }
         do {
-            return try JSONDecoder().decode(JSONValue.self, from: Data(buffer.readableBytesView))
+            return try JSONValue.parse(Data(buffer.readableBytesView))
         } catch {
-            throw HeraldError.malformed("the body is not valid JSON: \(Self.describe(error))")
-        }
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        guard let error = error as? DecodingError else { return "unreadable" }
-        switch error {
-        case .dataCorrupted(let context): return context.debugDescription
-        default: return "unreadable"
+            throw HeraldError.malformed("the body is not valid JSON: \(error)")
         }
     }
 
@@ -89,10 +81,10 @@ extension Request {
             }
         }
         guard let text else { return .zero }
-        guard let seconds = Double(text), seconds.isFinite, seconds >= 0 else {
+        guard let seconds = decimalSeconds(text), seconds >= 0 else {
             throw .invalid("wait must be a non-negative number of seconds, not '\(text)'")
         }
-        return min(.milliseconds(Int64(seconds * 1000)), cap)
+        return Duration(seconds: seconds, atMost: cap)
     }
 
     /// The JSONP callback name, validated, or `nil` when none was asked for.
@@ -116,10 +108,10 @@ extension Request {
     /// - Throws: `.invalid` (422) unless S is a number of seconds, 1 or more.
     func heartbeat(cap: Duration) throws(HeraldError) -> Duration {
         guard let text = query("heartbeat") else { return cap }
-        guard let seconds = Double(text), seconds.isFinite, seconds >= 1 else {
+        guard let seconds = decimalSeconds(text), seconds >= 1 else {
             throw .invalid("heartbeat must be a number of seconds, 1 or more")
         }
-        return min(.milliseconds(Int64(min(seconds, 86_400) * 1000)), cap)
+        return Duration(seconds: seconds, atMost: cap)
     }
 
     /// The iframe stream's `tag`, validated, or `nil` when none was asked for.
@@ -135,6 +127,15 @@ extension Request {
         }
         return tag
     }
+}
+
+/// A finite decimal number (`30`, `2.5`, `1e3`), or `nil`: not hexadecimal, `inf` or `nan`,
+/// which `Double.init` would also take.
+func decimalSeconds(_ text: String) -> Double? {
+    guard text.utf8.allSatisfy({ (48...57).contains($0) || "+-.eE".utf8.contains($0) }),
+        let value = Double(text), value.isFinite
+    else { return nil }
+    return value
 }
 
 /// Requires `value` (an `Authorization` header or metadata) to be `Bearer <key>`.

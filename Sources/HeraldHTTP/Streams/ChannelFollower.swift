@@ -44,6 +44,11 @@ package struct ChannelFollower: Sendable {
     /// Follows `channel` after `position` (`nil`: from now, or for a check channel its current
     /// snapshot), calling `emit` for each item until the end.
     ///
+    /// Nothing is ever skipped silently: whenever the store cannot continue from the last
+    /// position emitted (its events were trimmed while a slow reader paged, or the channel
+    /// started a new epoch under a live stream), a `.reset` with what is still kept comes
+    /// first, and following goes on from there.
+    ///
     /// - Parameter onStart: called once subscribed and the position is resolved, with the
     ///   channel's epoch, before any item (a WebSocket answers `subscribed` there).
     /// - Returns: why it stopped, and the last offset emitted.
@@ -56,7 +61,6 @@ package struct ChannelFollower: Sendable {
     ) async throws -> (end: End, last: Offset) {
         let isCheck = channel.isCheckChannel
         return try await hub.withSubscription(to: channel) { subscription in
-            var cursor = Cursor(isCheck: isCheck)
             var read = try await store.events(
                 in: channel,
                 after: position ?? (isCheck ? 0 : nil),
@@ -64,31 +68,30 @@ package struct ChannelFollower: Sendable {
                 limit: pageSize
             )
             if isCheck && position == nil { read.events = Array(read.events.suffix(1)) }  // the snapshot
-            cursor.last = read.events.first.map { $0.offset - 1 } ?? read.next
+            var cursor = Cursor(
+                isCheck: isCheck,
+                epoch: read.epoch,
+                last: read.events.first.map { $0.offset - 1 } ?? read.next
+            )
             try await onStart(read)
             if !read.recovered { try await emit(.reset(read)) }
             try await emit(.events(cursor.take(read.events.map(EncodedEvent.init))))
-            while !cursor.isEnded && read.events.count == pageSize {
-                read = try await store.events(in: channel, after: cursor.last, epoch: nil, limit: pageSize)
-                try await emit(.events(cursor.take(read.events.map(EncodedEvent.init))))
-            }
+            if read.events.count == pageSize { try await catchUp(channel, &cursor, emit: emit) }
             while !cursor.isEnded {
                 switch await subscription.next(heartbeat: heartbeat) {
                 case .events(let batch):
                     var out: [EncodedEvent] = []
-                    for encoded in batch where encoded.event.offset > cursor.last && !cursor.isEnded {
-                        if encoded.event.offset > cursor.last + 1 {
-                            let gap = try await store.events(
-                                in: channel,
-                                after: cursor.last,
-                                epoch: nil,
-                                limit: pageSize
-                            )
-                            out += cursor.take(
-                                gap.events.filter { $0.offset < encoded.event.offset }.map(EncodedEvent.init)
-                            )
+                    for encoded in batch where !cursor.isEnded {
+                        switch cursor.place(encoded.event) {
+                        case .next: out += cursor.take([encoded])
+                        case .duplicate: continue
+                        case .beyond:
+                            // A hole (announced out of order, or a coalesced check queue), or
+                            // another epoch: the store says what comes next, or that it is gone.
+                            if !out.isEmpty { try await emit(.events(out)) }
+                            out = []
+                            try await catchUp(channel, &cursor, emit: emit)
                         }
-                        out += cursor.take([encoded])
                     }
                     if !out.isEmpty { try await emit(.events(out)) }
                 case .heartbeat:
@@ -103,11 +106,57 @@ package struct ChannelFollower: Sendable {
         }
     }
 
-    /// The last offset emitted, and whether a check's terminal event was.
+    /// Reads from the store after the cursor, page by page, until a page is not full. A page
+    /// that is not `recovered` (the cursor's events are gone, or its epoch is) is announced by
+    /// a `.reset` before its events, and the cursor moves to the new history.
+    private func catchUp(
+        _ channel: ChannelName,
+        _ cursor: inout Cursor,
+        emit: (Item) async throws -> Void
+    ) async throws {
+        while !cursor.isEnded {
+            let read = try await store.events(in: channel, after: cursor.last, epoch: cursor.epoch, limit: pageSize)
+            if !read.recovered {
+                try await emit(.reset(read))
+                cursor.restart(at: read)
+            }
+            cursor.epoch = read.epoch
+            let taken = cursor.take(read.events.map(EncodedEvent.init))
+            if !taken.isEmpty { try await emit(.events(taken)) }
+            if read.events.count < pageSize { return }
+        }
+    }
+
+    /// The position emitted last `(epoch, last)`, and whether a check's terminal event was.
     private struct Cursor {
+        /// Where a live event stands against the cursor.
+        enum Placement { case next, duplicate, beyond }
+
         let isCheck: Bool
-        var last: Offset = 0
+        var epoch: Epoch
+        var last: Offset
         var isEnded = false
+
+        init(isCheck: Bool, epoch: Epoch, last: Offset) {
+            self.isCheck = isCheck
+            self.epoch = epoch
+            self.last = last
+        }
+
+        /// Only the next offset of the same epoch follows directly (a channel with no history
+        /// yet has an empty epoch and takes the first event's). Anything else of another epoch
+        /// is `beyond`, never a duplicate, whatever its offset.
+        func place(_ event: Event) -> Placement {
+            guard epoch.rawValue.isEmpty || event.epoch == epoch else { return .beyond }
+            if event.offset <= last { return .duplicate }
+            return event.offset == last + 1 ? .next : .beyond
+        }
+
+        /// After a reset: continue just before the first kept event, in its epoch.
+        mutating func restart(at read: EventRead) {
+            epoch = read.epoch
+            last = read.events.first.map { $0.offset - 1 } ?? read.next
+        }
 
         /// The events after `last`, in order, up to and including a check's terminal event.
         mutating func take(_ events: [EncodedEvent]) -> [EncodedEvent] {
@@ -115,6 +164,7 @@ package struct ChannelFollower: Sendable {
             for encoded in events where encoded.event.offset > last && !isEnded {
                 taken.append(encoded)
                 last = encoded.event.offset
+                epoch = encoded.event.epoch
                 if isCheck && encoded.event.type.hasPrefix("check.") && encoded.event.type != "check.created"
                     && encoded.event.type != "check.updated"
                 {

@@ -149,6 +149,7 @@
           }
           break;
         case "subscribed":
+        case "reset": // the loss signal on a live subscription
           this.deliver({
             type: frame.recovered ? "herald.welcome" : "herald.reset",
             channel: frame.channel,

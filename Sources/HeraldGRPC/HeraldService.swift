@@ -118,7 +118,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                     switch item {
                     case .events(let events):
                         for encoded in events { try await writer.write(Herald_V1_Event(encoded.event)) }
-                    case .reset(let read):
+                    case .reset(let read, _):
                         // The position is gone (another epoch, trimmed): one `herald.reset`, as on SSE.
                         try await writer.write(Herald_V1_Event(reset: read, channel: id.channel))
                     case .heartbeat:

@@ -119,15 +119,12 @@ final class SubscribeSession: Sendable {
     )
         async
     {
-        // The reset that follows an unrecovered start is told by `subscribed.recovered`.
-        var startReset = false
         do {
             try await service.follow(
                 channel,
                 after: position,
                 epoch: epoch,
                 onStart: { read in
-                    startReset = !read.recovered
                     var subscribed = Herald_V1_Subscribed()
                     subscribed.channel = channel.rawValue
                     subscribed.epoch = read.epoch.rawValue
@@ -146,13 +143,10 @@ final class SubscribeSession: Sendable {
                             response.event = Herald_V1_Event(encoded.event)
                             try await outbox.send(response)
                         }
-                    case .reset(let read):
-                        // A later reset (trimmed while paging, a new epoch under the stream) is a
-                        // `herald.reset` event.
-                        guard !startReset else {
-                            startReset = false
-                            return
-                        }
+                    case .reset(_, atStart: true):
+                        break  // told by `subscribed.recovered`
+                    case .reset(let read, atStart: false):
+                        // A later loss (trimmed while paging, a new epoch under the stream).
                         var response = Herald_V1_SubscribeResponse()
                         response.event = Herald_V1_Event(reset: read, channel: channel)
                         try await outbox.send(response)

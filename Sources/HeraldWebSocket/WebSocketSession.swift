@@ -78,20 +78,20 @@ final class WebSocketSession: Sendable {
     /// Queues a frame's payload as it is: an event's bytes are shared by every connection.
     @discardableResult
     func send(_ frame: ByteBuffer, channel: ChannelName? = nil, offset: Offset = 0) -> Bool {
-        enqueue([frame], channel: channel, offset: offset) { _ in true }
+        enqueue(channel: channel, offset: offset) { _ in [frame] }
     }
 
-    /// Queues `frames` in one critical section if `admit` allows it, so nothing queued by
-    /// another op can come between them (`admit` runs under the lock).
+    /// Queues the frames `frames` picks under the lock (`nil`: none, and `false` is returned),
+    /// in one critical section, so nothing queued by another op or subscription comes between
+    /// the decision and the frames. Past the queue's bound the connection is cut instead.
     private func enqueue(
-        _ frames: [ByteBuffer],
         channel: ChannelName?,
         offset: Offset,
-        admit: (inout State) -> Bool
+        frames: (inout State) -> [ByteBuffer]?
     ) -> Bool {
-        let size = frames.reduce(0) { $0 + $1.readableBytes }
         let outcome = state.withLock { state -> Bool? in
-            guard state.closing == nil, admit(&state) else { return nil }
+            guard state.closing == nil, let frames = frames(&state) else { return nil }
+            let size = frames.reduce(0) { $0 + $1.readableBytes }
             guard state.queuedBytes + size <= configuration.maxQueuedBytes else { return false }
             for frame in frames {
                 // Yielding to an AsyncStream never waits; under the lock it keeps the order.
@@ -108,10 +108,10 @@ final class WebSocketSession: Sendable {
     /// Queues a frame of the subscription `generation` on `channel`, only while it is the
     /// current one: after `unsubscribe` (or a newer `subscribe`) it sends nothing more.
     private func send(_ frame: ByteBuffer, of channel: ChannelName, generation: UInt64, offset: Offset = 0) -> Bool {
-        enqueue([frame], channel: channel, offset: offset) { state in
-            guard state.subscriptions[channel]?.id == generation else { return false }
+        enqueue(channel: channel, offset: offset) { state in
+            guard state.subscriptions[channel]?.id == generation else { return nil }
             state.subscriptions[channel]?.started = true
-            return true
+            return [frame]
         }
     }
 
@@ -146,8 +146,8 @@ final class WebSocketSession: Sendable {
             // One critical section: the subscription goes, its subscribe is answered if it had
             // not started, and `unsubscribed` is queued; nothing of it can follow.
             var task: Task<Void, Never>?
-            let answered = enqueue([], channel: channel, offset: 0) { state in
-                guard let subscription = state.subscriptions.removeValue(forKey: channel) else { return false }
+            let answered = enqueue(channel: channel, offset: 0) { state in
+                guard let subscription = state.subscriptions.removeValue(forKey: channel) else { return nil }
                 task = subscription.task
                 var frames: [String] = []
                 if !subscription.started {
@@ -155,9 +155,7 @@ final class WebSocketSession: Sendable {
                     frames.append(ServerFrame.error(canceled, channel: channel, id: subscription.requestID))
                 }
                 frames.append(ServerFrame.simple("unsubscribed", channel: channel, id: id))
-                for frame in frames { sink.yield(ByteBuffer(string: frame)) }
-                state.queuedBytes += frames.reduce(0) { $0 + $1.utf8.count }
-                return true
+                return frames.map { ByteBuffer(string: $0) }
             }
             task?.cancel()
             if !answered, closing == nil {
@@ -223,7 +221,6 @@ final class WebSocketSession: Sendable {
     /// frames go out only while it is the channel's current subscription.
     private func follow(_ channel: ChannelName, generation: UInt64, since: Offset?, epoch: Epoch?, id: JSONValue?) async
     {
-        var startReset = false  // the reset right after an unrecovered start, told by `subscribed`
         func send(_ frame: ByteBuffer, offset: Offset = 0) throws {
             guard self.send(frame, of: channel, generation: generation, offset: offset) else {
                 throw CancellationError()
@@ -235,20 +232,16 @@ final class WebSocketSession: Sendable {
                 after: since,
                 epoch: epoch,
                 onStart: { read in
-                    startReset = !read.recovered
                     try send(ByteBuffer(string: ServerFrame.subscribed(channel, read, id: id)))
                 },
                 emit: { item in
                     switch item {
                     case .events(let events):
                         for encoded in events { try send(encoded.webSocketFrame, offset: encoded.event.offset) }
-                    case .reset(let read):
-                        // A later reset (trimmed while paging, a new epoch under the stream) is
-                        // a `reset` op.
-                        guard !startReset else {
-                            startReset = false
-                            return
-                        }
+                    case .reset(_, atStart: true):
+                        break  // told by `subscribed`
+                    case .reset(let read, atStart: false):
+                        // A later loss (trimmed while paging, a new epoch under the stream).
                         try send(ByteBuffer(string: ServerFrame.reset(channel, read)))
                     case .heartbeat:
                         // The WebSocket library pings; this only notices an unsubscribe.

@@ -214,3 +214,49 @@ def test_broken_chunked_framing_is_a_400_problem(herald, body, encoding):
     alive(herald)
     with herald.client() as api:
         assert api.get("/api/v1/checks", headers=AUTH).json()["checks"] == []
+
+
+def read_text_frames(connection, timeout=30):
+    """Reads server frames until the close frame: returns (texts, close code)."""
+    connection.settimeout(timeout)
+    buffer, texts = b"", []
+    while True:
+        chunk = connection.recv(1 << 16)
+        assert chunk, "closed without a close frame"
+        buffer += chunk
+        while len(buffer) >= 2:
+            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, start = struct.unpack("!H", buffer[2:4])[0], 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, start = struct.unpack("!Q", buffer[2:10])[0], 10
+            if len(buffer) < start + length:
+                break
+            payload, buffer = buffer[start:start + length], buffer[start + length:]
+            if opcode == 0x8:
+                return texts, struct.unpack("!H", payload[:2])[0]
+            if opcode == 0x1:
+                texts.append(json.loads(payload))
+
+
+def test_a_websocket_that_never_reads_is_cut_by_the_bytes_it_queued(make_herald):
+    """400 events of 60 KB fit the frame bound (1,024) but not the byte bound (1 MiB): the
+    client that stops reading gets what the socket buffers held, then slow_consumer and 1008."""
+    herald = make_herald(config={"stream-max-queued-bytes": 64 << 20})
+    with raw_websocket(herald) as connection, herald.client() as api:
+        connection.sendall(frame(0x1, b'{"op": "subscribe", "channel": "big", "id": 1}'))
+        blob = "x" * 60_000
+        for n in range(400):
+            assert api.post("/api/v1/channels/big/events", json={"type": "t", "data": blob},
+                            headers=AUTH).status_code == 201
+        texts, code = read_text_frames(connection)
+    events = [text for text in texts if text["op"] == "event"]
+    assert texts[-1]["op"] == "error" and texts[-1]["code"] == "slow_consumer", texts[-1]
+    assert code == 1008
+    assert len(events) < 400
+    assert [event["offset"] for event in events] == list(range(1, len(events) + 1))
+    alive(herald)

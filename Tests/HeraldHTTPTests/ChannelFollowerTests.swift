@@ -54,7 +54,9 @@ import Testing
                         for _ in 1...10 { _ = try await store.append(type: "t", data: "1", to: channel, at: .now()) }
                     }
                     if seen.last == .event(seen[0].epoch, 15) { throw Done() }
-                case .reset(let read):
+                case .reset(_, atStart: true):
+                    Issue.record("the start was recovered; no reset belongs there")
+                case .reset(let read, atStart: false):
                     #expect(!read.recovered)
                     seen.append(.reset(read.epoch.rawValue, read.next))
                 case .heartbeat:
@@ -87,7 +89,9 @@ import Testing
                 case .events(let events):
                     seen += events.map { .event($0.event.epoch.rawValue, $0.event.offset) }
                     if !seen.isEmpty { throw Done() }
-                case .reset(let read):
+                case .reset(_, atStart: true):
+                    Issue.record("the start was recovered; no reset belongs there")
+                case .reset(let read, atStart: false):
                     seen.append(.reset(read.epoch.rawValue, read.next))
                 case .heartbeat:
                     break

@@ -12,8 +12,9 @@ package import HeraldStore
 package struct ChannelFollower: Sendable {
     /// What the transport writes next.
     package enum Item: Sendable {
-        /// The position asked for is gone; what follows is what is still kept.
-        case reset(EventRead)
+        /// A position is gone; what follows is what is still kept. `atStart`: the position
+        /// asked for (the `EventRead` given to `onStart` says so too), else one lost later.
+        case reset(EventRead, atStart: Bool)
         /// Events in order; a transport writes them in one write.
         case events([EncodedEvent])
         case heartbeat
@@ -74,7 +75,7 @@ package struct ChannelFollower: Sendable {
                 last: read.events.first.map { $0.offset - 1 } ?? read.next
             )
             try await onStart(read)
-            if !read.recovered { try await emit(.reset(read)) }
+            if !read.recovered { try await emit(.reset(read, atStart: true)) }
             try await emit(.events(cursor.take(read.events.map(EncodedEvent.init))))
             if read.events.count == pageSize { try await catchUp(channel, &cursor, emit: emit) }
             while !cursor.isEnded {
@@ -117,7 +118,7 @@ package struct ChannelFollower: Sendable {
         while !cursor.isEnded {
             let read = try await store.events(in: channel, after: cursor.last, epoch: cursor.epoch, limit: pageSize)
             if !read.recovered {
-                try await emit(.reset(read))
+                try await emit(.reset(read, atStart: false))
                 cursor.restart(at: read)
             }
             cursor.epoch = read.epoch

@@ -80,7 +80,7 @@ extension HeraldAPI {
                 ) { item in
                     let bytes: ByteBuffer
                     switch item {
-                    case .reset(let read):
+                    case .reset(let read, _):
                         bytes = ByteBuffer(
                             string: framing.marker(read.resetJSON(channel: channel), type: "herald.reset")
                         )

@@ -131,6 +131,26 @@ package enum ConfigurationLoader {
             c,
             v throws(ConfigurationError) in c.http.idleTimeout = .seconds(try int(v, "idle-timeout", 1...3600))
         },
+        Setting(name: "max-connections", help: "client connections held at once (default: open-file limit - 256)") {
+            c,
+            v throws(ConfigurationError) in c.http.maxConnections = try int(v, "max-connections", 1...10_000_000)
+        },
+        Setting(name: "write-timeout", help: "seconds a connection may stay unwritable before it is closed") {
+            c,
+            v throws(ConfigurationError) in c.http.writeTimeout = .seconds(try int(v, "write-timeout", 1...3600))
+        },
+        Setting(name: "shutdown-timeout", help: "seconds SIGTERM waits for connections before cancelling them") {
+            c,
+            v throws(ConfigurationError) in c.http.shutdownTimeout = .seconds(try int(v, "shutdown-timeout", 1...3600))
+        },
+        Setting(name: "head-timeout", help: "seconds a request head may take to arrive") {
+            c,
+            v throws(ConfigurationError) in c.http.headTimeout = .seconds(try int(v, "head-timeout", 1...3600))
+        },
+        Setting(name: "min-body-rate", help: "bytes per second a request body must keep up") {
+            c,
+            v throws(ConfigurationError) in c.http.minBodyRate = try int(v, "min-body-rate", 1...1_073_741_824)
+        },
         Setting(name: "poll-max-events", help: "most events in one poll answer") { c, v throws(ConfigurationError) in
             c.http.maxEventsPerPoll = try int(v, "poll-max-events", 1...100_000)
         },

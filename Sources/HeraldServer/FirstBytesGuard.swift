@@ -1,9 +1,12 @@
+internal import HTTPTypes
+internal import HeraldHTTP
 internal import HummingbirdCore
 internal import Logging
 internal import NIOCore
 
-/// Wraps a child channel so that a connection which has sent nothing yet can neither hold
-/// Herald open at shutdown nor stay open forever.
+/// Wraps a child channel so that a connection past `max-connections` is refused at once, and
+/// one which has sent nothing yet can neither hold Herald open at shutdown nor stay open
+/// forever.
 ///
 /// Until a connection's first request arrives, Hummingbird's pipeline is still deciding
 /// whether to upgrade it, and neither its idle timeout nor its graceful-shutdown handling is
@@ -11,20 +14,58 @@ internal import NIOCore
 /// waiting until the browser let go. ``FirstBytesGuard`` closes such a connection on shutdown
 /// or after `idleTimeout`, and steps aside at the first byte.
 struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
+    struct Value: ServerChildChannelValue {
+        /// Nil for a connection refused by the limit.
+        let inner: Inner.Value?
+        let channel: any Channel
+    }
+
     let inner: Inner
     let idleTimeout: TimeAmount
+    let limit: ConnectionLimit
+    /// How long the connection may stay unwritable (`write-timeout`).
+    let writeTimeout: TimeAmount
+    /// What a refused connection is sent before it closes (nil over TLS: nothing).
+    let refusal: String?
 
-    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Inner.Value> {
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        guard limit.admit() else {
+            refuse(channel)
+            return channel.eventLoop.makeSucceededFuture(Value(inner: nil, channel: channel))
+        }
+        channel.closeFuture.whenComplete { _ in limit.release() }
         do {
+            try channel.pipeline.syncOperations.addHandler(WriteDeadline(timeout: writeTimeout))
             try channel.pipeline.syncOperations.addHandler(FirstBytesGuard(idleTimeout: idleTimeout))
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
-        return inner.setup(channel: channel, logger: logger)
+        return inner.setup(channel: channel, logger: logger).map { Value(inner: $0, channel: channel) }
     }
 
-    func handle(value: Inner.Value, logger: Logger) async {
-        await inner.handle(value: value, logger: logger)
+    func handle(value: Value, logger: Logger) async {
+        guard let innerValue = value.inner else { return }
+        await inner.handle(value: innerValue, logger: logger)
+    }
+
+    /// Answers and closes a connection past the limit, through a ``ConnectionRefusal``.
+    private func refuse(_ channel: any Channel) {
+        do {
+            try channel.pipeline.syncOperations.addHandler(ConnectionRefusal(answer: refusal))
+        } catch {
+            channel.close(promise: nil)
+        }
+    }
+
+    /// The raw HTTP/1.1 answer to a connection past the limit.
+    static func busyAnswer(maximum: Int) -> String {
+        let body = Problem(
+            status: .serviceUnavailable,
+            code: "unavailable",
+            detail: "Herald holds \(maximum) connections, its max-connections; try again shortly"
+        ).json
+        return "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+            + "retry-after: 1\r\nconnection: close\r\ncontent-length: \(body.utf8.count)\r\n\r\n" + body
     }
 }
 
@@ -59,6 +100,42 @@ final class FirstBytesGuard: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
         } else {
             context.fireUserInboundEventTriggered(event)
+        }
+    }
+}
+
+/// The only handler of a connection past `max-connections`: once it is active, sends the
+/// answer (if any), closes its output and discards its input for a second before closing it,
+/// so that closing with the request unread does not reset the connection before the client
+/// reads the answer.
+final class ConnectionRefusal: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let answer: String?
+    private var refused = false
+
+    init(answer: String?) {
+        self.answer = answer
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { refuse(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        refuse(context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    private func refuse(_ context: ChannelHandlerContext) {
+        guard !refused else { return }
+        refused = true
+        let channel = context.channel
+        guard let answer else { return channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(channel.allocator.buffer(string: answer))).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         }
     }
 }

@@ -37,6 +37,22 @@ package struct HeraldServer: Sendable {
         self.logger = logger
     }
 
+    /// Raises the open-file limit and derives the connection bound from it.
+    private func connectionLimit() -> ConnectionLimit {
+        let files = OpenFileLimit.raise()
+        let allowed = max(files.after - OpenFileLimit.reserve, 16)
+        let maximum = min(configuration.http.maxConnections ?? allowed, allowed)
+        if let asked = configuration.http.maxConnections, asked > allowed {
+            logger.warning(
+                "max-connections \(asked) lowered to \(allowed): the open-file limit is \(files.after); raise LimitNOFILE"
+            )
+        }
+        logger.info(
+            "open files: limit \(files.after) (was \(files.before)); at most \(maximum) connections"
+        )
+        return ConnectionLimit(maximum: maximum)
+    }
+
     /// Runs until a shutdown signal; calls `onListening` once every port is bound, with the
     /// HTTP base URL and the gRPC port (`nil` when gRPC is off).
     ///
@@ -117,7 +133,7 @@ package struct HeraldServer: Sendable {
         let grpcWeb = GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
         let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
 
-        let router = Router()
+        let router = Router(options: .autoGenerateHeadEndpoints)
         api.register(on: router)
         grpcWeb.register(on: router)
         // Reached by a plain GET; a refused upgrade is answered by UpgradeRefusalHandler.
@@ -146,7 +162,9 @@ package struct HeraldServer: Sendable {
                 )
             }
         }
+        router.answerUnservedMethods()
 
+        let connections = connectionLimit()
         let host = configuration.host
         let refusedUpgrades = RefusedUpgrades()
         let idleTimeout = TimeAmount(configuration.http.idleTimeout)
@@ -162,6 +180,13 @@ package struct HeraldServer: Sendable {
                 autoPing: .enabled(timePeriod: configuration.http.heartbeat),
                 validateUTF8: true
             )
+        )
+        let shieldLimits = HTTP1ShieldLimits(
+            headTimeout: TimeAmount(configuration.http.headTimeout),
+            minBodyBytesPerWindow: configuration.http.minBodyRate
+                * Int(configuration.http.headTimeout.components.seconds),
+            maxBodyBytes: configuration.http.maxBodyBytes,
+            maxHeaderFieldSize: webSocketChannel.http1.httpDecoder.maxHeaderFieldSize
         )
         let shouldUpgrade:
             @Sendable (HTTPRequest, any Channel, Logger) throws -> ShouldUpgradeResult<
@@ -185,26 +210,38 @@ package struct HeraldServer: Sendable {
                 GuardedChildChannel(
                     inner: SecureHTTPChannel(
                         context: context,
-                        http1: HTTP1WebSocketUpgradeChannel(
-                            responder: responder,
-                            configuration: webSocketChannel,
-                            shouldUpgrade: shouldUpgrade
+                        http1: ShieldedHTTP1Channel(
+                            inner: HTTP1WebSocketUpgradeChannel(
+                                responder: responder,
+                                configuration: webSocketChannel,
+                                shouldUpgrade: shouldUpgrade
+                            ),
+                            limits: shieldLimits
                         ),
                         http2: HTTP2Channel(responder: responder, configuration: http2)
                     ),
-                    idleTimeout: idleTimeout
+                    idleTimeout: idleTimeout,
+                    limit: connections,
+                    writeTimeout: TimeAmount(configuration.http.writeTimeout),
+                    refusal: nil
                 )
             }
             scheme = "https"
         } else {
             server = HTTPServerBuilder { responder in
                 GuardedChildChannel(
-                    inner: HTTP1WebSocketUpgradeChannel(
-                        responder: responder,
-                        configuration: webSocketChannel,
-                        shouldUpgrade: shouldUpgrade
+                    inner: ShieldedHTTP1Channel(
+                        inner: HTTP1WebSocketUpgradeChannel(
+                            responder: responder,
+                            configuration: webSocketChannel,
+                            shouldUpgrade: shouldUpgrade
+                        ),
+                        limits: shieldLimits
                     ),
-                    idleTimeout: idleTimeout
+                    idleTimeout: idleTimeout,
+                    limit: connections,
+                    writeTimeout: TimeAmount(configuration.http.writeTimeout),
+                    refusal: GuardedChildChannel<ShieldedHTTP1Channel>.busyAnswer(maximum: connections.maximum)
                 )
             }
             scheme = "http"
@@ -254,13 +291,16 @@ package struct HeraldServer: Sendable {
             services.append(.init(service: grpc))
         }
         services += [.init(service: hub), .init(service: webSocket)]
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services,
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger.labelled("herald.lifecycle")
-            )
+        var lifecycle = ServiceGroupConfiguration(
+            services: services,
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger.labelled("herald.lifecycle")
         )
+        // A client that stops reading must not hold SIGTERM forever: past shutdown-timeout
+        // every service is cancelled, and past five more seconds the process ends anyway.
+        lifecycle.maximumGracefulShutdownDuration = configuration.http.shutdownTimeout
+        lifecycle.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: lifecycle)
         do {
             try await group.run()
         } catch let error as HeraldError where error.code == .unavailable {

@@ -16,7 +16,7 @@ struct SecureHTTPChannel: ServerChildChannel {
     static let applicationProtocols = ["h2", "http/1.1"]
 
     enum Negotiated: Sendable {
-        case http1(HTTP1WebSocketUpgradeChannel.Value)
+        case http1(ShieldedHTTP1Channel.Value)
         case http2(HTTP2Channel.Value)
     }
 
@@ -26,7 +26,7 @@ struct SecureHTTPChannel: ServerChildChannel {
     }
 
     let context: NIOSSLContext
-    let http1: HTTP1WebSocketUpgradeChannel
+    let http1: ShieldedHTTP1Channel
     let http2: HTTP2Channel
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {

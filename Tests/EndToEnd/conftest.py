@@ -21,8 +21,9 @@ API_KEY = "e2e-test-key"
 class Herald:
     """One herald serve process; restartable on the same data directory."""
 
-    def __init__(self, data_dir, args=(), env=None):
+    def __init__(self, data_dir, args=(), env=None, preexec=None):
         self.data_dir = str(data_dir)
+        self.preexec = preexec
         self.args = list(args)
         self.env = env or {}
         self.proc = None
@@ -39,7 +40,7 @@ class Herald:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         env.update(self.env)
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+                                     text=True, env=env, preexec_fn=self.preexec)
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc, self.lines), daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -85,12 +86,12 @@ def make_herald(tmp_path):
     """Factory: make_herald(*args, env={}, config={}) starts a herald; all are killed after the test."""
     started = []
 
-    def make(*args, env=None, data_dir=None, start=True, config=None):
+    def make(*args, env=None, data_dir=None, start=True, config=None, preexec=None):
         if config is not None:
             path = tmp_path / f"config{len(started)}.json"
             path.write_text(json.dumps(config))
             args = (*args, "--config", str(path))
-        herald = Herald(data_dir or tmp_path / f"data{len(started)}", args, env)
+        herald = Herald(data_dir or tmp_path / f"data{len(started)}", args, env, preexec)
         started.append(herald)
         return herald.start() if start else herald
 

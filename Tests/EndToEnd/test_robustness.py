@@ -260,3 +260,23 @@ def test_a_websocket_that_never_reads_is_cut_by_the_bytes_it_queued(make_herald)
     assert len(events) < 400
     assert [event["offset"] for event in events] == list(range(1, len(events) + 1))
     alive(herald)
+
+
+# --- where the OpenAPI document and the server once disagreed ----------------------------------
+
+@pytest.mark.parametrize("query", ["welcome=yes", "welcome=", "tag=", "tag=a%20b", "heartbeat=0", "heartbeat=x"])
+def test_stream_options_are_refused_on_polls_too(herald, query):
+    with herald.client() as api:
+        assert_problem(api.get(f"/api/v1/channels/x/events?since=0&{query}"), 422)
+        assert api.get("/api/v1/channels/x/events?since=0&welcome=0&tag=t&heartbeat=5").status_code == 200
+
+
+@pytest.mark.parametrize("path, key", [("/api/v1/checks", "checks"), ("/api/v1/subscription", "subscriptions"),
+                                       ("/api/v1/deliveries", "deliveries")])
+def test_an_empty_cursor_is_the_first_page(herald, path, key):
+    with herald.client(headers=AUTH) as api:
+        create(api, {"kind": "external"})
+        first = api.get(path)
+        empty = api.get(path + "?cursor=")
+        assert empty.status_code == 200, empty.text
+        assert empty.json()[key] == first.json()[key]

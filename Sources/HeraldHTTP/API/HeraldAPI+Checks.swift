@@ -125,7 +125,7 @@ extension HeraldAPI {
             query.kind = value
         }
         query.limit = try pageLimit(request)
-        query.cursor = request.query("cursor")
+        query.cursor = request.pageCursor
         let page = try await store.checks(matching: query)
         var writer = JSONWriter()
         writer.raw("checks", jsonArray(page.checks.lazy.map(\.json)))

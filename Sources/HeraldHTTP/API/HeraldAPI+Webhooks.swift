@@ -59,7 +59,7 @@ extension HeraldAPI {
 
     private func listSubscriptions(_ request: Request) async throws -> Response {
         try request.requireServerKey(configuration.apiKey)
-        let page = try await store.subscriptions(limit: try pageLimit(request), cursor: request.query("cursor"))
+        let page = try await store.subscriptions(limit: try pageLimit(request), cursor: request.pageCursor)
         var writer = JSONWriter()
         writer.raw("subscriptions", jsonArray(page.items.lazy.map { $0.json() }))
         writer.string("next_cursor", page.next)
@@ -179,7 +179,7 @@ extension HeraldAPI {
 
     private func listDeliveries(_ request: Request) async throws -> Response {
         try request.requireServerKey(configuration.apiKey)
-        var query = DeliveryQuery(limit: try pageLimit(request), cursor: request.query("cursor"))
+        var query = DeliveryQuery(limit: try pageLimit(request), cursor: request.pageCursor)
         query.subscriptionID = request.query("subscription_id")
         query.checkID = request.query("check_id")
         if let state = request.query("state") {

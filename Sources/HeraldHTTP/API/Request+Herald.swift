@@ -55,6 +55,11 @@ extension Request {
         uri.queryParameters.get(name)
     }
 
+    /// `?cursor=` of a list route: absent or empty means the first page.
+    var pageCursor: String? {
+        query("cursor").flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     /// The client's position in a channel: `?since=<offset>` (absent or empty: from now) and
     /// `?epoch=<epoch>`.
     /// - Throws: `.invalid` when `since` is not a non-negative integer.
@@ -112,6 +117,16 @@ extension Request {
             throw .invalid("heartbeat must be a number of seconds, 1 or more")
         }
         return Duration(seconds: seconds, atMost: cap)
+    }
+
+    /// Whether a stream announces itself (`welcome=1`); `welcome=0` or none: it does not.
+    /// - Throws: `.invalid` (422) for any other value.
+    func welcome() throws(HeraldError) -> Bool {
+        switch query("welcome") {
+        case nil, "0"?: return false
+        case "1"?: return true
+        default: throw .invalid("welcome must be 1 or 0")
+        }
     }
 
     /// The iframe stream's `tag`, validated, or `nil` when none was asked for.

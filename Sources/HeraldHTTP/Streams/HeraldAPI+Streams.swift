@@ -51,7 +51,7 @@ extension HeraldAPI {
         }
         let framing = StreamFraming(
             format: format,
-            announces: request.query("welcome") == "1",
+            announces: try request.welcome(),
             tag: try request.frameTag()
         )
         let follower = ChannelFollower(

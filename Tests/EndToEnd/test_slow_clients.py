@@ -1,0 +1,94 @@
+"""Issue 15: a client that stops reading (a zero receive window) is cut after `write-timeout`
+on every streaming transport, and cannot hold SIGTERM past `shutdown-timeout`."""
+
+import socket
+import time
+
+import pytest
+
+from conftest import AUTH
+
+BIG = "x" * 60_000
+
+
+def stalled_stream(herald, path):
+    """Opens a stream on a socket with a tiny receive buffer that it never reads."""
+    host, port = herald.url.removeprefix("http://").split(":")
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect((host, int(port)))
+    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return connection
+
+
+def flood(herald, channel, megabytes=8):
+    with herald.client(headers=AUTH) as api:
+        for _ in range(megabytes * 1_000_000 // len(BIG)):
+            assert api.post(f"/api/v1/channels/{channel}/events", json={"type": "big", "data": BIG}).status_code == 201
+
+
+def closed_by_server(connection, within):
+    """Drains the socket; True when the server closed it before `within` seconds passed."""
+    deadline = time.monotonic() + within
+    connection.settimeout(2)
+    while time.monotonic() < deadline:
+        try:
+            if not connection.recv(1 << 20):
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/channels/flood/events?since=0&format=sse",
+    "/api/v1/channels/flood/events?since=0&format=ndjson",
+    "/api/v1/channels/flood/events?since=0&format=html",
+])
+def test_a_client_that_stops_reading_is_cut_after_the_write_timeout(make_herald, path):
+    herald = make_herald(config={"write-timeout": 2})
+    connection = stalled_stream(herald, path)
+    time.sleep(0.5)
+    flood(herald, "flood")
+    time.sleep(4)  # the connection has been unwritable for longer than write-timeout
+    with connection:
+        assert closed_by_server(connection, within=20), "the stalled stream was never closed"
+    with herald.client() as api:
+        assert api.get("/healthz").status_code == 200
+
+
+def test_a_websocket_that_stops_reading_is_cut_after_the_write_timeout(make_herald):
+    herald = make_herald(config={"write-timeout": 2, "ws-max-queued-bytes": 1 << 30, "ws-max-queued-frames": 100_000,
+                                 "stream-max-queued-bytes": 1 << 30, "stream-max-queued-events": 100_000})
+    connection = stalled_stream(herald, "/api/v1/ws")  # refused without the upgrade headers
+    connection.close()
+    host, port = herald.url.removeprefix("http://").split(":")
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect((host, int(port)))
+    connection.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    subscribe = b'{"op":"subscribe","channel":"wsflood","since":0}'
+    mask = b"\x01\x02\x03\x04"
+    connection.sendall(bytes([0x81, 0x80 | len(subscribe)]) + mask
+                       + bytes(byte ^ mask[index % 4] for index, byte in enumerate(subscribe)))
+    time.sleep(0.5)
+    flood(herald, "wsflood")
+    time.sleep(4)
+    with connection:
+        assert closed_by_server(connection, within=20), "the stalled WebSocket was never closed"
+
+
+def test_sigterm_ends_the_process_in_bounded_time_with_a_stalled_client(make_herald):
+    herald = make_herald(config={"write-timeout": 600, "shutdown-timeout": 2,
+                                 "stream-max-queued-bytes": 1 << 30, "stream-max-queued-events": 100_000})
+    connection = stalled_stream(herald, "/api/v1/channels/flood/events?since=0&format=sse")
+    time.sleep(0.5)
+    flood(herald, "flood")
+    started = time.monotonic()
+    herald.terminate(timeout=30)
+    elapsed = time.monotonic() - started
+    connection.close()
+    assert elapsed < 12, f"SIGTERM took {elapsed:.1f} s with shutdown-timeout 2"

@@ -14,10 +14,13 @@ internal import Darwin
 /// out of them is a refusal, not a crash.
 final class ConnectionLimit: Sendable {
     let maximum: Int
+    /// How the bound came about, logged once the port is open.
+    let summary: String
     private let open = Atomic<Int>(0)
 
-    init(maximum: Int) {
+    init(maximum: Int, summary: String = "") {
         self.maximum = maximum
+        self.summary = summary
     }
 
     /// Counts a new connection in; false when the bound is reached.

@@ -47,10 +47,10 @@ package struct HeraldServer: Sendable {
                 "max-connections \(asked) lowered to \(allowed): the open-file limit is \(files.after); raise LimitNOFILE"
             )
         }
-        logger.info(
-            "open files: limit \(files.after) (was \(files.before)); at most \(maximum) connections"
+        return ConnectionLimit(
+            maximum: maximum,
+            summary: "open files: limit \(files.after) (was \(files.before)); at most \(maximum) connections"
         )
-        return ConnectionLimit(maximum: maximum)
     }
 
     /// Runs until a shutdown signal; calls `onListening` once every port is bound, with the
@@ -254,7 +254,8 @@ package struct HeraldServer: Sendable {
                 serverName: nil,
                 backlog: configuration.http.backlog
             ),
-            onServerRunning: { channel in
+            onServerRunning: { [logger] channel in
+                logger.info("\(connections.summary)")
                 let port = channel.localAddress?.port ?? 0
                 let displayHost = host.contains(":") ? "[\(host)]" : host
                 readiness.http("\(scheme)://\(displayHost):\(port)")

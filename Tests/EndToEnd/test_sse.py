@@ -138,7 +138,10 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-def test_a_reader_that_never_reads_is_cut_off_and_server_memory_stays_bounded(herald, api):
+def test_a_reader_that_never_reads_is_cut_off_and_server_memory_stays_bounded(make_herald):
+    # The queue bound is under test, not the write deadline (test_slow_clients.py): the flood
+    # takes longer than write-timeout's 30 s here, so it is set out of the way.
+    herald = make_herald(config={"write-timeout": 600})
     import base64
     import os
     import socket

@@ -121,7 +121,7 @@ public struct HeraldClient: Sendable {
     ) -> AsyncThrowingStream<HeraldUpdate, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(
             of: HeraldUpdate.self,
-            bufferingPolicy: .bufferingNewest(4096)
+            bufferingPolicy: .bufferingOldest(Self.updateBuffer)
         )
         let endpoint = Endpoint(
             base: url,
@@ -142,8 +142,22 @@ public struct HeraldClient: Sendable {
                 attempt = 0
                 continuation.yield(.transport(transport))
                 do {
-                    for try await wire in wires {
-                        for update in follower.take(wire) { continuation.yield(update) }
+                    wiring: for try await wire in wires {
+                        let before = follower
+                        guard let updates = follower.take(wire) else {
+                            // A hole: the server still has what is missing; ask from the position.
+                            continuation.yield(.disconnected(reason: "a hole before \(wire): resuming"))
+                            break wiring
+                        }
+                        for update in updates {
+                            if case .dropped = continuation.yield(update) {
+                                // The consumer is that far behind: take nothing more until it
+                                // catches up, then resume from the last update it was given.
+                                follower = before
+                                attempt += 1
+                                break wiring
+                            }
+                        }
                         if follower.isFinished { break }
                     }
                 } catch {
@@ -158,6 +172,10 @@ public struct HeraldClient: Sendable {
         continuation.onTermination = { _ in task.cancel() }
         return stream
     }
+
+    /// Updates buffered for a consumer before the client stops taking messages (and resumes
+    /// from the last update given once the consumer catches up): never a silent drop.
+    static let updateBuffer = 4096
 
     static func backoff(_ attempt: Int, _ timing: Timing) -> Duration {
         let ceiling = min(timing.backoffMax, timing.backoffInitial * (1 << min(attempt, 20)))
@@ -211,7 +229,8 @@ public struct HeraldClient: Sendable {
 }
 
 /// The positions of followed channels: every event moves one forward, a duplicate is dropped,
-/// a reset lets what is kept through and says `gap` once.
+/// a hole sends the client back to the server from its position, a reset lets what is kept
+/// through and says `gap` once.
 struct Follower {
     private(set) var positions: [String: Position?]
     /// After a reset, events up to this offset are what the server keeps: let them through.
@@ -234,7 +253,9 @@ struct Follower {
         !checks.isEmpty && checks.count == positions.count && ended == checks
     }
 
-    mutating func take(_ wire: Wire) -> [HeraldUpdate] {
+    /// The updates `wire` makes, or nil for a hole (an event past the next offset of its
+    /// epoch): the connection must resume from ``positions`` so the server fills it.
+    mutating func take(_ wire: Wire) -> [HeraldUpdate]? {
         switch wire {
         case .heartbeat, .welcome(channel: nil, _, _):
             return []
@@ -255,6 +276,9 @@ struct Follower {
                 event.offset <= position.offset
             {
                 return []  // a duplicate
+            }
+            if !kept, let position = known, position.epoch == event.epoch, event.offset > position.offset + 1 {
+                return nil  // a hole
             }
             let until = keptUntil[event.channel] ?? 0
             if event.offset >= until { keptUntil[event.channel] = nil }

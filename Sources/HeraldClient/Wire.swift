@@ -74,11 +74,23 @@ struct Endpoint: Sendable {
         return [("since", String(position.offset))] + (position.epoch.isEmpty ? [] : [("epoch", position.epoch)])
     }
 
+    /// Messages a connection buffers ahead of the follower before it is dropped.
+    static let wireBuffer = 4096
+
+    /// Hands `wire` to the follower; when the follower is that far behind, the connection
+    /// ends instead of dropping it, and the client reconnects from the follower's positions,
+    /// so the server sends again whatever had not been taken.
+    static func send(_ continuation: AsyncThrowingStream<Wire, any Error>.Continuation, _ wire: Wire) throws {
+        if case .dropped = continuation.yield(wire) {
+            throw HeraldClientError("fell \(wireBuffer) messages behind the connection: reconnecting")
+        }
+    }
+
     /// Opens `transport` for `channels`; the stream ends (or throws) when the connection does.
     func open(_ transport: Transport, channels: [String: Position?]) -> AsyncThrowingStream<Wire, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(
             of: Wire.self,
-            bufferingPolicy: .bufferingNewest(4096)
+            bufferingPolicy: .bufferingOldest(Self.wireBuffer)
         )
         let task = Task {
             do {
@@ -136,11 +148,11 @@ struct Endpoint: Sendable {
             pending = String(lines.removeLast())
             for line in lines {
                 if format == "ndjson" {
-                    if !line.isEmpty { continuation.yield(try Wire(streamMessage: line)) }
+                    if !line.isEmpty { try Self.send(continuation, try Wire(streamMessage: line)) }
                 } else if line.hasPrefix("data: ") {
                     data += line.dropFirst(6)
                 } else if line.isEmpty, !data.isEmpty {
-                    continuation.yield(try Wire(streamMessage: Substring(data)))
+                    try Self.send(continuation, try Wire(streamMessage: Substring(data)))
                     data = ""
                 }
             }
@@ -173,12 +185,12 @@ struct Endpoint: Sendable {
             let answer = try JSONDecoder().decode(PollAnswer.self, from: Data(buffer: body))
             if first {
                 let before = answer.events.first.map { $0.offset - 1 } ?? answer.next
-                continuation.yield(.welcome(channel: channel, epoch: answer.epoch, next: before))
+                try Self.send(continuation, .welcome(channel: channel, epoch: answer.epoch, next: before))
             }
             if !answer.recovered && position != nil {
-                continuation.yield(.reset(channel: channel, epoch: answer.epoch, next: answer.next))
+                try Self.send(continuation, .reset(channel: channel, epoch: answer.epoch, next: answer.next))
             }
-            for event in answer.events { continuation.yield(.event(event)) }
+            for event in answer.events { try Self.send(continuation, .event(event)) }
             position = Position(epoch: answer.epoch, offset: answer.next)
             first = false
         }
@@ -211,7 +223,7 @@ struct Endpoint: Sendable {
                 let frame = try JSONDecoder().decode(ServerFrame.self, from: Data(text.utf8))
                 switch frame.op {
                 case "pong" where frame.id == 0:
-                    continuation.yield(.welcome(channel: nil, epoch: "", next: 0))
+                    try Self.send(continuation, .welcome(channel: nil, epoch: "", next: 0))
                     for (index, (channel, position)) in channels.enumerated() {
                         let subscribe = SubscribeFrame(
                             channel: channel,
@@ -225,17 +237,21 @@ struct Endpoint: Sendable {
                     }
                 case "subscribed", "reset":  // "reset": the loss signal on a live subscription
                     let (channel, epoch, next) = (frame.channel ?? "", frame.epoch ?? "", frame.offset ?? 0)
-                    continuation.yield(
+                    try Self.send(
+                        continuation,
                         frame.recovered == false
                             ? .reset(channel: channel, epoch: epoch, next: next)
                             : .welcome(channel: channel, epoch: epoch, next: next)
                     )
                 case "event":
-                    continuation.yield(.event(try JSONDecoder().decode(ChannelEvent.self, from: Data(text.utf8))))
+                    try Self.send(
+                        continuation,
+                        .event(try JSONDecoder().decode(ChannelEvent.self, from: Data(text.utf8)))
+                    )
                 case "error":
                     logger.warning("herald: \(frame.code ?? "error"): \(frame.message ?? "")")
                 default:
-                    continuation.yield(.heartbeat)
+                    try Self.send(continuation, .heartbeat)
                 }
             }
         }

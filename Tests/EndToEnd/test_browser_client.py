@@ -332,6 +332,27 @@ def test_a_lost_position_is_one_gap_with_the_fresh_snapshot(browser, herald):  #
     assert browser.execute_script("return window.got") == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_hole_larger_than_a_page_is_filled_page_by_page_not_reported_as_a_gap(browser, make_herald):  # noqa: F811
+    herald = make_herald(config={"poll-max-events": 5})
+    publish(herald, "holes", 23)
+    with herald.client() as api:
+        last = api.get("/api/v1/channels/holes/events", params={"since": 22}).json()["events"][0]
+    browser.get(herald.url + "/lab")
+    # Plain polling with a long interval: its first answer delivers 1-5, then it stays quiet.
+    browser.execute_script("""
+        window.got = []; window.gaps = [];
+        window.h = Herald.connect(location.origin, {transports: ['polling'], pollInterval: 600000, share: false});
+        h.on('gap', (g) => gaps.push(g));
+        h.subscribe('holes', (e) => got.push(e.offset), {since: 0});
+    """)
+    wait_for(lambda: browser.execute_script("return window.got.length") >= 5, timeout=30)
+    # Event 23 arrives "live" while 6-22 are missing: four pages of five fill the hole.
+    browser.execute_script("h.subscriptions.get('holes').accept(arguments[0])", last)
+    wait_for(lambda: browser.execute_script("return window.got.length") >= 23, timeout=30)
+    assert browser.execute_script("return window.got") == list(range(1, 24))
+    assert browser.execute_script("return window.gaps") == []
+
+
 def test_create_check_resolves_with_the_done_check_and_the_module_form_works(browser, herald):  # noqa: F811
     browser.get(herald.url + "/lab")
     check = browser.execute_async_script("""

@@ -7,8 +7,8 @@ import Testing
         .event(ChannelEvent(channel: channel, offset: offset, epoch: epoch, type: type, time: "", data: .null))
     }
 
-    func offsets(_ updates: [HeraldUpdate]) -> [Int] {
-        updates.compactMap { if case .event(let event) = $0 { event.offset } else { nil } }
+    func offsets(_ updates: [HeraldUpdate]?) -> [Int] {
+        (updates ?? []).compactMap { if case .event(let event) = $0 { event.offset } else { nil } }
     }
 
     @Test func aDuplicateFromAResumedTransportIsDropped() {
@@ -30,10 +30,27 @@ import Testing
         var follower = Follower(channels: ["orders": Position(epoch: "old", offset: 3)])
         let updates = follower.take(.reset(channel: "orders", epoch: "e2", next: 5))
         #expect(updates == [.gap(channel: "orders", epoch: "e2")])
-        let kept = (1...5).flatMap { follower.take(event("orders", $0, epoch: "e2")) }
+        let kept = (1...5).flatMap { follower.take(event("orders", $0, epoch: "e2")) ?? [] }
         #expect(offsets(kept) == [1, 2, 3, 4, 5])
         #expect(offsets(follower.take(event("orders", 5, epoch: "e2"))) == [])
         #expect(offsets(follower.take(event("orders", 6, epoch: "e2"))) == [6])
+    }
+
+    @Test func aHoleIsNotDeliveredAndKeepsThePositionToResumeFrom() {
+        var follower = Follower(channels: ["orders": Position(epoch: "e1", offset: 2)])
+        #expect(follower.take(event("orders", 5)) == nil)
+        #expect(follower.positions["orders"] == Position(epoch: "e1", offset: 2))
+        #expect(offsets(follower.take(event("orders", 3))) == [3])
+    }
+
+    @Test func aConnectionThatFallsBehindEndsInsteadOfDroppingAMessage() throws {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(
+            of: Wire.self,
+            bufferingPolicy: .bufferingOldest(Endpoint.wireBuffer)
+        )
+        for _ in 0..<Endpoint.wireBuffer { try Endpoint.send(continuation, .heartbeat) }
+        #expect(throws: HeraldClientError.self) { try Endpoint.send(continuation, .heartbeat) }
+        _ = stream
     }
 
     @Test func aCheckIsFollowedFromItsStartAndFinishesWithItsLastEvent() {

@@ -770,7 +770,7 @@
 
   // ---------------------------------------------------------------------------------------
   // Subscription: one channel in one tab, with its own position. Everything reaching it goes
-  // through accept(): duplicates are dropped, a hole is filled with a one-shot poll, a lost
+  // through accept(): duplicates are dropped, a hole is filled by paging polls, a lost
   // position becomes one `gap`.
   // ---------------------------------------------------------------------------------------
 
@@ -858,12 +858,16 @@
       }
     }
 
-    /** A hole before `event` (or another epoch): read what is missing, then go on. */
+    /**
+     * A hole before `event` (or another epoch): read what is missing, page after page (an
+     * answer holds at most the server's poll-max-events), then go on with what arrived live
+     * meanwhile. Only what the server no longer has becomes a gap.
+     */
     catchUp(event) {
       this.buffer = [event];
       this.herald._stats.catchUps += 1;
-      const url = channelURL(this.herald.base, this.channel, { since: this.offset, epoch: this.epoch || undefined });
       const attempt = (delay) => {
+        const url = channelURL(this.herald.base, this.channel, { since: this.offset, epoch: this.epoch || undefined });
         fetchJSON(url).then(
           (answer) => {
             const held = this.buffer;
@@ -872,6 +876,12 @@
               this.startGap({ epoch: answer.epoch, next: answer.next });
             }
             for (const kept of answer.events) this.accept(kept);
+            const first = held[0];
+            const stillMissing = !this.gap && first.epoch === this.epoch && first.offset > this.offset + 1;
+            if (answer.events.length > 0 && stillMissing) {
+              this.buffer = held; // more pages: the live events keep waiting
+              return attempt(500);
+            }
             for (const live of held) this.accept(live, true);
           },
           () => setTimeout(() => attempt(Math.min(delay * 2, 10000)), jitter(delay)),

@@ -257,21 +257,27 @@ package final class WebhookDispatcher: Service, Sendable {
     /// POSTs `request` (attempt number `attempts`) and makes the outcome of its answer.
     private func post(_ request: HTTPClientRequest, with http: HTTPClient, attempts: Int) async -> Result {
         do {
-            let response = try await http.execute(request, timeout: .init(configuration.timeout))
-            var body = try await response.body.collect(upTo: 64 * 1024)
-            let snippet = body.readString(length: min(body.readableBytes, 256))
-            let status = Int(response.status.code)
+            // One deadline over the head and the whole body: a trickling target is cut too.
+            let (status, headers, snippet) = try await withDeadline(configuration.timeout) {
+                let response = try await http.execute(request, timeout: .init(self.configuration.timeout))
+                var body = try await response.body.collect(upTo: 64 * 1024)
+                return (
+                    Int(response.status.code), response.headers, body.readString(length: min(body.readableBytes, 256))
+                )
+            }
             let outcome: DeliveryOutcome
             switch status {
             case 200..<300: outcome = .delivered
             case 410: outcome = .gone
             case 429, 503:
-                let asked = response.headers.first(name: "retry-after").flatMap { Int64($0) }
+                let asked = headers.first(name: "retry-after").flatMap { Int64($0) }
                 outcome = retry(after: attempts, atLeast: asked.map { .seconds(min($0, 86_400)) })
             default: outcome = retry(after: attempts)
             }
             return Result(outcome: outcome, status: status, snippet: snippet)
         } catch let error as HTTPClientError where error.isTimeout {
+            return Result(outcome: retry(after: attempts), error: "no answer within \(configuration.timeout)")
+        } catch is DeadlineExceeded {
             return Result(outcome: retry(after: attempts), error: "no answer within \(configuration.timeout)")
         } catch {
             return Result(outcome: retry(after: attempts), error: "\(error)")

@@ -52,15 +52,19 @@ package struct NetworkProbe: Sendable {
             var request = HTTPClientRequest(url: text)
             request.method = method == "HEAD" ? .HEAD : .GET
             request.headers.add(name: "User-Agent", value: "herald-check/1")
-            let remaining = timeoutMilliseconds - Int64((ContinuousClock.now - start).milliseconds)
-            let response = try await client.execute(request, timeout: .milliseconds(max(1, remaining)))
-            let latency = (ContinuousClock.now - start).milliseconds
-            var read = 0
-            for try await chunk in response.body {
-                read += chunk.readableBytes
-                if read >= Self.maxBodyBytes { break }
+            let remaining = max(1, timeoutMilliseconds - Int64((ContinuousClock.now - start).milliseconds))
+            // One deadline over the head and the body read: a trickling target is cut too.
+            let prepared = request
+            let (status, latency) = try await withDeadline(.milliseconds(remaining)) {
+                let response = try await client.execute(prepared, timeout: .milliseconds(remaining))
+                let latency = (ContinuousClock.now - start).milliseconds
+                var read = 0
+                for try await chunk in response.body {
+                    read += chunk.readableBytes
+                    if read >= Self.maxBodyBytes { break }
+                }
+                return (Int(response.status.code), latency)
             }
-            let status = Int(response.status.code)
             outcome = .done(
                 .object([
                     "status": .int(Int64(status)), "latency_ms": .int(latency), "ok": .bool(status == expectStatus),
@@ -69,6 +73,8 @@ package struct NetworkProbe: Sendable {
         } catch is CancellationError {
             outcome = .failed(code: "canceled", "the check was interrupted")
         } catch let error as HTTPClientError where error.isTimeout {
+            outcome = .failed(code: "timeout", "no answer within \(timeoutMilliseconds) ms")
+        } catch is DeadlineExceeded {
             outcome = .failed(code: "timeout", "no answer within \(timeoutMilliseconds) ms")
         } catch {
             outcome = .failed(code: "unreachable", "\(message(error))")

@@ -35,6 +35,8 @@ class Receiver:
                 receiver.connections.append(self.client_address)
                 if self.path == "/hang":
                     time.sleep(6)  # past --webhook-timeout
+                if self.path == "/trickle":
+                    return self.trickle()
                 script = receiver.scripts.get(self.path, [200])
                 status = script.pop(0) if len(script) > 1 else script[0]
                 self.send_response(status)
@@ -43,6 +45,24 @@ class Receiver:
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def do_GET(self):
+                receiver.requests.append((self.path, dict(self.headers.items()), "", time.monotonic()))
+                self.trickle()
+
+            def trickle(self):
+                # The head at once, then the body a byte a second: only a deadline over the
+                # whole attempt cuts this.
+                self.send_response(200)
+                self.send_header("content-length", "60")
+                self.end_headers()
+                try:
+                    for _ in range(60):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(1)
+                except OSError:
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -267,6 +287,34 @@ def test_a_hanging_target_times_out_without_holding_up_a_healthy_one(make_herald
             assert all(later - earlier >= 1.5 for earlier, later in zip(arrivals, arrivals[1:])), arrivals
     finally:
         slow.close()
+
+
+def test_a_target_that_trickles_its_body_is_cut_at_the_timeout(make_herald, receiver):
+    herald = make_herald(*FAST)
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/trickle", "event": "*"},
+                                headers=AUTH).json()
+        publish(api, "trickle", 1)
+
+        def first_attempt():
+            deliveries = api.get("/api/v1/deliveries", params={"subscription_id": subscription["id"]},
+                                 headers=AUTH).json()["deliveries"]
+            log = deliveries and api.get(f"/api/v1/deliveries/{deliveries[0]['id']}", headers=AUTH).json()["attempt_log"]
+            return log[0] if log else None
+        attempt = wait_for(first_attempt, timeout=15)  # the body alone would take 60 s
+        assert "no answer within" in attempt["error"], attempt
+        assert attempt["duration_ms"] < 5000, attempt
+
+
+def test_an_http_check_against_a_trickling_target_fails_at_its_timeout(make_herald, receiver):
+    herald = make_herald("--allow-private-targets")
+    with herald.client() as api:
+        check = api.post("/api/v1/checks", json={"kind": "http", "params": {"url": receiver.url + "/trickle",
+                                                                            "timeout_ms": 2000}}).json()
+        started = time.monotonic()
+        ended = api.get(f"/api/v1/checks/{check['id']}", params={"wait": 30}).json()
+        assert ended["state"] == "failed" and ended["error"]["code"] == "timeout", ended
+        assert time.monotonic() - started < 8
 
 
 def test_deliveries_to_a_target_reuse_its_connection(make_herald, receiver):

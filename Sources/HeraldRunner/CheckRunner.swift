@@ -96,6 +96,15 @@ package final class CheckRunner: Service, Sendable {
         }
     }
 
+    /// Drops the timer of a check that ended by other means (completed, canceled), so the
+    /// timers hold only checks still waiting.
+    package func forget(_ id: CheckID) {
+        timers.remove(id)
+    }
+
+    /// Timer entries held (waiting or not yet dropped): at most twice the checks waiting.
+    package var timerStorage: Int { timers.storage }
+
     package func run() async throws {
         for check in try await store.processingChecks() { submit(check) }
         logger.debug("runner started", metadata: ["herald.timers": "\(timers.count)"])

@@ -54,20 +54,42 @@ package struct CheckService: Sendable {
         return creation
     }
 
+    /// Ends a processing check from outside the runner (a client's cancel, an external
+    /// completion): commits it, announces it, and drops its timer.
+    package func finish(
+        _ id: CheckID,
+        as state: CheckState,
+        result: JSONValue?,
+        error: JSONValue?,
+        requiring condition: FinishCondition
+    ) async throws -> CheckFinish {
+        let finish = try await store.finishCheck(
+            id,
+            as: state,
+            result: result,
+            error: error,
+            at: .now(),
+            requiring: condition
+        )
+        if case .finished(_, let event) = finish {
+            hub.publish(event)
+            runner.forget(id)
+        }
+        return finish
+    }
+
     /// Cancels a check that is still processing and announces it.
     /// - Throws: ``HeraldError`` `.notFound`, or `.conflict` once the check has ended.
     package func cancel(_ id: CheckID) async throws -> Check {
-        let finish = try await store.finishCheck(
+        let finish = try await finish(
             id,
             as: .canceled,
             result: nil,
             error: Check.errorValue(code: "canceled", message: "canceled by a client"),
-            at: .now(),
             requiring: .any
         )
         switch finish {
-        case .finished(let check, let event):
-            hub.publish(event)
+        case .finished(let check, _):
             return check
         case .alreadyEnded(let check), .wrongKind(let check):
             throw HeraldError.conflict("check \(id) already ended as \(check.state.rawValue)")

@@ -83,6 +83,26 @@ import Testing
         _ = hub
     }
 
+    @Test func aCompletedExternalCheckLeavesNoTimerBehind() async throws {
+        let (store, hub, runner) = try makeRunner()
+        let service = CheckService(
+            store: store,
+            hub: hub,
+            runner: runner,
+            resolver: TargetResolver(allowPrivateTargets: false)
+        )
+        var ids: [CheckID] = []
+        for _ in 0..<100 {
+            ids.append(try await service.create(CheckSpec(parameters: .external(nil)), idempotency: nil).check.id)
+        }
+        #expect(runner.timerStorage == 100)
+        for id in ids.prefix(99) {
+            _ = try await service.finish(id, as: .done, result: nil, error: nil, requiring: .externalKind)
+        }
+        // One check still waits for its 24 h timeout; the 99 completed ones are gone.
+        #expect(runner.timerStorage <= 2)
+    }
+
     @Test func aFullQueueRefusesNetworkChecksOnly() throws {
         let (store, hub, _) = try makeRunner()
         let runner = CheckRunner(

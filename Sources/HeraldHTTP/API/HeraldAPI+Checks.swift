@@ -155,12 +155,11 @@ extension HeraldAPI {
         }
         let error = members["error"].flatMap { $0 == .null ? nil : $0 }
         if state == .done && error != nil { throw HeraldError.invalid("error is only allowed with state \"failed\"") }
-        let finish = try await store.finishCheck(
+        let finish = try await checks.finish(
             id,
             as: state,
             result: members["result"].flatMap { $0 == .null ? nil : $0 },
             error: error ?? (state == .failed ? Check.errorValue(code: "failed", message: "reported failed") : nil),
-            at: .now(),
             requiring: .externalKind
         )
         return try respond(to: finish, id: id)
@@ -168,8 +167,7 @@ extension HeraldAPI {
 
     private func respond(to finish: CheckFinish, id: CheckID) throws -> Response {
         switch finish {
-        case .finished(let check, let event):
-            hub.publish(event)
+        case .finished(let check, _):  // announced by CheckService
             return jsonResponse(.ok, check.json, headers: [.eTag: "\"\(check.version)\""])
         case .alreadyEnded(let check):
             throw HeraldError.conflict("check \(id) already ended as \(check.state.rawValue)")

@@ -44,6 +44,7 @@ package final class CheckRunner: Service, Sendable {
         var running = 0
         var waiter: CheckedContinuation<Check?, Never>?
         var isStopped = false
+        var mostQueued = 0
     }
 
     private let store: any Store
@@ -90,6 +91,7 @@ package final class CheckRunner: Service, Sendable {
         case .http, .tcp:
             let handoff = state.withLock { state in
                 state.queue.append(check)
+                state.mostQueued = max(state.mostQueued, state.queue.count)
                 return dispatch(&state)
             }
             handoff.map { $0.waiter.resume(returning: $0.check) }
@@ -105,14 +107,19 @@ package final class CheckRunner: Service, Sendable {
     /// Timer entries held (waiting or not yet dropped): at most twice the checks waiting.
     package var timerStorage: Int { timers.storage }
 
+    /// Network checks queued, waiting for a slot.
+    package var queued: Int { state.withLock { $0.queue.count } }
+
+    /// The most network checks ever queued at once (never above `runner-queue`).
+    package var mostQueued: Int { state.withLock { $0.mostQueued } }
+
     package func run() async throws {
-        for check in try await store.processingChecks() { submit(check) }
-        logger.debug("runner started", metadata: ["herald.timers": "\(timers.count)"])
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     await self.timers.run(tick: .milliseconds(10)) { id in await self.fire(id) }
                 }
+                group.addTask { await self.resume() }
                 while let check = await self.nextWork() {
                     group.addTask {
                         await self.execute(check)
@@ -129,6 +136,35 @@ package final class CheckRunner: Service, Sendable {
         }
         waiter?.resume(returning: nil)
     }
+
+    /// Submits the checks found processing at start-up, a page at a time, waiting while the
+    /// queue of network checks has no room for a page, so a backlog of any size is resumed
+    /// within `runner-queue`.
+    private func resume() async {
+        let page = min(Self.resumePage, configuration.maxQueuedChecks)
+        var cursor: ProcessingCursor?
+        var resumed = 0
+        repeat {
+            while queued > configuration.maxQueuedChecks - page {
+                guard (try? await Task.sleep(for: .milliseconds(50))) != nil else { return }
+            }
+            do {
+                let found = try await store.processingChecks(after: cursor, limit: page)
+                for check in found.checks { submit(check) }
+                resumed += found.checks.count
+                cursor = found.next
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.error("resuming processing checks failed", metadata: ["error": "\(error)"])
+                guard (try? await Task.sleep(for: .seconds(1))) != nil else { return }
+            }
+        } while cursor != nil && !Task.isCancelled
+        logger.debug("runner resumed checks", metadata: ["herald.resumed": "\(resumed)"])
+    }
+
+    /// Processing checks read per page at start-up.
+    static let resumePage = 500
 
     // MARK: Slots
 

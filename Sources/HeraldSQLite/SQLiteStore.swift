@@ -133,10 +133,15 @@ package final class SQLiteStore: Store {
         }
     }
 
-    package func processingChecks() async throws -> [Check] {
+    package func processingChecks(after cursor: ProcessingCursor?, limit: Int) async throws -> ProcessingPage {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM checks WHERE state = 'processing' ORDER BY seq")
-                .map(Self.check(from:))
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM checks WHERE state = 'processing' AND seq > ? ORDER BY seq LIMIT ?",
+                arguments: [cursor?.sequence ?? 0, limit]
+            )
+            let next = rows.count == limit ? rows.last.map { ProcessingCursor(sequence: $0["seq"]) } : nil
+            return ProcessingPage(checks: try rows.map(Self.check(from:)), next: next)
         }
     }
 

@@ -21,8 +21,9 @@ package protocol Store: WebhookStore {
     /// Checks matching `query`, newest first, one page at a time.
     func checks(matching query: CheckQuery) async throws -> CheckPage
 
-    /// Every check still `processing`, oldest first: what the runner resumes at start-up.
-    func processingChecks() async throws -> [Check]
+    /// Checks still `processing`, oldest first, at most `limit` after `cursor` (nil: from the
+    /// first): what the runner resumes at start-up, a page at a time.
+    func processingChecks(after cursor: ProcessingCursor?, limit: Int) async throws -> ProcessingPage
 
     /// Ends a processing check as `state`, appending its event in the same transaction.
     ///
@@ -173,5 +174,21 @@ extension Duration {
     /// Whole milliseconds, for storing and comparing with ``Timestamp``.
     package var milliseconds: Int64 {
         components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}
+
+/// Where a page of processing checks ended; opaque to callers.
+public struct ProcessingCursor: Sendable, Hashable {
+    package let sequence: Int64
+    package init(sequence: Int64) { self.sequence = sequence }
+}
+
+/// One page of processing checks, and where the next begins (nil: this was the last).
+public struct ProcessingPage: Sendable {
+    package var checks: [Check]
+    package var next: ProcessingCursor?
+    package init(checks: [Check], next: ProcessingCursor?) {
+        self.checks = checks
+        self.next = next
     }
 }

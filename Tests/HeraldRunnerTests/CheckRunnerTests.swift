@@ -103,6 +103,32 @@ import Testing
         #expect(runner.timerStorage <= 2)
     }
 
+    @Test func aBacklogLargerThanTheQueueIsResumedWithinIt() async throws {
+        let (store, hub, _) = try makeRunner()
+        let runner = CheckRunner(
+            store: store,
+            hub: hub,
+            resolver: TargetResolver(allowPrivateTargets: false),
+            configuration: .init(maxConcurrentChecks: 2, maxQueuedChecks: 100)
+        )
+        // 1,200 network checks found processing at start: each fails fast (a private address).
+        var last: CheckID?
+        for _ in 0..<1_200 {
+            let check = Check(
+                id: .random(),
+                spec: CheckSpec(parameters: .tcp(host: "127.0.0.1", port: 9, timeoutMilliseconds: 1000)),
+                createdAt: .now()
+            )
+            _ = try await store.createCheck(check, idempotency: nil)
+            last = check.id
+        }
+        let running = Task { try await runner.run() }
+        _ = try await waitUntilEnded(store, try #require(last))
+        running.cancel()
+        #expect(runner.mostQueued <= 100)
+        #expect(try await store.processingChecks(after: nil, limit: 10).checks.isEmpty)
+    }
+
     @Test func aFullQueueRefusesNetworkChecksOnly() throws {
         let (store, hub, _) = try makeRunner()
         let runner = CheckRunner(

@@ -450,6 +450,25 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         let check = delayCheck()
         _ = try await store.createCheck(check, idempotency: nil)
         let reopened = try SQLiteStore(directory: directory, retention: .init())
-        #expect(try await reopened.processingChecks().map(\.id) == [check.id])
+        #expect(try await reopened.processingChecks(after: nil, limit: 10).checks.map(\.id) == [check.id])
+    }
+
+    @Test func processingChecksComeInPagesOldestFirst() async throws {
+        let (store, _) = try makeStore()
+        var created: [CheckID] = []
+        for _ in 0..<7 {
+            let check = delayCheck()
+            _ = try await store.createCheck(check, idempotency: nil)
+            created.append(check.id)
+        }
+        var seen: [CheckID] = []
+        var cursor: ProcessingCursor?
+        repeat {
+            let page = try await store.processingChecks(after: cursor, limit: 3)
+            #expect(page.checks.count <= 3)
+            seen += page.checks.map(\.id)
+            cursor = page.next
+        } while cursor != nil
+        #expect(seen == created)
     }
 }

@@ -212,7 +212,7 @@ package final class WebhookDispatcher: Service, Sendable {
             error: result.error,
             snippet: result.snippet
         )
-        return AttemptRecord(deliveryID: delivery.id, attempt: attempt, outcome: result.outcome)
+        return AttemptRecord(deliveryID: delivery.id, attempt: attempt, outcome: result.outcome, lease: delivery.lease)
     }
 
     private struct Result {

@@ -155,6 +155,12 @@ extension SQLiteStore {
             // `boot_id` (the kernel's boot of the last start). See SQLiteStore+Runs.swift.
             try db.execute(sql: "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
         }
+        migrator.registerMigration("v7: delivery leases, so only the current attempt's outcome counts") { db in
+            // `lease` grows at every claim; an attempt's outcome is applied only under the lease
+            // it was claimed with. `leased_until`: set while an attempt is in flight.
+            try db.execute(sql: "ALTER TABLE deliveries ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
+            try db.execute(sql: "ALTER TABLE deliveries ADD COLUMN leased_until INTEGER")
+        }
         return migrator
     }
 }

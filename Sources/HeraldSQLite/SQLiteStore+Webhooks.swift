@@ -363,12 +363,15 @@ extension SQLiteStore {
                 arguments: [now.millisecondsSince1970, perTarget, Self.jsonArray(healthy), limit]
             )
             let leasedUntil = now.adding(milliseconds: lease.milliseconds).millisecondsSince1970
-            let lease = try db.cachedStatement(sql: "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?")
+            let lease = try db.cachedStatement(
+                sql: "UPDATE deliveries SET next_attempt_at = ?1, leased_until = ?1, lease = lease + 1 WHERE id = ?2"
+            )
             for row in claimed {
                 try lease.execute(arguments: [leasedUntil, row["id"] as String])
             }
             return try claimed.map { row in
                 var delivery = try Self.delivery(from: row)
+                delivery.lease = (row["lease"] as Int64) + 1
                 if let current: String = row["current_secret"] {
                     delivery.secrets = Subscription.signingSecrets(
                         current,
@@ -475,19 +478,14 @@ extension SQLiteStore {
     ) async throws {
         try await pool.write { db in
             for record in records {
-                try Self.recordAttempt(record.attempt, of: record.deliveryID, outcome: record.outcome, cutoff, db)
+                try Self.recordAttempt(record, cutoff, db)
             }
             for target in targets { try Self.unparkTarget(target, at: now, db) }
         }
     }
 
-    private static func recordAttempt(
-        _ attempt: DeliveryAttempt,
-        of id: String,
-        outcome: DeliveryOutcome,
-        _ cutoff: Timestamp,
-        _ db: Database
-    ) throws {
+    private static func recordAttempt(_ record: AttemptRecord, _ cutoff: Timestamp, _ db: Database) throws {
+        let (attempt, id, outcome) = (record.attempt, record.deliveryID, record.outcome)
         let at = attempt.at.millisecondsSince1970
         guard
             let row = try Row.fetchOne(
@@ -504,6 +502,11 @@ extension SQLiteStore {
         ).execute(arguments: [
             id, at, attempt.statusCode, attempt.durationMilliseconds, attempt.error, attempt.snippet,
         ])
+        // A delivered or failed delivery never changes again through an attempt; one made under
+        // an older lease (claimed again after its lease ran out) changes it only by succeeding.
+        guard delivery.state == .pending else { return }
+        let current = record.lease.map { $0 == row["lease"] as Int64 } ?? true
+        guard current || outcome == .delivered else { return }
         let state: Delivery.State
         var next: Int64?
         switch outcome {
@@ -513,7 +516,11 @@ extension SQLiteStore {
         }
         try db.cachedStatement(
             sql:
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?"
+                """
+                UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ?,
+                  leased_until = NULL
+                WHERE id = ? AND state = 'pending'
+                """
         ).execute(arguments: [state.rawValue, next, at, id])
         if let subscription = delivery.subscriptionID {
             if delivery.attempts == 0 {
@@ -597,8 +604,13 @@ extension SQLiteStore {
     package func retryDelivery(_ id: String, at time: Timestamp) async throws -> Delivery? {
         try await pool.write { db in
             try db.execute(
-                sql: "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                arguments: [time.millisecondsSince1970, time.millisecondsSince1970, id]
+                // An attempt in flight keeps its lease: the retry comes after it, never beside it.
+                sql: """
+                    UPDATE deliveries SET state = 'pending', next_attempt_at = MAX(?1, COALESCE(leased_until, 0)),
+                      updated_at = ?1
+                    WHERE id = ?2
+                    """,
+                arguments: [time.millisecondsSince1970, id]
             )
             return try Row.fetchOne(db, sql: "SELECT * FROM deliveries WHERE id = ?", arguments: [id])
                 .map(Self.delivery(from:))

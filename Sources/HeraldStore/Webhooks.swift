@@ -100,6 +100,8 @@ package struct Delivery: Sendable, Hashable {
     package var nextAttemptAt: Timestamp?
     package var createdAt: Timestamp
     package var updatedAt: Timestamp
+    /// The claim this copy was leased under; its attempt's outcome counts only under it.
+    package var lease: Int64 = 0
 
     package init(
         id: String,
@@ -194,11 +196,16 @@ package struct AttemptRecord: Sendable, Hashable {
     package var deliveryID: String
     package var attempt: DeliveryAttempt
     package var outcome: DeliveryOutcome
+    /// The lease the attempt was made under (``Delivery/lease``); nil applies it whatever the
+    /// lease. Under an older lease (the claim expired and the delivery was claimed again) the
+    /// attempt is logged, but only a success changes the delivery.
+    package var lease: Int64?
 
-    package init(deliveryID: String, attempt: DeliveryAttempt, outcome: DeliveryOutcome) {
+    package init(deliveryID: String, attempt: DeliveryAttempt, outcome: DeliveryOutcome, lease: Int64? = nil) {
         self.deliveryID = deliveryID
         self.attempt = attempt
         self.outcome = outcome
+        self.lease = lease
     }
 }
 

@@ -198,6 +198,49 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await store.delivery(pending.id)?.0.state == .pending)
     }
 
+    @Test func onlyTheCurrentLeaseDecidesAndADeliveredDeliveryStaysDelivered() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        try await subscribe(store, [("sub_a", "https://a.test/")], at: now)
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
+        let first = try #require(try await claim(store, at: now, lease: .seconds(5)).first)
+        // Its lease runs out (the attempt hangs); the delivery is claimed again.
+        let later = now.adding(milliseconds: 6_000)
+        let second = try #require(try await claim(store, at: later, lease: .seconds(5)).first)
+        #expect(second.id == first.id && second.lease == first.lease + 1)
+        func record(_ lease: Int64, _ outcome: DeliveryOutcome, at time: Timestamp) async throws {
+            let attempt = DeliveryAttempt(at: time, statusCode: 500, durationMilliseconds: 1, error: nil, snippet: nil)
+            try await store.recordAttempts(
+                [AttemptRecord(deliveryID: first.id, attempt: attempt, outcome: outcome, lease: lease)],
+                unparking: [],
+                disableFailingBefore: Timestamp(millisecondsSince1970: 0),
+                at: time
+            )
+        }
+        // The stale attempt's failure is logged but decides nothing: the delivery stays leased.
+        try await record(first.lease, .failed, at: later)
+        var stored = try #require(try await store.delivery(first.id))
+        #expect(stored.0.state == .pending && stored.0.attempts == 0 && stored.1.count == 1)
+        #expect(try await claim(store, at: later.adding(milliseconds: 1_000)).isEmpty)  // not twice in flight
+        // The current attempt succeeds; a late failure under either lease changes nothing.
+        try await record(second.lease, .delivered, at: later)
+        try await record(second.lease, .failed, at: later)
+        try await record(first.lease, .retry(at: later), at: later)
+        stored = try #require(try await store.delivery(first.id))
+        #expect(stored.0.state == .delivered && stored.0.attempts == 1 && stored.1.count == 4)
+    }
+
+    @Test func aRetryByHandWaitsForTheAttemptInFlight() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        try await subscribe(store, [("sub_a", "https://a.test/")], at: now)
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
+        let leased = try #require(try await claim(store, at: now, lease: .seconds(20)).first)
+        _ = try await store.retryDelivery(leased.id, at: now.adding(milliseconds: 1_000))
+        #expect(try await claim(store, at: now.adding(milliseconds: 2_000)).isEmpty)
+        #expect(try await claim(store, at: now.adding(milliseconds: 20_000)).map(\.id) == [leased.id])
+    }
+
     @Test func aClaimTakesAFewOfATargetAndAParkedTargetIsPassedOver() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()

@@ -13,9 +13,8 @@ package struct Timestamp: Sendable, Hashable, Comparable {
 
     /// The current wall-clock time.
     package static func now() -> Timestamp {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return Timestamp(millisecondsSince1970: Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000)
+        // Not clock_gettime: its timespec is not visible to a release build with Swift 6.3.1.
+        Timestamp(millisecondsSince1970: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
     }
 
     package static func < (lhs: Timestamp, rhs: Timestamp) -> Bool {

@@ -36,6 +36,12 @@ package final class GRPCWebTransport: ServerTransport {
     private let state = Mutex(State())
     private let maxMessageBytes: Int
 
+    /// The largest request body that carries one message of `maxMessageBytes`: base64 is 4/3
+    /// of its bytes, and each message has a 5-byte frame header.
+    package static func maxBodyBytes(forMessageBytes maxMessageBytes: Int) -> Int {
+        (maxMessageBytes + 5) * 4 / 3 + 4
+    }
+
     package init(maxMessageBytes: Int) {
         self.maxMessageBytes = maxMessageBytes
     }
@@ -93,8 +99,7 @@ package final class GRPCWebTransport: ServerTransport {
         }
         let buffer: ByteBuffer
         do {
-            // Base64 is 4/3 of its bytes, and each message has a 5-byte frame header.
-            buffer = try await request.body.collect(upTo: (maxMessageBytes + 5) * 4 / 3 + 4)
+            buffer = try await request.body.collect(upTo: Self.maxBodyBytes(forMessageBytes: maxMessageBytes))
         } catch is NIOTooManyBytesError {
             throw HeraldError(.tooLarge, "the request is larger than \(maxMessageBytes) bytes")
         }

@@ -34,8 +34,6 @@ final class ConnectionLimit: Sendable {
     func release() {
         open.wrappingSubtract(1, ordering: .relaxed)
     }
-
-    var current: Int { open.load(ordering: .relaxed) }
 }
 
 /// The process's limit on open files.

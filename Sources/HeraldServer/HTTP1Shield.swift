@@ -1,4 +1,5 @@
 internal import HTTPTypes
+internal import HeraldGRPC
 internal import HeraldHTTP
 internal import HummingbirdCore
 internal import HummingbirdWebSocket
@@ -16,7 +17,7 @@ struct HTTP1ShieldLimits: Sendable {
     var maxBodyBytes: Int
     /// The largest body a gRPC-Web call takes: a message of `max-body-bytes` framed and
     /// base64-encoded, as `GRPCWebTransport` reads it.
-    var maxGRPCWebBodyBytes: Int { (maxBodyBytes + 5) * 4 / 3 + 4 }
+    var maxGRPCWebBodyBytes: Int { GRPCWebTransport.maxBodyBytes(forMessageBytes: maxBodyBytes) }
     /// The decoder's limit on one header field; a longer request line is a 414.
     var maxHeaderFieldSize: Int
 }
@@ -161,8 +162,8 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             cancelTimer()
-            if let refusal = refusal(of: head) { return answer(refusal, context: context) }
             declaredLength = head.headers.first(name: "content-length").flatMap { Int($0) }
+            if let refusal = refusal(of: head) { return answer(refusal, context: context) }
             phase = .body
             bodyBytes = 0
             windowBytes = 0
@@ -197,7 +198,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         let isGRPCWeb =
             head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc-web") ?? false
         let limit = isGRPCWeb ? limits.maxGRPCWebBodyBytes : limits.maxBodyBytes
-        if let declared = head.headers.first(name: "content-length").flatMap({ Int($0) }), declared > limit {
+        if let declaredLength, declaredLength > limit {
             return Self.problem(.contentTooLarge, "too-large", "the body is larger than \(limit) bytes")
         }
         return nil

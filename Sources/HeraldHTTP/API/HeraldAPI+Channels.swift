@@ -47,14 +47,15 @@ extension HeraldAPI {
 
     /// Polls, or with `wait` long-polls, a channel for the events after `since`.
     func pollChannel(_ request: Request, channel: ChannelName, check: Check? = nil) async throws -> Response {
-        // A stream's options are checked on polls too: a request is refused or not, whatever its format.
-        _ = try (request.welcome(), request.frameTag(), request.heartbeat(cap: configuration.heartbeat))
         if let format = try StreamFormat(request.query("format"), accept: request.headers[.accept]) {
             if check == nil, let id = channel.checkID {
                 return try await stream(request, format: format, channel: channel, check: try await store.check(id))
             }
             return try await stream(request, format: format, channel: channel, check: check)
         }
+        // A stream's options are refused on polls too (a stream checks them itself), so whether
+        // a request is refused does not depend on its format.
+        _ = try (request.welcome(), request.frameTag(), request.heartbeat(cap: configuration.heartbeat))
         let callback = try request.jsonpCallback()
         let wait = try request.waitDuration(cap: configuration.maxWait)
         let (since, epoch) = try request.position()

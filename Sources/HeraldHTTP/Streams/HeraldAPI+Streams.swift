@@ -31,6 +31,12 @@ extension HeraldAPI {
     /// proxies cut idle connections sooner.
     func stream(_ request: Request, format: StreamFormat, channel: ChannelName, check: Check?) async throws -> Response
     {
+        let framing = StreamFraming(
+            format: format,
+            announces: try request.welcome(),
+            tag: try request.frameTag()
+        )
+        let heartbeat = try request.heartbeat(cap: configuration.heartbeat)
         // EventSource resumes with Last-Event-ID, which wins over the query.
         let lastEventID = request.headers[.lastEventID]
         let (position, positionEpoch): (Offset?, Epoch?)
@@ -49,16 +55,11 @@ extension HeraldAPI {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
-        let framing = StreamFraming(
-            format: format,
-            announces: try request.welcome(),
-            tag: try request.frameTag()
-        )
         let follower = ChannelFollower(
             store: store,
             hub: hub,
             pageSize: configuration.maxEventsPerPoll,
-            heartbeat: try request.heartbeat(cap: configuration.heartbeat)
+            heartbeat: heartbeat
         )
         return Response(
             status: .ok,

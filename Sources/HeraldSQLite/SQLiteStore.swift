@@ -40,9 +40,7 @@ package final class SQLiteStore: Store {
         // A reader never waits on the writer in WAL mode; the writer only waits on a checkpoint.
         configuration.busyMode = .timeout(5)
         configuration.maximumReaderCount = 4
-        let synchronous = durability == .full ? "FULL" : "NORMAL"
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
             try db.execute(sql: "PRAGMA foreign_keys = ON")
             // 8 MiB of pages per connection (the default is 2): the outbox's indexes are written
             // on every event, and pages read again from the OS cache cost a copy each.
@@ -54,6 +52,12 @@ package final class SQLiteStore: Store {
                 path: directory.appendingPathComponent("herald.sqlite").path,
                 configuration: configuration
             )
+            // After the pool is open: its WAL setup sets `synchronous = NORMAL` on the writer
+            // connection once `prepareDatabase` has run, so a setting made there would not hold.
+            // Only the writer commits, and it lives as long as the pool.
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            }
             try Self.migrator.migrate(pool)
         } catch {
             throw HeraldError(.unavailable, "cannot open the SQLite store in \(directory.path): \(error)")

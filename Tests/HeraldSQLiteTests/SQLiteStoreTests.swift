@@ -32,6 +32,16 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(read.events == [event] && read.recovered && read.next == 1)
     }
 
+    @Test(arguments: [(SQLiteStore.Durability.normal, 1), (.full, 2)])
+    func theWriterCommitsWithTheChosenDurability(durability: SQLiteStore.Durability, synchronous: Int) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "herald-test-\(UUID().uuidString)"
+        )
+        let store = try SQLiteStore(directory: directory, retention: .init(), durability: durability)
+        let setting = try await store.pool.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
+        #expect(setting == synchronous)
+    }
+
     @Test func anIdempotencyKeyReturnsTheFirstCheck() async throws {
         let (store, _) = try makeStore()
         let key = IdempotencyKey(key: "k1", fingerprint: "f")

@@ -1,3 +1,5 @@
+package import HeraldStore
+
 /// How deliveries are sent and retried.
 package struct WebhookConfiguration: Sendable {
     /// Waits before each retry (`--webhook-retry-schedule`); after the last, a delivery fails.
@@ -22,6 +24,10 @@ package struct WebhookConfiguration: Sendable {
     package var breakerCooldown: Duration = .seconds(30)
     /// A subscription whose target has failed for this long is disabled (`PUT` re-enables it).
     package var disableAfter: Duration = .seconds(5 * 86_400)
+    /// A subscription with more events waiting than this, or an older one, is disabled
+    /// (`--webhook-max-lag-events`, `--webhook-max-lag-age`): it bounds the webhook event log and
+    /// the outbox when a target is slow or down. The age defaults to `disableAfter`.
+    package var lagCap = LagCap(events: 100_000, age: .seconds(5 * 86_400))
 
     package init() {}
 }

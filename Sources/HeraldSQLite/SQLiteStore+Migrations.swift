@@ -161,6 +161,23 @@ extension SQLiteStore {
             try db.execute(sql: "ALTER TABLE deliveries ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
             try db.execute(sql: "ALTER TABLE deliveries ADD COLUMN leased_until INTEGER")
         }
+        migrator.registerMigration("v8: lag caps, and indexes for the janitor and for claims by target") { db in
+            // `disabled_reason`: failing, lag_events or lag_age. `deliveries_waiting` counts a
+            // subscription's pending deliveries and finds its oldest. The others let the janitor
+            // take what is past retention a batch at a time, oldest first, without reading past
+            // what it keeps (a kept check's old events and channel are not in them).
+            try db.execute(
+                sql: """
+                    ALTER TABLE subscriptions ADD COLUMN disabled_reason TEXT;
+                    UPDATE subscriptions SET disabled_reason = 'failing' WHERE disabled_at IS NOT NULL;
+                    CREATE INDEX deliveries_waiting ON deliveries(subscription_id, event_time) WHERE state = 'pending';
+                    CREATE INDEX deliveries_ended ON deliveries(updated_at) WHERE state != 'pending';
+                    CREATE INDEX events_expiring ON events(time) WHERE channel NOT LIKE 'check:%';
+                    CREATE INDEX channels_expiring ON channels(updated_at) WHERE name NOT LIKE 'check:%';
+                    CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
+                    """
+            )
+        }
         return migrator
     }
 }

@@ -3,215 +3,6 @@ package import HeraldCore
 package import HeraldStore
 
 extension SQLiteStore {
-    // MARK: The outbox
-
-    /// Records, inside the transaction that appends `event`, what webhooks it causes: a
-    /// delivery row for the check's callback (its terminal event, or all with
-    /// `callback_events: all`), and one entry in the webhook event log when any subscription
-    /// is active. A subscription's deliveries are made from the log by ``fanOut(now:window:limit:_:)``,
-    /// so an event costs one row however many subscriptions it matches.
-    static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
-        // Runs for every event written: the prepared statements are kept, not compiled each time.
-        let subscribed =
-            try Bool.fetchOne(
-                try db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL)")
-            ) ?? false
-        var callback: (check: Check, url: String, secret: String)?
-        if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
-            check.spec.calls(check.state)
-        {
-            callback = (check, url, secret)
-        }
-        guard subscribed || callback != nil else { return }
-        let payload = Self.payload(of: event)
-        if let (check, url, secret) = callback {
-            let target = Delivery.target(of: url)
-            // A parked target's new deliveries join its backlog instead of being claimed only
-            // to be held.
-            let parked = try Int64.fetchOne(
-                try db.cachedStatement(sql: "SELECT until FROM parked_targets WHERE target = ?"),
-                arguments: [target]
-            )
-            try insertDelivery(
-                subscription: nil,
-                check: check.id.rawValue,
-                url: url,
-                target: target,
-                secret: secret,
-                type: event.type,
-                eventTime: event.time,
-                payload: payload,
-                at: event.time,
-                due: Timestamp(millisecondsSince1970: max(event.time.millisecondsSince1970, parked ?? 0)),
-                db
-            )
-        }
-        guard subscribed else { return }
-        try db.cachedStatement(sql: "INSERT INTO webhook_events (check_id, type, time, payload) VALUES (?, ?, ?, ?)")
-            .execute(arguments: [check?.id.rawValue, event.type, event.time.millisecondsSince1970, payload])
-    }
-
-    /// `herald_event_matches(pattern, type)`: ``Subscription/pattern(_:matches:)`` in SQL, so the
-    /// fan-out reads from the log exactly the events it makes deliveries of.
-    static let eventMatches = DatabaseFunction("herald_event_matches", argumentCount: 2, pure: true) { arguments in
-        guard let pattern = String.fromDatabaseValue(arguments[0]), let type = String.fromDatabaseValue(arguments[1])
-        else { return false }
-        return Subscription.pattern(pattern, matches: type)
-    }
-
-    /// Makes deliveries from the webhook event log: for each active subscription behind the
-    /// log's head whose target is not parked and that has fewer than `window` deliveries not
-    /// yet attempted, the next matching events become delivery rows and its cursor moves past
-    /// them, in the caller's transaction. A parked or backed-up subscription costs nothing per
-    /// event: its backlog is the log after its cursor, and the fan-out skips it (`fan_out_at`)
-    /// until its target is unparked or one of its deliveries is attempted. A target not among
-    /// the `healthy` ones is sent one delivery at a time, so its subscriptions get a window of
-    /// one. At most `limit` rows in one call.
-    static func fanOut(
-        now: Timestamp,
-        window healthyWindow: Int,
-        healthy: Set<String>,
-        limit: Int,
-        _ db: Database
-    )
-        throws
-    {
-        guard let head = try logHead(db) else { return }
-        var budget = limit
-        let skip = try db.cachedStatement(sql: "UPDATE subscriptions SET fan_out_at = ? WHERE id = ?")
-        // Should an attempt's record never come, it is looked at again after this long.
-        let skipUntil = now.adding(milliseconds: 60_000).millisecondsSince1970
-        for subscription in try fanOutCandidates(head: head, now: now, window: nil, limit: -1, db) where budget > 0 {
-            let window = healthy.contains(subscription.target) ? healthyWindow : 1
-            guard subscription.fresh < window else {
-                try skip.execute(arguments: [skipUntil, subscription.id])
-                continue
-            }
-            let room = min(window - subscription.fresh, budget)
-            let events = try Row.fetchAll(
-                try db.cachedStatement(
-                    sql: """
-                        SELECT * FROM webhook_events WHERE seq > ? AND herald_event_matches(?, type)
-                        ORDER BY seq LIMIT ?
-                        """
-                ),
-                arguments: [subscription.cursor, subscription.event, room]
-            )
-            for event in events {
-                try insertDelivery(
-                    subscription: subscription.id,
-                    check: event["check_id"],
-                    url: subscription.targetURL,
-                    target: subscription.target,
-                    secret: subscription.secret,
-                    type: event["type"],
-                    eventTime: Timestamp(millisecondsSince1970: event["time"]),
-                    payload: event["payload"],
-                    at: now,
-                    db
-                )
-            }
-            budget -= events.count
-            // Read up to the head, unless the room ran out first.
-            let cursor: Int64 = events.count == room ? events.last?["seq"] ?? head : head
-            try db.cachedStatement(sql: "UPDATE subscriptions SET cursor = ? WHERE id = ?")
-                .execute(arguments: [cursor, subscription.id])
-            if subscription.fresh + events.count >= window {
-                try skip.execute(arguments: [skipUntil, subscription.id])
-            }
-        }
-    }
-
-    /// The last entry of the webhook event log, if it has any.
-    private static func logHead(_ db: Database) throws -> Int64? {
-        try Int64.fetchOne(try db.cachedStatement(sql: "SELECT MAX(seq) FROM webhook_events"))
-    }
-
-    private struct FanOutCandidate {
-        var id, targetURL, target, event, secret: String
-        var cursor: Int64
-        /// Its deliveries not yet attempted.
-        var fresh: Int
-    }
-
-    /// The subscriptions behind the log's head, not skipped for now and not parked, oldest
-    /// cursor first, at most `limit` (-1: all); only those with fewer than `window` deliveries
-    /// not yet attempted if `window` is given.
-    private static func fanOutCandidates(
-        head: Int64,
-        now: Timestamp,
-        window: Int?,
-        limit: Int,
-        _ db: Database
-    ) throws -> [FanOutCandidate] {
-        try Row.fetchAll(
-            try db.cachedStatement(
-                sql: """
-                    SELECT * FROM
-                      (SELECT id, target_url, target, event, secret, cursor,
-                              (SELECT COUNT(*) FROM deliveries WHERE subscription_id = subscriptions.id
-                                 AND state = 'pending' AND attempts = 0) AS fresh
-                       FROM subscriptions INDEXED BY subscriptions_fan_out
-                       WHERE disabled_at IS NULL AND fan_out_at <= ?2 AND cursor < ?1 AND NOT EXISTS
-                             (SELECT 1 FROM parked_targets
-                              WHERE parked_targets.target = subscriptions.target AND until > ?2)
-                       ORDER BY fan_out_at, cursor)
-                    WHERE ?3 IS NULL OR fresh < ?3 LIMIT ?4
-                    """
-            ),
-            arguments: [head, now.millisecondsSince1970, window, limit]
-        ).map { row in
-            FanOutCandidate(
-                id: row["id"],
-                targetURL: row["target_url"],
-                target: row["target"],
-                event: row["event"],
-                secret: row["secret"],
-                cursor: row["cursor"],
-                fresh: row["fresh"]
-            )
-        }
-    }
-
-    /// One pending delivery, written at `time`, due at `due` (`time` when not given). (A
-    /// subscription's delivery is signed with the subscription's secrets when it is sent;
-    /// `secret` is what a check's callback uses.)
-    private static func insertDelivery(
-        subscription: String?,
-        check: String?,
-        url: String,
-        target: String? = nil,
-        secret: String,
-        type: String,
-        eventTime: Timestamp,
-        payload: String,
-        at time: Timestamp,
-        due: Timestamp? = nil,
-        _ db: Database
-    ) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO deliveries (id, subscription_id, check_id, target_url, target, secret, event_type,
-                                        event_time, payload, state, attempts, next_attempt_at, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
-                """
-        ).execute(arguments: [
-            "msg_" + timeOrderedToken(at: time), subscription, check, url, target ?? Delivery.target(of: url), secret,
-            type, eventTime.millisecondsSince1970, payload, (due ?? time).millisecondsSince1970,
-            time.millisecondsSince1970, time.millisecondsSince1970,
-        ])
-    }
-
-    /// The body of a delivery, per Standard Webhooks: `{"type", "timestamp", "data"}`, where
-    /// `data` is the event as every other transport carries it.
-    static func payload(of event: Event) -> String {
-        var writer = JSONWriter()
-        writer.string("type", event.type)
-        writer.string("timestamp", event.time.rfc3339)
-        writer.raw("data", event.json)
-        return writer.result
-    }
-
     // MARK: Subscriptions
 
     package func createSubscription(_ subscription: Subscription) async throws {
@@ -259,7 +50,7 @@ extension SQLiteStore {
             try db.execute(
                 sql: """
                     UPDATE subscriptions SET target_url = ?, target = ?, event = ?, updated_at = ?, disabled_at = NULL,
-                                             failing_since = NULL, fan_out_at = 0, cursor = CASE WHEN disabled_at IS NULL THEN cursor
+                                             disabled_reason = NULL, failing_since = NULL, fan_out_at = 0, cursor = CASE WHEN disabled_at IS NULL THEN cursor
                                              ELSE (SELECT COALESCE(MAX(seq), 0) FROM webhook_events) END
                     WHERE id = ?
                     """,
@@ -321,7 +112,7 @@ extension SQLiteStore {
         return existed
     }
 
-    private static func failPending(subscription id: String, at time: Int64, _ db: Database) throws {
+    static func failPending(subscription id: String, at time: Int64, _ db: Database) throws {
         try db.execute(
             sql: """
                 UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?
@@ -344,18 +135,27 @@ extension SQLiteStore {
         try await pool.write { db in
             try Self.fanOut(now: now, window: window, healthy: Set(healthy), limit: max(limit, 64), db)
             // At most `perTarget` of each target, so one claim reaches many targets; the
-            // healthy targets' first. A subscription's delivery is signed with its secrets
-            // as they are now.
+            // healthy targets' first. The targets with pending deliveries are walked one index
+            // step each, and each gives its first `perTarget` due ones: a claim reads
+            // targets x perTarget rows, never the whole backlog. A subscription's delivery is
+            // signed with its secrets as they are now.
             let claimed = try Row.fetchAll(
                 try db.cachedStatement(
                     sql: """
+                        WITH RECURSIVE targets(target) AS (
+                          SELECT (SELECT target FROM deliveries INDEXED BY deliveries_target
+                                  WHERE state = 'pending' ORDER BY target LIMIT 1)
+                          UNION ALL
+                          SELECT (SELECT target FROM deliveries INDEXED BY deliveries_target
+                                  WHERE state = 'pending' AND target > targets.target ORDER BY target LIMIT 1)
+                          FROM targets WHERE targets.target IS NOT NULL)
                         SELECT due.*, subscriptions.secret AS current_secret, subscriptions.previous_secret,
                                subscriptions.previous_secret_until
-                        FROM (SELECT deliveries.*, ROW_NUMBER() OVER
-                                (PARTITION BY target ORDER BY next_attempt_at, seq) AS place_in_target
-                              FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1) AS due
+                        FROM targets JOIN deliveries AS due ON due.seq IN
+                          (SELECT seq FROM deliveries INDEXED BY deliveries_target
+                           WHERE state = 'pending' AND target = targets.target AND next_attempt_at <= ?1
+                           ORDER BY next_attempt_at, seq LIMIT ?2)
                         LEFT JOIN subscriptions ON subscriptions.id = due.subscription_id
-                        WHERE due.place_in_target <= ?2
                         ORDER BY due.target IN (SELECT value FROM json_each(?3)) DESC, due.next_attempt_at, due.seq
                         LIMIT ?4
                         """
@@ -541,7 +341,7 @@ extension SQLiteStore {
             ).execute(arguments: outcome == .delivered ? [subscription] : [at, subscription])
             try db.cachedStatement(
                 sql: """
-                    UPDATE subscriptions SET disabled_at = ?
+                    UPDATE subscriptions SET disabled_at = ?, disabled_reason = 'failing'
                     WHERE id = ? AND disabled_at IS NULL AND failing_since < ?
                     """
             ).execute(arguments: [at, subscription, cutoff.millisecondsSince1970])
@@ -680,6 +480,7 @@ extension SQLiteStore {
         )
         subscription.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
         subscription.disabledAt = (row["disabled_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        subscription.disabledReason = (row["disabled_reason"] as String?).flatMap(Subscription.DisabledReason.init)
         subscription.failingSince = (row["failing_since"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
         subscription.previousSecret = row["previous_secret"]
         subscription.previousSecretExpiresAt =

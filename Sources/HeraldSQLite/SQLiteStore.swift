@@ -239,48 +239,106 @@ package final class SQLiteStore: Store {
         }
     }
 
+    /// Rows the janitor deletes in one write: short enough that a publish waiting for the writer
+    /// is not held for long, large enough that a pass over a big backlog is not all overhead.
+    static let pruneBatch = 500
+
     package func prune(now: Timestamp) async throws -> Int {
         let eventCutoff = now.millisecondsSince1970 - retention.maxEventAge.milliseconds
         let checkCutoff = now.millisecondsSince1970 - retention.checkRetention.milliseconds
         let keyCutoff = now.millisecondsSince1970 - retention.idempotencyKeyLifetime.milliseconds
-        let deletions: [(sql: String, arguments: StatementArguments)] = [
-            // Ended checks past retention go with their whole channel.
+        // Each deletes at most `?2` rows, oldest first, through an index that holds only what
+        // may go; each runs again until it deletes less than a batch.
+        let deletions: [(statements: [String], cutoff: Int64)] = [
+            // Ended checks past retention go with their whole channel (its events cascade).
             (
-                """
-                DELETE FROM channels WHERE name IN
-                  (SELECT 'check:' || id FROM checks WHERE state != 'processing' AND completed_at < ?)
-                """, [checkCutoff]
+                [
+                    """
+                    DELETE FROM channels WHERE name IN
+                      (SELECT 'check:' || id FROM checks INDEXED BY checks_completed
+                       WHERE state != 'processing' AND completed_at < ?1 ORDER BY completed_at LIMIT ?2)
+                    """,
+                    """
+                    DELETE FROM checks WHERE seq IN
+                      (SELECT seq FROM checks INDEXED BY checks_completed
+                       WHERE state != 'processing' AND completed_at < ?1 ORDER BY completed_at LIMIT ?2)
+                    """,
+                ], checkCutoff
             ),
-            ("DELETE FROM checks WHERE state != 'processing' AND completed_at < ?", [checkCutoff]),
             // A check channel keeps its history while the check is kept: it is the snapshot.
-            ("DELETE FROM events WHERE time < ? AND channel NOT LIKE 'check:%'", [eventCutoff]),
             (
-                """
-                DELETE FROM channels WHERE updated_at < ? AND name NOT LIKE 'check:%'
-                  AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
-                """, [eventCutoff]
+                [
+                    """
+                    DELETE FROM events WHERE (channel, offset) IN
+                      (SELECT channel, offset FROM events INDEXED BY events_expiring
+                       WHERE time < ?1 AND channel NOT LIKE 'check:%' ORDER BY time LIMIT ?2)
+                    """
+                ], eventCutoff
             ),
-            ("DELETE FROM idempotency_keys WHERE created_at < ?", [keyCutoff]),
+            (
+                [
+                    """
+                    DELETE FROM channels WHERE name IN
+                      (SELECT name FROM channels INDEXED BY channels_expiring
+                       WHERE updated_at < ?1 AND name NOT LIKE 'check:%'
+                         AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
+                       ORDER BY updated_at LIMIT ?2)
+                    """
+                ], eventCutoff
+            ),
+            (
+                [
+                    """
+                    DELETE FROM idempotency_keys WHERE key IN
+                      (SELECT key FROM idempotency_keys WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)
+                    """
+                ], keyCutoff
+            ),
             // The delivery log is kept as long as ended checks are; pending deliveries stay.
-            ("DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", [checkCutoff]),
+            (
+                [
+                    """
+                    DELETE FROM deliveries WHERE seq IN
+                      (SELECT seq FROM deliveries INDEXED BY deliveries_ended
+                       WHERE state != 'pending' AND updated_at < ?1 ORDER BY updated_at LIMIT ?2)
+                    """
+                ], checkCutoff
+            ),
             // The webhook event log is kept until every active subscription has read it.
             (
-                """
-                DELETE FROM webhook_events WHERE seq <=
-                  COALESCE((SELECT MIN(cursor) FROM subscriptions WHERE disabled_at IS NULL), 9223372036854775807)
-                """, []
+                [
+                    """
+                    DELETE FROM webhook_events WHERE seq IN
+                      (SELECT seq FROM webhook_events WHERE seq <= COALESCE(
+                         (SELECT MIN(cursor) FROM subscriptions WHERE disabled_at IS NULL), 9223372036854775807)
+                       ORDER BY seq LIMIT ?2)
+                    """
+                ], 0
             ),
             // A target parked until a time now past has nothing parked any more.
-            ("DELETE FROM parked_targets WHERE until < ?", [now.millisecondsSince1970]),
+            (
+                [
+                    "DELETE FROM parked_targets WHERE target IN (SELECT target FROM parked_targets WHERE until < ?1 LIMIT ?2)"
+                ],
+                now.millisecondsSince1970
+            ),
         ]
-        return try await pool.write { db in
-            var removed = 0
-            for deletion in deletions {
-                try db.execute(sql: deletion.sql, arguments: deletion.arguments)
-                removed += db.changesCount
+        var removed = 0
+        for deletion in deletions {
+            while true {
+                // One short write per batch: writes waiting for the writer go in between.
+                let deleted = try await pool.write { db in
+                    for sql in deletion.statements {
+                        try db.execute(sql: sql, arguments: [deletion.cutoff, Self.pruneBatch])
+                    }
+                    return db.changesCount
+                }
+                removed += deleted
+                if deleted < Self.pruneBatch { break }
+                try Task.checkCancellation()
             }
-            return removed
         }
+        return removed
     }
 
     package func ping() async throws {

@@ -113,6 +113,16 @@ package enum ConfigurationLoader {
             v throws(ConfigurationError) in
             c.webhooks.disableAfter = .seconds(try int(v, "webhook-disable-after", 1...31_536_000))
         },
+        Setting(name: "webhook-max-lag-events", help: "events waiting for a subscription before it is disabled") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.lagCap.events = try int(v, "webhook-max-lag-events", 1...100_000_000)
+        },
+        Setting(name: "webhook-max-lag-age", help: "seconds the oldest event may wait for a subscription") {
+            c,
+            v throws(ConfigurationError) in
+            c.webhooks.lagCap.age = .seconds(try int(v, "webhook-max-lag-age", 1...31_536_000))
+        },
         Setting(name: "webhook-secret-overlap", help: "seconds a rotated-out secret keeps signing") {
             c,
             v throws(ConfigurationError) in

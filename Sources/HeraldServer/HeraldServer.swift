@@ -271,7 +271,8 @@ package struct HeraldServer: Sendable {
                 service: Janitor(
                     store: store,
                     logger: logger.labelled("herald.janitor"),
-                    interval: configuration.retention.janitorInterval
+                    interval: configuration.retention.janitorInterval,
+                    lagCap: configuration.webhooks.lagCap
                 )
             ),
             .init(service: GRPCWebEndpoint(transport: grpcWeb, service: grpcService)),
@@ -365,16 +366,28 @@ package struct HeraldServer: Sendable {
     }
 }
 
-/// Removes what is past its retention every `janitor-interval` (a minute by default).
+/// Removes what is past its retention, and disables the webhook subscriptions past their lag
+/// cap, every `janitor-interval` (a minute by default).
 struct Janitor: Service {
     let store: any Store
     let logger: Logger
     var interval: Duration
+    var lagCap: LagCap
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
+                    for lagging in try await store.disableLagging(beyond: lagCap, at: .now()) {
+                        logger.warning(
+                            "webhook subscription disabled: it fell too far behind",
+                            metadata: [
+                                "herald.subscription": "\(lagging.id)", "herald.reason": "\(lagging.reason.rawValue)",
+                                "herald.waiting": "\(lagging.events)",
+                                "herald.oldest": "\(lagging.oldest?.rfc3339 ?? "-")",
+                            ]
+                        )
+                    }
                     let removed = try await store.prune(now: .now())
                     if removed > 0 { logger.debug("pruned", metadata: ["herald.rows": "\(removed)"]) }
                 } catch is CancellationError {

@@ -14,10 +14,23 @@ package struct Subscription: Sendable, Hashable {
     package var previousSecretExpiresAt: Timestamp?
     package var createdAt: Timestamp
     package var updatedAt: Timestamp
-    /// Set when the target failed for longer than the disable period; a PUT clears it.
+    /// Set when the subscription was disabled (its target failed for longer than the disable
+    /// period, or it fell behind past the lag cap); a PUT clears it.
     package var disabledAt: Timestamp?
+    /// Why it was disabled, with `disabledAt`.
+    package var disabledReason: DisabledReason?
     /// The first failure of the current run of failures, cleared by a success.
     package var failingSince: Timestamp?
+
+    /// Why a subscription was disabled: the `disabled_reason` of the API.
+    package enum DisabledReason: String, Sendable, CaseIterable {
+        /// Its target failed for longer than `webhook-disable-after`.
+        case failing
+        /// More than `webhook-max-lag-events` events were waiting for it.
+        case lagEvents = "lag_events"
+        /// The oldest event waiting for it was older than `webhook-max-lag-age`.
+        case lagAge = "lag_age"
+    }
 
     package init(id: String, targetURL: String, event: String, secret: String, createdAt: Timestamp) {
         self.id = id
@@ -67,6 +80,7 @@ package struct Subscription: Sendable, Hashable {
         writer.string("created_at", createdAt.rfc3339)
         writer.string("updated_at", updatedAt.rfc3339)
         if let disabledAt { writer.string("disabled_at", disabledAt.rfc3339) }
+        if let disabledReason { writer.string("disabled_reason", disabledReason.rawValue) }
         if let failingSince { writer.string("failing_since", failingSince.rfc3339) }
         if let until = previousSecretExpiresAt, signingSecrets(at: now).count > 1 {
             writer.string("previous_secret_expires_at", until.rfc3339)
@@ -221,6 +235,37 @@ package enum DeliveryOutcome: Sendable, Hashable {
     case gone
 }
 
+/// How far a subscription may fall behind its events before it is disabled, so one slow or
+/// dead target cannot make the webhook event log and the outbox grow without bound.
+package struct LagCap: Sendable, Hashable {
+    /// Events waiting for one subscription (`webhook-max-lag-events`).
+    package var events: Int
+    /// Age of the oldest event waiting for one subscription (`webhook-max-lag-age`).
+    package var age: Duration
+
+    package init(events: Int, age: Duration) {
+        self.events = events
+        self.age = age
+    }
+}
+
+/// A subscription disabled for its lag, and what it was behind by.
+package struct LaggingSubscription: Sendable, Hashable {
+    package var id: String
+    package var reason: Subscription.DisabledReason
+    /// Events that were waiting for it: the log entries past its cursor and its pending deliveries.
+    package var events: Int
+    /// The time of the oldest of them.
+    package var oldest: Timestamp?
+
+    package init(id: String, reason: Subscription.DisabledReason, events: Int, oldest: Timestamp?) {
+        self.id = id
+        self.reason = reason
+        self.events = events
+        self.oldest = oldest
+    }
+}
+
 /// A filter and page position for listing deliveries, newest first.
 package struct DeliveryQuery: Sendable, Hashable {
     package var subscriptionID: String?
@@ -316,6 +361,12 @@ package protocol WebhookStore: Sendable {
         parking targets: [(target: String, until: Timestamp)],
         at now: Timestamp
     ) async throws
+    /// Disables, with the reason, every active subscription past `cap`, and fails its pending
+    /// deliveries (as a subscription disabled for failing), so the log behind it can go. What
+    /// waits for a subscription is every entry of the webhook event log past its cursor,
+    /// matched or not (it holds them in the log), and its pending deliveries.
+    /// - Returns: the subscriptions it disabled.
+    func disableLagging(beyond cap: LagCap, at now: Timestamp) async throws -> [LaggingSubscription]
     /// Unparks every target: at start-up, when nothing is in flight and no circuit is known.
     func unparkAll(at now: Timestamp) async throws
     func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?)

@@ -490,7 +490,7 @@ def test_a_subscription_failing_for_too_long_is_disabled_until_a_put(make_herald
         by_subscription = {"subscription_id": subscription["id"]}
         publish(api, "dis", 0)
         disabled = wait_for(lambda: (s := api.get(path, headers=AUTH).json())["state"] == "disabled" and s)
-        assert disabled["disabled_at"] >= disabled["failing_since"]
+        assert disabled["disabled_at"] >= disabled["failing_since"] and disabled["disabled_reason"] == "failing"
         deliveries = api.get("/api/v1/deliveries", params=by_subscription, headers=AUTH).json()["deliveries"]
         assert [d["state"] for d in deliveries] == ["failed"]
         publish(api, "dis", 1)  # nothing is queued for a disabled subscription
@@ -499,8 +499,32 @@ def test_a_subscription_failing_for_too_long_is_disabled_until_a_put(make_herald
         receiver.scripts["/down"] = [200]
         enabled = api.put(path, json={"target_url": receiver.url + "/down", "event": "*"}, headers=AUTH).json()
         assert enabled["state"] == "active" and "disabled_at" not in enabled and "failing_since" not in enabled
+        assert "disabled_reason" not in enabled
         publish(api, "dis", 2)
         wait_for(lambda: [r for r in receiver.to("/down") if json.loads(r[2])["data"]["data"] == 2])
+
+
+def test_a_subscription_past_its_lag_cap_is_disabled_and_the_others_go_on(make_herald, receiver):
+    herald = make_herald(*FAST, env={"HERALD_WEBHOOK_MAX_LAG_EVENTS": "10", "HERALD_JANITOR_INTERVAL": "1"})
+    other = Receiver()  # another target: a target's slots are its own
+    with herald.client() as api:
+        def subscribe(url):
+            return api.post("/api/v1/subscription", json={"target_url": url, "event": "lag.*"},
+                            headers=AUTH).json()["id"]
+        slow, healthy = subscribe(receiver.url + "/hang"), subscribe(other.url + "/ok")
+        for n in range(40):
+            publish(api, "lag", n, type_="lag.t")
+        disabled = wait_for(lambda: (s := api.get(f"/api/v1/subscription/{slow}", headers=AUTH).json())["state"]
+                            == "disabled" and s, timeout=20)
+        assert disabled["disabled_reason"] == "lag_events" and "disabled_at" in disabled
+        wait_for(lambda: len(other.to("/ok")) == 40)
+        assert sorted(json.loads(r[2])["data"]["data"] for r in other.to("/ok")) == list(range(40))
+        other.close()
+        assert api.get(f"/api/v1/subscription/{healthy}", headers=AUTH).json()["state"] == "active"
+        # What waited for it failed with it (a replay after a PUT sends it again).
+        pending = api.get("/api/v1/deliveries", params={"subscription_id": slow, "state": "pending"},
+                          headers=AUTH).json()["deliveries"]
+        assert pending == []
 
 
 def test_the_ssrf_guard_applies_at_delivery_time(make_herald, receiver):

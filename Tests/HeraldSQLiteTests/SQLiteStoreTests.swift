@@ -168,6 +168,17 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         )
     }
 
+    /// Records a successful attempt of delivery `id`.
+    private func deliver(_ store: SQLiteStore, _ id: String, at now: Timestamp) async throws {
+        let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
+        try await store.recordAttempt(
+            attempt,
+            of: id,
+            outcome: .delivered,
+            disableFailingBefore: Timestamp(millisecondsSince1970: 0)
+        )
+    }
+
     /// Unparks `target` as the dispatcher does when its attempt in flight ends.
     private func unpark(_ store: SQLiteStore, _ target: String, at now: Timestamp) async throws {
         try await store.recordAttempts([], unparking: [target], disableFailingBefore: now, at: now)
@@ -196,13 +207,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(claimed.count == 2)
         let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
         let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
-        let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
-        try await store.recordAttempt(
-            attempt,
-            of: delivered.id,
-            outcome: .delivered,
-            disableFailingBefore: Timestamp(millisecondsSince1970: 0)
-        )
+        try await deliver(store, delivered.id, at: now)
         _ = try await store.prune(now: now.adding(milliseconds: 120_000))
         #expect(try await store.delivery(delivered.id) == nil)
         #expect(try await store.delivery(pending.id)?.0.state == .pending)
@@ -423,13 +428,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await fanOutAt("sub_w") ?? 0 > now.millisecondsSince1970)
         #expect(try await fanOutAt("sub_p") == now.adding(milliseconds: 60_000).millisecondsSince1970)
         for delivery in first.prefix(2) {
-            let attempt = DeliveryAttempt(at: now, statusCode: 200, durationMilliseconds: 1, error: nil, snippet: nil)
-            try await store.recordAttempt(
-                attempt,
-                of: delivery.id,
-                outcome: .delivered,
-                disableFailingBefore: Timestamp(millisecondsSince1970: 0)
-            )
+            try await deliver(store, delivery.id, at: now)
         }
         #expect(try await fanOutAt("sub_w") == 0)
         let second = try await claimWindow()
@@ -448,6 +447,88 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         _ = try await store.prune(now: now)
         let left = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM webhook_events") }
         #expect(left == 1)
+    }
+
+    @Test func theEventLogHoldsOnlyWhatAnActiveSubscriptionMatches() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        let logged = {
+            try await store.pool.read { try String.fetchAll($0, sql: "SELECT type FROM webhook_events ORDER BY seq") }
+        }
+        try await subscribe(store, [("sub_t", "https://t.test/")], event: "t.*", at: now)
+        _ = try await store.append(type: "u", data: "1", to: channel, at: now)
+        _ = try await store.append(type: "t.x", data: "2", to: channel, at: now)
+        #expect(try await logged() == ["t.x"])
+        // A disabled subscription reads nothing, so nothing is logged for it.
+        _ = try await store.disableLagging(beyond: LagCap(events: 0, age: .seconds(60)), at: now)
+        _ = try await store.append(type: "t.y", data: "3", to: channel, at: now)
+        #expect(try await logged() == ["t.x"])
+    }
+
+    @Test func aSubscriptionPastItsLagCapIsDisabledWithTheReason() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        try await subscribe(store, [("sub_slow", "https://slow.test/"), ("sub_ok", "https://ok.test/")], at: now)
+        for n in 0..<6 {
+            _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now)
+        }
+        // Two deliveries each; sub_ok's succeed and it reads on, sub_slow's stay pending.
+        let claimed = try await claim(store, at: now, limit: 100, window: 2)
+        for delivery in claimed where delivery.subscriptionID == "sub_ok" {
+            try await deliver(store, delivery.id, at: now)
+        }
+        _ = try await claim(store, at: now, limit: 100, window: 10)
+        // sub_slow: 4 entries past its cursor and 2 pending deliveries wait; sub_ok: 4 pending.
+        let cap = LagCap(events: 5, age: .seconds(60))
+        let disabled = try await store.disableLagging(beyond: cap, at: now)
+        #expect(disabled == [LaggingSubscription(id: "sub_slow", reason: .lagEvents, events: 6, oldest: now)])
+        let slow = try #require(try await store.subscription("sub_slow"))
+        #expect(slow.disabledReason == .lagEvents && slow.json().contains("\"disabled_reason\":\"lag_events\""))
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_slow", state: .pending)).items.isEmpty)
+        // With sub_slow gone, the log keeps nothing that sub_ok has read.
+        _ = try await store.prune(now: now)
+        let kept = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM webhook_events") }
+        #expect(kept == 0)
+        // Later, sub_ok's oldest waiting event is past the age cap.
+        let later = now.adding(milliseconds: 61_000)
+        let aged = try await store.disableLagging(beyond: cap, at: later)
+        #expect(aged.map(\.id) == ["sub_ok"] && aged.map(\.reason) == [.lagAge])
+        // A PUT re-enables and clears the reason.
+        let enabled = try await store.updateSubscription(
+            "sub_slow",
+            targetURL: "https://slow.test/",
+            event: "*",
+            secret: nil,
+            overlap: .zero,
+            at: later
+        )
+        #expect(enabled?.disabledAt == nil && enabled?.disabledReason == nil)
+    }
+
+    @Test func pruningGoesInBatchesUntilNothingIsPastRetention() async throws {
+        let (store, _) = try makeStore(.init(maxEventsPerChannel: 10_000, maxEventAge: .seconds(60)))
+        let channel = try #require(ChannelName("busy"))
+        let old = Timestamp.now().adding(milliseconds: -120_000)
+        let count = SQLiteStore.pruneBatch * 2 + 7
+        try await store.pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES ('busy', 'e', ?, ?)",
+                arguments: [count, old.millisecondsSince1970]
+            )
+            for offset in 1...count {
+                try db.execute(
+                    sql: "INSERT INTO events (channel, offset, type, time, data) VALUES ('busy', ?, 't', ?, '1')",
+                    arguments: [offset, old.millisecondsSince1970]
+                )
+            }
+        }
+        let recent = try await store.append(type: "t", data: "2", to: try #require(ChannelName("recent")), at: .now())
+        #expect(try await store.prune(now: .now()) == count + 1)  // the events, then their channel
+        let read = try await store.events(in: channel, after: 0, epoch: nil, limit: 10)
+        #expect(read.events.isEmpty && read.epoch.rawValue.isEmpty)
+        #expect(try await store.events(in: recent.channel, after: 0, epoch: nil, limit: 10).events == [recent])
     }
 
     @Test func pagingWalksEveryCheckNewestFirst() async throws {

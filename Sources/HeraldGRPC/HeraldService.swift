@@ -16,11 +16,15 @@ package struct GRPCConfiguration: Sendable {
     package var maxDataBytes: Int
     /// Channels one `Subscribe` call may follow at once (`ws-max-subscriptions`, as for a WebSocket).
     package var maxSubscriptions: Int
+    /// How long one write of a stream may wait for its client to read before the call ends
+    /// (`write-timeout`, as on the HTTP port).
+    package var writeTimeout: Duration
 
-    package init(apiKey: String, maxDataBytes: Int, maxSubscriptions: Int) {
+    package init(apiKey: String, maxDataBytes: Int, maxSubscriptions: Int, writeTimeout: Duration) {
         self.apiKey = apiKey
         self.maxDataBytes = maxDataBytes
         self.maxSubscriptions = maxSubscriptions
+        self.writeTimeout = writeTimeout
     }
 }
 
@@ -32,7 +36,8 @@ package struct GRPCConfiguration: Sendable {
 /// the hub at once. Herald's errors become status codes in one table (`RPCError.init(_:)`).
 /// Streams end with `UNAVAILABLE` on shutdown and `RESOURCE_EXHAUSTED` when the client falls
 /// behind the hub's bound, both with the position to resume from in the message and in the
-/// trailers `herald-epoch` and `herald-offset`.
+/// trailers `herald-epoch` and `herald-offset`, and with `UNAVAILABLE` when one write waits for
+/// the client to read for longer than `write-timeout` (``WriteWatch``).
 package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     let store: any Store
     let hub: Hub
@@ -111,16 +116,20 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         let position = message.epoch.isEmpty ? nil : Offset(clamping: message.afterOffset)
         let epoch = message.epoch.isEmpty ? nil : Epoch(message.epoch)
         return StreamingServerResponse { writer in
-            try await call(context) {
+            try await stream(context) { watch in
                 let id = try checkID(message.id)
                 guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
                 try await follow(id.channel, after: position, epoch: epoch) { item in
                     switch item {
                     case .events(let events):
-                        for encoded in events { try await writer.write(Herald_V1_Event(encoded.event)) }
+                        for encoded in events {
+                            try await watch.write { try await writer.write(Herald_V1_Event(encoded.event)) }
+                        }
                     case .reset(let read, _):
                         // The position is gone (another epoch, trimmed): one `herald.reset`, as on SSE.
-                        try await writer.write(Herald_V1_Event(reset: read, channel: id.channel))
+                        try await watch.write {
+                            try await writer.write(Herald_V1_Event(reset: read, channel: id.channel))
+                        }
                     case .heartbeat:
                         break  // HTTP/2 keepalive pings watch the connection
                     }
@@ -135,9 +144,9 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         context: ServerContext
     ) async throws -> StreamingServerResponse<Herald_V1_SubscribeResponse> {
         StreamingServerResponse { writer in
-            try await call(context) {
+            try await stream(context) { watch in
                 let session = SubscribeSession(service: self)
-                try await session.run(request.messages, writer: writer)
+                try await session.run(request.messages, writer: writer, watch: watch)
             }
             return [:]
         }
@@ -215,13 +224,24 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         }
     }
 
-    /// Runs `body` as the call: in a task cancelled with the call, its errors as statuses.
+    /// Runs `body` as a streaming call (see ``call(_:watching:_:)``) whose writes go through the
+    /// ``WriteWatch`` it is given.
+    func stream(_ context: ServerContext, _ body: @escaping @Sendable (WriteWatch) async throws -> Void) async throws {
+        let watch = WriteWatch(limit: configuration.writeTimeout)
+        try await call(context, watching: watch) { try await body(watch) }
+    }
+
+    /// Runs `body` as the call: in a task cancelled with the call, or by `watch` when a write
+    /// stalls, its errors as statuses.
     func call<Value: Sendable>(
         _ context: ServerContext,
+        watching watch: WriteWatch? = nil,
         _ body: @escaping @Sendable () async throws -> Value
     ) async throws -> Value {
         let task = Task { try await body() }
+        let watchdog = watch.map { watch in Task { await watch.watch { task.cancel() } } }
         defer {
+            watchdog?.cancel()
             logger.debug(
                 "call ended",
                 metadata: ["grpc.method": "\(context.descriptor.method)", "herald.streams": "\(hub.subscriberCount)"]
@@ -248,6 +268,12 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
             }
             throw RPCError(error)
         } catch is CancellationError {
+            if let watch, watch.stalled {
+                throw RPCError(
+                    code: .unavailable,
+                    message: "the client stopped reading: a write waited longer than \(watch.limit) (write-timeout)"
+                )
+            }
             throw RPCError(code: .cancelled, message: "the call was cancelled, or its deadline passed")
         } catch {
             logger.error("call failed", metadata: ["grpc.method": "\(context.descriptor.method)", "error": "\(error)"])

@@ -11,10 +11,21 @@ internal import Synchronization
 /// writer. The call ends OK once the client closed its side and no subscription is left
 /// (a `check:` channel ends after the check's terminal event); it fails as a whole with
 /// `RESOURCE_EXHAUSTED` when one channel falls behind the hub's bound, as a WebSocket is cut.
+///
+/// Each follower is registered under the state's lock with a generation id before it runs,
+/// and its answers go out only while it is the channel's current subscription. An
+/// `unsubscribe` waits for its follower to end before the next command is read, so a pipelined
+/// `unsubscribe` + `subscribe` never duplicates events and no follower outlives its
+/// subscription (at most `maxSubscriptions` are alive); a `subscribe` cancelled by an
+/// `unsubscribe` before it started is answered with the error `canceled`.
 final class SubscribeSession: Sendable {
     private struct Subscription {
         var id: UInt64
         var task: Task<Void, Never>
+        /// The subscribe command's `request_id`, for its answer.
+        var requestID: UInt64
+        /// Whether `subscribed` was sent (else `unsubscribe` answers the subscribe).
+        var started = false
     }
 
     private struct State {
@@ -33,13 +44,14 @@ final class SubscribeSession: Sendable {
 
     func run(
         _ commands: RPCAsyncSequence<Herald_V1_SubscribeRequest, any Error>,
-        writer: RPCWriter<Herald_V1_SubscribeResponse>
+        writer: RPCWriter<Herald_V1_SubscribeResponse>,
+        watch: WriteWatch
     ) async throws {
         do {
             // A throwing body cancels the reader by itself; an ended one must stop it.
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { await self.read(commands) }
-                try await outbox.drain { try await writer.write($0) }
+                try await outbox.drain { response in try await watch.write { try await writer.write(response) } }
                 group.cancelAll()
             }
         } catch {
@@ -85,6 +97,15 @@ final class SubscribeSession: Sendable {
                 return try await refuse("not_subscribed", "not subscribed to \(unsubscribe.channel)", requestID)
             }
             removed.task.cancel()
+            // At most one write away: a follower waiting for the writer ends after that write.
+            await removed.task.value
+            if !removed.started {
+                try await refuse(
+                    "canceled",
+                    "unsubscribed before the subscription to \(unsubscribe.channel) started",
+                    removed.requestID
+                )
+            }
             finishIfIdle()
         case nil:
             try await refuse("invalid", "a request needs a command: subscribe or unsubscribe", requestID)
@@ -104,10 +125,22 @@ final class SubscribeSession: Sendable {
             state.nextID += 1
             let id = state.nextID
             let task = Task { await self.follow(channel, id: id, after: position, epoch: epoch, requestID: requestID) }
-            state.subscriptions[channel] = Subscription(id: id, task: task)
+            state.subscriptions[channel] = Subscription(id: id, task: task, requestID: requestID)
             return nil
         }
         if let (code, message) = refusal { try await refuse(code, message, requestID) }
+    }
+
+    /// Sends `response` for the subscription `id` of `channel` if it is still the current one;
+    /// throws `CancellationError` otherwise. The first marks it started.
+    private func send(_ response: Herald_V1_SubscribeResponse, of channel: ChannelName, id: UInt64) async throws {
+        let current = state.withLock { state -> Bool in
+            guard state.subscriptions[channel]?.id == id else { return false }
+            state.subscriptions[channel]?.started = true
+            return true
+        }
+        guard current else { throw CancellationError() }
+        try await outbox.send(response)
     }
 
     private func follow(
@@ -133,7 +166,7 @@ final class SubscribeSession: Sendable {
                     subscribed.requestID = requestID
                     var response = Herald_V1_SubscribeResponse()
                     response.subscribed = subscribed
-                    try await outbox.send(response)
+                    try await send(response, of: channel, id: id)
                 },
                 emit: { item in
                     switch item {
@@ -141,7 +174,7 @@ final class SubscribeSession: Sendable {
                         for encoded in events {
                             var response = Herald_V1_SubscribeResponse()
                             response.event = Herald_V1_Event(encoded.event)
-                            try await outbox.send(response)
+                            try await send(response, of: channel, id: id)
                         }
                     case .reset(_, atStart: true):
                         break  // told by `subscribed.recovered`
@@ -149,7 +182,7 @@ final class SubscribeSession: Sendable {
                         // A later loss (trimmed while paging, a new epoch under the stream).
                         var response = Herald_V1_SubscribeResponse()
                         response.event = Herald_V1_Event(reset: read, channel: channel)
-                        try await outbox.send(response)
+                        try await send(response, of: channel, id: id)
                     case .heartbeat:
                         break
                     }
@@ -159,7 +192,9 @@ final class SubscribeSession: Sendable {
         } catch let error as RPCError {
             if !Task.isCancelled { outbox.fail(error) }
         } catch let error as HeraldError {
-            try? await refuse(error.code == .internal ? "internal" : error.code.rawValue, error.message, requestID)
+            if !Task.isCancelled {
+                try? await refuse(error.code == .internal ? "internal" : error.code.rawValue, error.message, requestID)
+            }
         } catch {
             if !Task.isCancelled {
                 service.logger.error("subscription failed", metadata: ["error": "\(error)"])

@@ -126,7 +126,8 @@ package struct HeraldServer: Sendable {
             configuration: GRPCConfiguration(
                 apiKey: configuration.apiKey,
                 maxDataBytes: configuration.http.maxBodyBytes,
-                maxSubscriptions: configuration.webSocket.maxSubscriptions
+                maxSubscriptions: configuration.webSocket.maxSubscriptions,
+                writeTimeout: configuration.http.writeTimeout
             ),
             logger: logger.labelled("herald.grpc")
         )

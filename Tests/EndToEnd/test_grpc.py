@@ -303,6 +303,39 @@ def test_publish_and_subscribe_to_many_channels_on_one_stream(served):
     responses.cancel()
 
 
+def test_pipelined_subscribe_and_unsubscribe_answer_each_subscribe_once_and_never_duplicate(served):
+    herald, m, stub = served
+    for n in range(3):
+        stub.Publish(m.PublishRequest(channel="pipe", type="t", data_json=str(n)), metadata=KEY)
+    commands = Commands()
+    responses = stub.Subscribe(iter(commands))
+    pairs = 200
+    for n in range(pairs):  # from the start, so a follower that outlived its unsubscribe would show
+        commands.put(m.SubscribeRequest(subscribe=m.ChannelSubscribe(channel="pipe", from_start=True),
+                                        request_id=2 * n))
+        commands.put(m.SubscribeRequest(unsubscribe=m.ChannelUnsubscribe(channel="pipe"), request_id=2 * n + 1))
+    commands.put(m.SubscribeRequest(subscribe=m.ChannelSubscribe(channel="pipe", from_start=True), request_id=9999))
+    answers = {}
+    while 9999 not in answers:
+        response = next(responses)
+        if response.HasField("event"):
+            continue  # a subscription that started gets the three events before its unsubscribe
+        kind = response.WhichOneof("message")
+        answer = response.subscribed if kind == "subscribed" else response.error
+        assert answer.request_id not in answers, f"request {answer.request_id} answered twice"
+        answers[answer.request_id] = kind if kind == "subscribed" else answer.code
+    # Every subscribe is answered once: subscribed, or canceled when its unsubscribe came first.
+    assert set(answers) == {2 * n for n in range(pairs)} | {9999}
+    assert set(answers.values()) <= {"subscribed", "canceled"} and answers[9999] == "subscribed"
+    # After the last answer, only the last subscription speaks: its three events, then the next.
+    assert [next(responses).event.offset for _ in range(3)] == [1, 2, 3]
+    stub.Publish(m.PublishRequest(channel="pipe", type="t", data_json="3"), metadata=KEY)
+    assert next(responses).event.offset == 4
+    stub.Publish(m.PublishRequest(channel="pipe", type="t", data_json="4"), metadata=KEY)
+    assert next(responses).event.offset == 5
+    responses.cancel()
+
+
 def test_subscribe_resumes_by_epoch_and_offset(served):
     herald, m, stub = served
     for n in range(5):
@@ -369,16 +402,23 @@ def test_a_deadline_ends_the_call_and_its_subscription(make_herald, pb):
                          for line in herald.output), timeout=10)
 
 
-def test_a_client_that_falls_behind_is_cut_with_its_resume_point(make_herald, pb):
+def subscribed_without_reading(herald, pb, channel):
+    """A stub and a Subscribe call to `channel`, past its `subscribed`, whose client then reads no
+    more: without BDP probing its flow-control window stays small while it does not read."""
     m, services = pb
-    herald = start(make_herald, config={"stream-max-queued-events": 8})
-    # No BDP probing: the client's flow-control window stays small while it does not read.
     options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 20)]
     stub = services.HeraldStub(grpc.insecure_channel(f"127.0.0.1:{herald.grpc_port}", options=options))
     commands = Commands()
     responses = stub.Subscribe(iter(commands))
-    commands.put(m.SubscribeRequest(subscribe=m.ChannelSubscribe(channel="flood")))
+    commands.put(m.SubscribeRequest(subscribe=m.ChannelSubscribe(channel=channel)))
     assert next(responses).HasField("subscribed")
+    return stub, responses
+
+
+def test_a_client_that_falls_behind_is_cut_with_its_resume_point(make_herald, pb):
+    m = pb[0]
+    herald = start(make_herald, config={"stream-max-queued-events": 8})
+    stub, responses = subscribed_without_reading(herald, pb, "flood")
     blob = json.dumps("x" * 4000)
     for _ in range(1500):  # ~6 MB, far past the window and the queue bound
         stub.Publish(m.PublishRequest(channel="flood", type="t", data_json=blob), metadata=KEY)
@@ -391,6 +431,29 @@ def test_a_client_that_falls_behind_is_cut_with_its_resume_point(make_herald, pb
     assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < 1500
     assert int(trailers["herald-offset"]) == offsets[-1] and trailers["herald-epoch"]
     assert "resume flood after offset" in raised.value.details()
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_after_the_write_timeout(make_herald, pb):
+    m = pb[0]
+    # The hub's bound out of the way: only the write deadline can end this call.
+    herald = start(make_herald, config={"write-timeout": 2, "stream-max-queued-bytes": 1 << 30,
+                                        "stream-max-queued-events": 100_000},
+                   env={"HERALD_LOG_LEVEL": "debug"})
+    # grpcio reads the connection and answers pings, so keepalive never fires.
+    stub, responses = subscribed_without_reading(herald, pb, "stall")
+    blob = json.dumps("x" * 4000)
+    for _ in range(200):  # ~800 KB, past the window: then nothing more is published
+        stub.Publish(m.PublishRequest(channel="stall", type="t", data_json=blob), metadata=KEY)
+    wait_for(lambda: any("call ended" in line and "grpc.method=Subscribe" in line and "herald.streams=0" in line
+                         for line in herald.output), timeout=20)
+    # Reading again, the client gets what was written and then the reason.
+    offsets = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for response in responses:
+            offsets.append(response.event.offset)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value.details()
+    assert "write-timeout" in raised.value.details()
+    assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < 200
 
 
 def test_shutdown_ends_streams_as_unavailable_with_the_resume_point(make_herald, pb):

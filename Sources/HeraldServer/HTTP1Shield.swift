@@ -1,6 +1,7 @@
 internal import HTTPTypes
 internal import HeraldGRPC
 internal import HeraldHTTP
+internal import HeraldWebSocket
 internal import HummingbirdCore
 internal import HummingbirdWebSocket
 internal import Logging
@@ -233,6 +234,11 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         if case .upgradeComplete = event as? HTTPServerUpgradeEvents {
             // A WebSocket now: its frames are not HTTP, and its session has its own bounds.
             settleServed(true)
+            do {
+                try WebSocketEndpoint.requireMaskedFrames(context.pipeline.syncOperations)
+            } catch {
+                context.close(promise: nil)  // no frame decoder: not a WebSocket after all
+            }
             context.pipeline.syncOperations.removeHandler(tap, promise: nil)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } else if event is ChannelShouldQuiesceEvent, inFlight == 0, phase != .idle {

@@ -2,20 +2,22 @@ internal import CompressNIO
 internal import HTTPTypes
 internal import HummingbirdWSCompression
 package import HummingbirdWebSocket
+package import NIOCore
 internal import NIOWebSocket
 
 extension WebSocketEndpoint {
     /// The extensions of every connection: permessage-deflate bounded by the message limit
-    /// (a larger message closes with 1009, not the library's 1011 at 16 KiB), and a check
-    /// that every client frame is masked (1002 otherwise, RFC 6455 section 5.1).
-    ///
-    /// The mask check comes last: received frames pass the extensions in reverse order, so it
-    /// sees each frame before deflate (which clears the mask key) does.
+    /// (a larger message closes with 1009, not the library's 1011 at 16 KiB). Masking is
+    /// checked below the extensions, by ``MaskedFramesOnly``.
     package static func extensions(maxMessageBytes: Int) -> [WebSocketExtensionFactory] {
-        [
-            WebSocketExtensionFactory { BoundedDeflateBuilder(maxMessageBytes: maxMessageBytes) },
-            .nonNegotiatedExtension { MaskedClientFrames() },
-        ]
+        [WebSocketExtensionFactory { BoundedDeflateBuilder(maxMessageBytes: maxMessageBytes) }]
+    }
+
+    /// Puts ``MaskedFramesOnly`` right after the frame decoder of a connection that has just
+    /// upgraded (on `HTTPServerUpgradeEvents.upgradeComplete`, before any frame is read on).
+    package static func requireMaskedFrames(_ pipeline: ChannelPipeline.SynchronousOperations) throws {
+        let decoder = try pipeline.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+        try pipeline.addHandler(MaskedFramesOnly(), position: .after(decoder.handler))
     }
 }
 
@@ -71,24 +73,28 @@ struct BoundedDeflate: WebSocketExtension {
     func shutdown() async { await inner.shutdown() }
 }
 
-/// Refuses a client data frame without a mask (1002, protocol error). Control frames do not
-/// pass extensions, so an unmasked ping or close is not caught here.
-struct MaskedClientFrames: WebSocketExtension {
-    let name = "herald-masked-client-frames"
+/// Closes the connection with 1002 (protocol error) at the first client frame without a mask,
+/// data or control (RFC 6455 section 5.1: "a server MUST close the connection upon receiving a
+/// frame that is not masked"). It sits in the channel pipeline, under hummingbird-websocket,
+/// which answers pings and closes before its extensions could see them.
+final class MaskedFramesOnly: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
 
-    func processReceivedFrame(
-        _ frame: WebSocketFrame,
-        context: WebSocketExtensionContext
-    ) async throws -> WebSocketFrame {
-        // The library maps this error to 1002; its own protocol error type is not public.
-        guard frame.maskKey != nil else { throw NIOWebSocketError.multiByteControlFrameLength }
-        return frame
+    private var refused = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        guard unwrapInboundIn(data).maskKey != nil else {
+            refused = true
+            var code = context.channel.allocator.buffer(capacity: 2)
+            code.write(webSocketErrorCode: .protocolError)
+            let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: code)
+            context.writeAndFlush(wrapOutboundOut(close), promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
     }
-
-    func processFrameToSend(_ frame: WebSocketFrame, context: WebSocketExtensionContext) async throws -> WebSocketFrame
-    {
-        frame
-    }
-
-    func shutdown() async {}
 }

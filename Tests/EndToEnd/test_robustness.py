@@ -123,9 +123,11 @@ def test_a_text_frame_with_invalid_utf8_closes_with_1007(herald):
     alive(herald)
 
 
-def test_an_unmasked_client_frame_closes_with_1002(herald):
+@pytest.mark.parametrize("opcode, payload", [(0x1, b'{"op": "ping", "id": 1}'), (0x9, b"ping"),
+                                             (0x8, struct.pack("!H", 1000))], ids=["text", "ping", "close"])
+def test_an_unmasked_client_frame_closes_with_1002(herald, opcode, payload):
     with raw_websocket(herald) as connection:
-        connection.sendall(frame(0x1, b'{"op": "ping", "id": 1}', masked=False))
+        connection.sendall(frame(opcode, payload, masked=False))
         assert close_code(connection) == 1002
     alive(herald)
 

@@ -248,7 +248,7 @@ package struct HeraldServer: Sendable {
             scheme = "http"
         }
         let app = Application(
-            router: router,
+            responder: StreamHeadResponder(router.buildResponder()),
             server: server,
             configuration: .init(
                 address: .hostname(host, port: configuration.port),

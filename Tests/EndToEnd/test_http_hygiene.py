@@ -188,6 +188,16 @@ def test_head_is_served_wherever_get_is(herald, path):
     assert head.headers["content-length"] == got.headers["content-length"]
 
 
+@pytest.mark.parametrize("format_, content_type", [("sse", "text/event-stream"), ("ndjson", "application/x-ndjson"),
+                                                   ("html", "text/html; charset=utf-8")])
+def test_head_of_a_stream_has_its_headers_and_no_length_and_holds_nothing(herald, format_, content_type):
+    with herald.client(headers=AUTH, timeout=5) as api:
+        head = api.head(f"/api/v1/channels/x/events?format={format_}")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == content_type
+    assert "content-length" not in head.headers  # the stream's GET has no length
+
+
 @pytest.mark.parametrize("method, path, allow", [
     ("PUT", "/api/v1/checks", "GET, HEAD, OPTIONS, POST"),
     ("PATCH", "/api/v1/checks/x", "DELETE, GET, HEAD, OPTIONS"),

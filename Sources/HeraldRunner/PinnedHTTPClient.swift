@@ -5,8 +5,8 @@ internal import NIOPosix
 
 extension HTTPClient {
     /// A client for requests to `host` that connects to `address`, the one the SSRF guard
-    /// checked (TLS still verifies, and sends SNI for, the name), follows no redirect, and gives
-    /// up after `timeout` to connect or between reads. Shut it down after its requests.
+    /// checked (TLS still verifies, and sends SNI for, the name), follows no redirect, gives
+    /// up after `timeout` to connect or between reads, and fails at once when it is refused. Shut it down after its requests.
     package static func pinned(
         host: String,
         to address: IPAddress,
@@ -23,6 +23,10 @@ extension HTTPClient {
             idleTimeout: TimeAmount(idleTimeout),
             concurrentHTTP1ConnectionsPerHostSoftLimit: connectionsPerHost
         )
+        // A refused connection fails the attempt at once. Retrying it inside the attempt held a
+        // slot for the whole timeout; webhooks have their own retry schedule, and an `http`
+        // check reports what the target did.
+        configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
     }
 }

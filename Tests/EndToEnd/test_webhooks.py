@@ -527,6 +527,27 @@ def test_a_subscription_past_its_lag_cap_is_disabled_and_the_others_go_on(make_h
         assert pending == []
 
 
+def test_a_refused_connection_fails_the_attempt_at_once(make_herald):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    herald = make_herald("--allow-private-targets", "--webhook-retry-schedule", "600", "--webhook-timeout", "60")
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": f"http://127.0.0.1:{port}/x",
+                                                               "event": "*"}, headers=AUTH).json()
+        publish(api, "refused", 0)
+        by_subscription = {"subscription_id": subscription["id"]}
+
+        def first_attempt():
+            deliveries = api.get("/api/v1/deliveries", params=by_subscription, headers=AUTH).json()["deliveries"]
+            if deliveries and deliveries[0]["attempts"] == 1:
+                return api.get(f"/api/v1/deliveries/{deliveries[0]['id']}", headers=AUTH).json()["attempt_log"][0]
+        # Well inside the 60 s timeout: the refusal is the attempt's end, not a reason to wait.
+        attempt = wait_for(first_attempt, timeout=20)
+        assert "status_code" not in attempt and "refused" in attempt["error"].lower(), attempt
+        assert attempt["duration_ms"] < 20_000
+
+
 def test_the_ssrf_guard_applies_at_delivery_time(make_herald, receiver):
     herald = make_herald(*FAST)
     with herald.client() as api:

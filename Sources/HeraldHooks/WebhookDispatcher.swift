@@ -115,6 +115,9 @@ package final class WebhookDispatcher: Service, Sendable {
                         inFlight.withLock { $0 += 1 }
                         group.addTask {
                             let record = await self.attempt(delivery)
+                            // Shutting down: the attempt was cut, and the delivery stays leased,
+                            // so the next run sends it again with the same id.
+                            guard !Task.isCancelled else { return }
                             let succeeded = record.outcome == .delivered
                             let unpark = self.breakers.release(
                                 target,
@@ -189,6 +192,10 @@ package final class WebhookDispatcher: Service, Sendable {
                     ),
                     at: .now()
                 )
+            } catch is CancellationError {
+                // Shutting down: still leased, each is sent again by the next run.
+                finished.withLock { $0.writing = false }
+                return
             } catch {
                 // Still leased: each is attempted again after its lease, with the same id.
                 logger.warning(

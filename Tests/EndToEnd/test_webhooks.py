@@ -548,6 +548,23 @@ def test_a_refused_connection_fails_the_attempt_at_once(make_herald):
         assert attempt["duration_ms"] < 20_000
 
 
+def test_sigterm_mid_attempt_leaves_the_delivery_leased_and_logs_no_failure(make_herald, receiver):
+    herald = make_herald("--allow-private-targets", "--webhook-timeout", "15")
+    with herald.client() as api:
+        subscription = api.post("/api/v1/subscription", json={"target_url": receiver.url + "/hang", "event": "*"},
+                                headers=AUTH).json()
+        publish(api, "stop", 0)
+        wait_for(lambda: receiver.to("/hang"))  # the attempt is in flight
+    assert herald.terminate() == 0
+    assert not [line for line in herald.output if "failed" in line], "".join(herald.output)
+    herald.start()
+    with herald.client() as api:
+        deliveries = api.get("/api/v1/deliveries", params={"subscription_id": subscription["id"]},
+                             headers=AUTH).json()["deliveries"]
+    # The cut attempt is not counted: the delivery is sent again, with the same id, after its lease.
+    assert [(d["state"], d["attempts"]) for d in deliveries] == [("pending", 0)]
+
+
 def test_the_ssrf_guard_applies_at_delivery_time(make_herald, receiver):
     herald = make_herald(*FAST)
     with herald.client() as api:

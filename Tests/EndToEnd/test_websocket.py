@@ -199,8 +199,10 @@ def test_a_message_over_the_limit_closes_with_1009(make_herald):
 
 
 def test_a_client_that_does_not_read_is_cut_off_as_a_slow_consumer(make_herald):
-    # The queue bound is under test, not the write deadline: the flood may take longer than 30 s here.
-    herald = make_herald(config={"ws-max-queued-frames": 16, "write-timeout": 600})
+    # The queue bound is under test, not the write deadline nor the liveness pings: the flood may
+    # take longer than 30 s on a loaded machine, and a client that reads nothing meanwhile answers
+    # no ping, so with the default heartbeat the ping timeout would close the connection first.
+    herald = make_herald(config={"ws-max-queued-frames": 16, "write-timeout": 600, "heartbeat": 600})
 
     async def scenario():
         async with websockets.connect(ws_url(herald), max_queue=1) as ws:

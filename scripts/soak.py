@@ -3,7 +3,9 @@
 steady mixed load with short retention, or does something keep growing?
 
 Starts the release binary on a fresh data directory with history-max-events 1000,
-history-max-age 120, check-retention 120, janitor-interval 10 and --allow-private-targets,
+history-max-age 120, check-retention 120, janitor-interval 10, webhook-max-lag-events 10000
+(so the dead and trickling targets' subscriptions reach their lag cap within minutes, where the
+default of 100,000 would take this load about 25) and --allow-private-targets,
 then, for --minutes (default 10), all at once from this one asyncio process:
 
   publishing   50 events/s over 4 channels (soak-0..3, ~300-byte payloads); 1 a second has
@@ -58,7 +60,8 @@ from websockets.asyncio.client import connect as ws_connect
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "soak-key-0123456789abcdef"
 CHANNELS = [f"soak-{n}" for n in range(4)]
-CONFIG = {"history-max-events": 1000, "history-max-age": 120, "check-retention": 120, "janitor-interval": 10}
+CONFIG = {"history-max-events": 1000, "history-max-age": 120, "check-retention": 120, "janitor-interval": 10,
+          "webhook-max-lag-events": 10_000}
 TABLES = ["channels", "events", "checks", "webhook_events", "deliveries", "delivery_attempts"]
 PAD = "p" * 240
 
@@ -365,16 +368,19 @@ async def sampler(proc, store, seconds, samples, stalled):
 
 def webhook_report(store, roles):
     """Per subscription: how far its cursor is behind the webhook event log, its deliveries, and
-    its last attempt (the log is kept until every active subscription has read it)."""
+    its last attempt (the log is kept until every active subscription has read it; one past its
+    lag cap is disabled, with its reason)."""
     db = sqlite3.connect(f"file:{store / 'herald.sqlite'}?mode=ro", uri=True, timeout=5)
     head = db.execute("SELECT coalesce(max(seq), 0), count(*) FROM webhook_events").fetchone()
     lines = [f"webhook event log: {head[1]} rows, head seq {head[0]}"]
-    for url, event, cursor in db.execute("SELECT target_url, event, cursor FROM subscriptions").fetchall():
+    rows = db.execute("SELECT target_url, event, cursor, disabled_reason FROM subscriptions").fetchall()
+    for url, event, cursor, disabled in rows:
         target = url.rsplit("/", 1)[0]
         states = dict(db.execute("SELECT state, count(*) FROM deliveries WHERE target = ? GROUP BY state", (target,)))
         last = db.execute("SELECT a.status_code, a.duration_ms, a.error FROM delivery_attempts a JOIN deliveries d "
                           "ON d.id = a.delivery_id WHERE d.target = ? ORDER BY a.at DESC LIMIT 1", (target,)).fetchone()
-        lines.append(f"  {roles.get(url, url)} ({event}): cursor {cursor}, {head[0] - cursor} log entries behind, "
+        lines.append(f"  {roles.get(url, url)} ({event}): {'disabled: ' + disabled if disabled else 'active'}, "
+                     f"cursor {cursor}, {head[0] - cursor} log entries behind, "
                      f"deliveries {states}, last attempt (status, ms, error) {last}")
     db.close()
     return "\n".join(lines)

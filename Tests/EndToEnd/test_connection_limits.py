@@ -5,7 +5,10 @@ at start, holds at most `max-connections` client connections, and refuses the ne
 import contextlib
 import resource
 import socket
+import ssl
 import time
+
+import pytest
 
 from conftest import wait_for
 
@@ -45,6 +48,42 @@ def test_a_connection_past_max_connections_is_a_503_not_a_crash(make_herald):
                 return get(fresh, "/healthz").startswith(b"HTTP/1.1 200")
         assert wait_for(served, timeout=10)
     assert herald.proc.poll() is None
+
+
+def test_with_tls_a_connection_past_max_connections_is_closed_not_a_crash(make_herald, tmp_path):
+    from test_browser_streams import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path)
+    herald = make_herald("--tls-cert", str(cert), "--tls-key", str(key), config={"max-connections": 5})
+    host, port = herald.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def tls():
+        return context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname="localhost")
+
+    def healthy(connection):
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        return connection.recv(65536).startswith(b"HTTP/1.1 200")
+    with contextlib.ExitStack() as held:
+        idle = [held.enter_context(tls()) for _ in range(5)]
+        assert healthy(idle[0])
+        # Past the bound a TLS connection is closed before its handshake: no 503 can be read there.
+        with pytest.raises(OSError):  # an EOF or a reset during the handshake
+            tls().close()
+        idle[1].close()
+
+        def served():
+            with tls() as fresh:
+                return healthy(fresh)
+        assert wait_for(lambda: _quietly(served), timeout=10)
+    assert herald.proc.poll() is None
+
+
+def _quietly(attempt):
+    """`attempt()`, or False when the connection is refused or reset meanwhile."""
+    try:
+        return attempt()
+    except OSError:
+        return False
 
 
 def lower_soft_file_limit():

@@ -76,3 +76,24 @@ def test_subscribe_prints_every_event_once_across_a_server_restart(make_herald, 
     assert [event["offset"] for event in events] == list(range(1, 21))
     assert [event["data"]["n"] for event in events] == list(range(1, 21))
     assert "disconnected" in errors and errors.count("connected over") >= 2
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "long-polling"])
+def test_subscribe_says_when_its_position_is_lost_and_goes_on_with_what_is_kept(make_herald, transport):
+    herald = make_herald(config={"history-max-events": 3})
+    published = [cli("publish", "lost", "--url", herald.url, "--api-key", API_KEY, "--data", str(n)) for n in range(10)]
+    epoch = json.loads(published[-1].stdout)["epoch"]
+    subscriber = subprocess.Popen([BIN, "subscribe", "lost", "--url", herald.url, "--since", "2", "--epoch", epoch,
+                                   "--transport", transport], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(subscriber.stdout), daemon=True).start()
+    try:
+        wait_for(lambda: len(lines) >= 3, timeout=30)
+        assert cli("publish", "lost", "--url", herald.url, "--api-key", API_KEY, "--data", "10").returncode == 0
+        wait_for(lambda: len(lines) >= 4, timeout=30)
+    finally:
+        subscriber.terminate()
+        _, errors = subscriber.communicate(timeout=10)
+    # Offsets 3 to 7 were trimmed: the client is told, once, and gets what is kept, then the rest.
+    assert [json.loads(line)["offset"] for line in lines] == [8, 9, 10, 11]
+    assert errors.count("position lost on lost") == 1, errors

@@ -203,9 +203,15 @@ package struct HeraldServer: Sendable {
         let scheme: String
         if let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
             let context = try Self.tlsContext(certificatePath: certificatePath, keyPath: keyPath)
+            // Each HTTP/2 stream has its own write deadline: flow control stops a stream whose
+            // client does not read it while the connection, and its deadline, stays writable.
+            let writeTimeout = TimeAmount(configuration.http.writeTimeout)
             let http2 = HTTP2ChannelConfiguration(
                 idleTimeout: configuration.http.idleTimeout,
-                streamConfiguration: .init(idleTimeout: idleTimeout)
+                streamConfiguration: .init(
+                    additionalChannelHandlers: [WriteDeadline(timeout: writeTimeout)],
+                    idleTimeout: idleTimeout
+                )
             )
             server = HTTPServerBuilder { responder in
                 GuardedChildChannel(

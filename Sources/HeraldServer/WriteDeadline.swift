@@ -1,6 +1,6 @@
 internal import NIOCore
 
-/// Closes a connection that stays unwritable for longer than `write-timeout`.
+/// Closes a connection, or an HTTP/2 stream, that stays unwritable for longer than `write-timeout`.
 ///
 /// Every transport writes through NIO, which stops taking writes when a connection's
 /// outbound buffer passes its high-water mark; a client that stops reading (a zero receive
@@ -8,8 +8,9 @@ internal import NIOCore
 /// its descriptor. Watching writability here covers every transport on the connection (SSE,
 /// NDJSON, forever-iframe, long-poll answers, WebSocket frames) in one place: the deadline
 /// arms when the connection turns unwritable and is cancelled when it drains. Closing fails
-/// the suspended write, so the transport ends as it does for any lost client.
-final class WriteDeadline: ChannelInboundHandler {
+/// the suspended write, so the transport ends as it does for any lost client. On an HTTP/2
+/// stream channel, whose writability follows its flow-control window, closing resets the stream.
+final class WriteDeadline: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     private let timeout: TimeAmount

@@ -327,6 +327,47 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await rows("sub_b") == 3)
     }
 
+    @Test func aClaimOverALargeBacklogStillTakesAFewOfEachTargetPreferredFirst() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        // More due than one claim numbers: it walks the targets instead. a.test's backlog is
+        // older than b.test's; c.test's is parked (due later).
+        let backlog: [(String, Int, Int64)] = [
+            ("a", SQLiteStore.claimScan + 50, 0), ("b", 3, 1_000), ("c", 20, 60_000),
+        ]
+        try await store.pool.write { db in
+            var seq = 0
+            for (host, count, delay) in backlog {
+                for _ in 0..<count {
+                    seq += 1
+                    try db.execute(
+                        sql: """
+                            INSERT INTO deliveries (id, check_id, target_url, target, secret, event_type, event_time,
+                                                    payload, state, attempts, next_attempt_at, created_at, updated_at)
+                            VALUES (?, 'chk', ?, ?, 's', 't', ?, '{}', 'pending', 0, ?, ?, ?)
+                            """,
+                        arguments: [
+                            "msg_\(seq)", "https://\(host).test/", "https://\(host).test:443",
+                            now.millisecondsSince1970, now.millisecondsSince1970 - 2_000 + delay,
+                            now.millisecondsSince1970, now.millisecondsSince1970,
+                        ]
+                    )
+                }
+            }
+        }
+        let claimed = try await claim(store, at: now, limit: 5, perTarget: 2, healthy: ["https://b.test:443"])
+        #expect(
+            claimed.map(\.target) == [
+                "https://b.test:443", "https://b.test:443", "https://a.test:443", "https://a.test:443",
+            ]
+        )
+        #expect(
+            claimed.map(\.id) == [
+                "msg_\(SQLiteStore.claimScan + 51)", "msg_\(SQLiteStore.claimScan + 52)", "msg_1", "msg_2",
+            ]
+        )
+    }
+
     @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()

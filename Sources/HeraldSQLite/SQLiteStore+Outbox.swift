@@ -10,7 +10,7 @@ extension SQLiteStore {
     /// Records, inside the transaction that appends `event`, what webhooks it causes: a
     /// delivery row for the check's callback (its terminal event, or all with
     /// `callback_events: all`), and one entry in the webhook event log when any subscription
-    /// matches it. A subscription's deliveries are made from the log by ``fanOut(now:window:limit:_:)``,
+    /// matches it. A subscription's deliveries are made from the log by ``fanOut(now:window:healthy:limit:_:)``,
     /// so an event costs one row however many subscriptions it matches.
     static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
         // Runs for every event written: the prepared statements are kept, not compiled each time.

@@ -239,16 +239,21 @@ package final class SQLiteStore: Store {
         }
     }
 
-    /// Rows the janitor deletes in one write: short enough that a publish waiting for the writer
-    /// is not held for long, large enough that a pass over a big backlog is not all overhead.
-    static let pruneBatch = 500
+    /// How long one of the janitor's writes should hold the writer: a publish that arrives
+    /// meanwhile waits for the rest of it. Deleting costs about 0.05-0.2 ms a row here (random
+    /// ids scatter it over the indexes, cascades multiply it; docs/benchmarks.md), so a fixed
+    /// number of rows would hold the writer for tens of milliseconds on one table and
+    /// microseconds on another: each batch's rows are adjusted to the time the last one took.
+    static let pruneBatchTime: Duration = .milliseconds(8)
+    /// The first batch's rows, and the bounds the adjustment keeps to.
+    static let pruneBatchRows = (first: 64, least: 8, most: 2_000)
 
     package func prune(now: Timestamp) async throws -> Int {
         let eventCutoff = now.millisecondsSince1970 - retention.maxEventAge.milliseconds
         let checkCutoff = now.millisecondsSince1970 - retention.checkRetention.milliseconds
         let keyCutoff = now.millisecondsSince1970 - retention.idempotencyKeyLifetime.milliseconds
         // Each deletes at most `?2` rows, oldest first, through an index that holds only what
-        // may go; each runs again until it deletes less than a batch.
+        // may go; each runs again until it deletes less than its batch.
         let deletions: [(statements: [String], cutoff: Int64)] = [
             // Ended checks past retention go with their whole channel (its events cascade).
             (
@@ -324,21 +329,34 @@ package final class SQLiteStore: Store {
             ),
         ]
         var removed = 0
+        var rows = Self.pruneBatchRows.first
         for deletion in deletions {
             while true {
-                // One short write per batch: writes waiting for the writer go in between.
-                let deleted = try await pool.write { db in
+                // One short write per batch: writes waiting for the writer go in between (the
+                // writer serves them in order, and the next batch queues behind them).
+                let started = ContinuousClock.now
+                let deleted = try await pool.write { [rows] db in
                     for sql in deletion.statements {
-                        try db.execute(sql: sql, arguments: [deletion.cutoff, Self.pruneBatch])
+                        try db.execute(sql: sql, arguments: [deletion.cutoff, rows])
                     }
                     return db.changesCount
                 }
                 removed += deleted
-                if deleted < Self.pruneBatch { break }
+                if deleted < rows { break }
+                rows = Self.nextBatchRows(after: rows, took: ContinuousClock.now - started)
                 try Task.checkCancellation()
             }
         }
         return removed
+    }
+
+    /// The rows of the next batch: twice as many after a batch well under
+    /// ``pruneBatchTime``, half as many after one over it, within ``pruneBatchRows``.
+    static func nextBatchRows(after rows: Int, took: Duration) -> Int {
+        let bounds = pruneBatchRows
+        if took > pruneBatchTime { return max(bounds.least, rows / 2) }
+        if took < pruneBatchTime / 2 { return min(bounds.most, rows * 2) }
+        return rows
     }
 
     package func ping() async throws {

@@ -490,6 +490,16 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(left == 1)
     }
 
+    @Test func janitorBatchesFollowTheTimeTheLastOneTook() {
+        let target = SQLiteStore.pruneBatchTime
+        let rows = SQLiteStore.pruneBatchRows
+        #expect(SQLiteStore.nextBatchRows(after: 64, took: target / 10) == 128)
+        #expect(SQLiteStore.nextBatchRows(after: 64, took: target * 3 / 4) == 64)
+        #expect(SQLiteStore.nextBatchRows(after: 64, took: target * 5) == 32)
+        #expect(SQLiteStore.nextBatchRows(after: rows.least, took: target * 5) == rows.least)
+        #expect(SQLiteStore.nextBatchRows(after: rows.most, took: .zero) == rows.most)
+    }
+
     @Test func theEventLogHoldsOnlyWhatAnActiveSubscriptionMatches() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()
@@ -552,7 +562,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         let (store, _) = try makeStore(.init(maxEventsPerChannel: 10_000, maxEventAge: .seconds(60)))
         let channel = try #require(ChannelName("busy"))
         let old = Timestamp.now().adding(milliseconds: -120_000)
-        let count = SQLiteStore.pruneBatch * 2 + 7
+        let count = SQLiteStore.pruneBatchRows.most * 2 + 7
         try await store.pool.write { db in
             try db.execute(
                 sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES ('busy', 'e', ?, ?)",

@@ -132,7 +132,8 @@ final class SubscribeSession: Sendable {
     }
 
     /// Sends `response` for the subscription `id` of `channel` if it is still the current one;
-    /// throws `CancellationError` otherwise. The first marks it started.
+    /// throws `CancellationError` otherwise. The first marks it started (answered), so an
+    /// `unsubscribe` after it does not answer `canceled` too.
     private func send(_ response: Herald_V1_SubscribeResponse, of channel: ChannelName, id: UInt64) async throws {
         let current = state.withLock { state -> Bool in
             guard state.subscriptions[channel]?.id == id else { return false }
@@ -192,14 +193,16 @@ final class SubscribeSession: Sendable {
         } catch let error as RPCError {
             if !Task.isCancelled { outbox.fail(error) }
         } catch let error as HeraldError {
-            if !Task.isCancelled {
-                try? await refuse(error.code == .internal ? "internal" : error.code.rawValue, error.message, requestID)
-            }
+            // Only while it is still the current subscription, as every answer: an `unsubscribe`
+            // that removed it first answers the subscribe itself (`canceled`).
+            let code = error.code == .internal ? "internal" : error.code.rawValue
+            try? await send(Self.refusal(code, error.message, requestID), of: channel, id: id)
         } catch {
             if !Task.isCancelled {
                 service.logger.error("subscription failed", metadata: ["error": "\(error)"])
-                try? await refuse("internal", "the subscription to \(channel) failed", requestID)
             }
+            let refusal = Self.refusal("internal", "the subscription to \(channel) failed", requestID)
+            try? await send(refusal, of: channel, id: id)
         }
         state.withLock { state in
             if state.subscriptions[channel]?.id == id { state.subscriptions[channel] = nil }
@@ -208,13 +211,17 @@ final class SubscribeSession: Sendable {
     }
 
     private func refuse(_ code: String, _ message: String, _ requestID: UInt64) async throws {
+        try await outbox.send(Self.refusal(code, message, requestID))
+    }
+
+    private static func refusal(_ code: String, _ message: String, _ requestID: UInt64) -> Herald_V1_SubscribeResponse {
         var error = Herald_V1_CommandError()
         error.code = code
         error.message = message
         error.requestID = requestID
         var response = Herald_V1_SubscribeResponse()
         response.error = error
-        try await outbox.send(response)
+        return response
     }
 
     /// Ends the call once the client is done sending and nothing is followed any more.

@@ -26,7 +26,9 @@ package struct WebhookConfiguration: Sendable {
     package var disableAfter: Duration = .seconds(5 * 86_400)
     /// A subscription with more events waiting than this, or an older one, is disabled
     /// (`--webhook-max-lag-events`, `--webhook-max-lag-age`): it bounds the webhook event log and
-    /// the outbox when a target is slow or down. The age defaults to `disableAfter`.
+    /// the outbox when a target is slow or down. The age's default equals `disableAfter`'s, and
+    /// does not follow it: raise both together, or a failing subscription is disabled for its
+    /// lag first.
     package var lagCap = LagCap(events: 100_000, age: .seconds(5 * 86_400))
 
     package init() {}

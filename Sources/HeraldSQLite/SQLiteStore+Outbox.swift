@@ -252,8 +252,8 @@ extension SQLiteStore {
     }
 
     /// What waits for a subscription: the log entries past its cursor (the log keeps every entry
-    /// past the lowest active cursor, so they are `head - cursor`) and its pending deliveries,
-    /// and the time of the oldest of them.
+    /// past the lowest active cursor, so they run without a gap from the first one to the head)
+    /// and its pending deliveries, and the time of the oldest of them.
     private static func lag(
         of id: String,
         cursor: Int64,
@@ -269,14 +269,15 @@ extension SQLiteStore {
             ),
             arguments: [id]
         )
-        let unread = max(0, head - cursor)
-        let firstUnread =
-            unread > 0
-            ? try Int64.fetchOne(
-                try db.cachedStatement(sql: "SELECT time FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT 1"),
-                arguments: [cursor]
-            ) : nil
-        let oldest = [firstUnread, pending?["oldest"] as Int64?].compactMap { $0 }.min()
+        // From the first entry past the cursor to the head: the entries above any active
+        // cursor are all kept, whatever the cursor's own value (the log may have been emptied
+        // past it).
+        let firstUnread = try Row.fetchOne(
+            try db.cachedStatement(sql: "SELECT seq, time FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT 1"),
+            arguments: [cursor]
+        )
+        let unread = firstUnread.map { head - ($0["seq"] as Int64) + 1 } ?? 0
+        let oldest = [firstUnread?["time"] as Int64?, pending?["oldest"] as Int64?].compactMap { $0 }.min()
         let waiting = Int(clamping: unread) + (pending?["count"] as Int? ?? 0)
         return (waiting, oldest.map(Timestamp.init(millisecondsSince1970:)))
     }

@@ -10,7 +10,7 @@ extension SQLiteStore {
             try db.execute(
                 sql: """
                     INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at, cursor)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) FROM webhook_events))
+                    VALUES (?, ?, ?, ?, ?, ?, ?, \(Self.logEnd))
                     """,
                 arguments: [
                     subscription.id, subscription.targetURL, Delivery.target(of: subscription.targetURL),
@@ -20,6 +20,11 @@ extension SQLiteStore {
             )
         }
     }
+
+    /// SQL for the last `seq` the webhook event log handed out, where a new or re-enabled
+    /// subscription starts: `sqlite_sequence` keeps it when the janitor has emptied the log
+    /// (`MAX(seq)` would then be 0, and the subscription would seem behind every event ever).
+    static let logEnd = "(SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'webhook_events'), 0))"
 
     package func subscription(_ id: String) async throws -> Subscription? {
         try await pool.read { db in try Self.fetchSubscription(id, db) }
@@ -51,7 +56,7 @@ extension SQLiteStore {
                 sql: """
                     UPDATE subscriptions SET target_url = ?, target = ?, event = ?, updated_at = ?, disabled_at = NULL,
                                              disabled_reason = NULL, failing_since = NULL, fan_out_at = 0, cursor = CASE WHEN disabled_at IS NULL THEN cursor
-                                             ELSE (SELECT COALESCE(MAX(seq), 0) FROM webhook_events) END
+                                             ELSE \(Self.logEnd) END
                     WHERE id = ?
                     """,
                 arguments: [targetURL, Delivery.target(of: targetURL), event, time.millisecondsSince1970, id]

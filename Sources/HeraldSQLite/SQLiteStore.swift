@@ -334,16 +334,17 @@ package final class SQLiteStore: Store {
             while true {
                 // One short write per batch: writes waiting for the writer go in between (the
                 // writer serves them in order, and the next batch queues behind them).
-                let started = ContinuousClock.now
-                let deleted = try await pool.write { [rows] db in
+                // Timed inside the write: the wait for the writer is not the batch's cost.
+                let (deleted, took) = try await pool.write { [rows] db in
+                    let started = ContinuousClock.now
                     for sql in deletion.statements {
                         try db.execute(sql: sql, arguments: [deletion.cutoff, rows])
                     }
-                    return db.changesCount
+                    return (db.changesCount, ContinuousClock.now - started)
                 }
                 removed += deleted
                 if deleted < rows { break }
-                rows = Self.nextBatchRows(after: rows, took: ContinuousClock.now - started)
+                rows = Self.nextBatchRows(after: rows, took: took)
                 try Task.checkCancellation()
             }
         }

@@ -558,6 +558,27 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(enabled?.disabledAt == nil && enabled?.disabledReason == nil)
     }
 
+    @Test func aSubscriptionCreatedAfterTheLogWasEmptiedIsBehindOnlyWhatCameSince() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        try await subscribe(store, [("sub_old", "https://old.test/")], at: now)
+        for n in 0..<5 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
+        for delivery in try await claim(store, at: now, limit: 100) { try await deliver(store, delivery.id, at: now) }
+        _ = try await claim(store, at: now, limit: 100)  // reads to the head
+        _ = try await store.prune(now: now)
+        let logged = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM webhook_events") }
+        #expect(logged == 0)
+        // The log is empty but its numbering goes on: a new subscription starts at its end.
+        try await subscribe(store, [("sub_new", "https://new.test/")], at: now)
+        _ = try await store.append(type: "t", data: "5", to: channel, at: now)
+        let lagging = try await store.disableLagging(beyond: LagCap(events: 2, age: .seconds(60)), at: now)
+        #expect(lagging.isEmpty)
+        // Even with a cursor from before (as stored by earlier versions), only what is kept counts.
+        try await store.pool.write { try $0.execute(sql: "UPDATE subscriptions SET cursor = 0 WHERE id = 'sub_new'") }
+        #expect(try await store.disableLagging(beyond: LagCap(events: 2, age: .seconds(60)), at: now).isEmpty)
+    }
+
     @Test func pruningGoesInBatchesUntilNothingIsPastRetention() async throws {
         let (store, _) = try makeStore(.init(maxEventsPerChannel: 10_000, maxEventAge: .seconds(60)))
         let channel = try #require(ChannelName("busy"))

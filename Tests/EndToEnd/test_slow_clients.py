@@ -127,11 +127,11 @@ def test_an_http2_stream_that_is_not_read_is_cut_after_the_write_timeout(make_he
                             (":scheme", "https"), (":authority", "localhost")], end_stream=True)
     connection.sendall(client.data_to_send())
     time.sleep(0.5)
-    flood(herald, "h2flood", verify=str(cert))
+    flood(herald, "h2flood", verify=ssl.create_default_context(cafile=str(cert)))
     time.sleep(4)  # the stream has waited longer than write-timeout
     with connection:
         assert stream_cut(connection, client, within=20), "the stalled HTTP/2 stream was never cut"
-    with herald.client(verify=str(cert)) as api:
+    with herald.client(verify=ssl.create_default_context(cafile=str(cert))) as api:
         assert api.get("/healthz").status_code == 200
 
 

@@ -244,7 +244,7 @@ package final class SQLiteStore: Store {
     /// ids scatter it over the indexes, cascades multiply it; docs/benchmarks.md), so a fixed
     /// number of rows would hold the writer for tens of milliseconds on one table and
     /// microseconds on another: each batch's rows are adjusted to the time the last one took.
-    static let pruneBatchTime: Duration = .milliseconds(8)
+    static let pruneBatchTime: Duration = .milliseconds(4)
     /// The first batch's rows, and the bounds the adjustment keeps to.
     static let pruneBatchRows = (first: 64, least: 8, most: 2_000)
 
@@ -334,13 +334,19 @@ package final class SQLiteStore: Store {
             while true {
                 // One short write per batch: writes waiting for the writer go in between (the
                 // writer serves them in order, and the next batch queues behind them).
-                // Timed inside the write: the wait for the writer is not the batch's cost.
-                let (deleted, took) = try await pool.write { [rows] db in
+                // Timed inside the write, commit included (and the WAL checkpoint a commit may
+                // run): the wait for the writer is not the batch's cost, but all the rest is.
+                let (deleted, took) = try await pool.writeWithoutTransaction { [rows] db in
                     let started = ContinuousClock.now
-                    for sql in deletion.statements {
-                        try db.execute(sql: sql, arguments: [deletion.cutoff, rows])
+                    var deleted = 0
+                    try db.inTransaction {
+                        for sql in deletion.statements {
+                            try db.execute(sql: sql, arguments: [deletion.cutoff, rows])
+                        }
+                        deleted = db.changesCount
+                        return .commit
                     }
-                    return (db.changesCount, ContinuousClock.now - started)
+                    return (deleted, ContinuousClock.now - started)
                 }
                 removed += deleted
                 if deleted < rows { break }

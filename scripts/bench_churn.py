@@ -4,7 +4,8 @@ subscribe/unsubscribe pairs as fast as they can, and come back down when they le
 
 For each binary given (default: the release build in .build-release), a fresh server; then,
 one transport at a time, `--sockets` connections (4) each pipeline `--pairs` (50,000)
-subscribe + unsubscribe pairs of one channel while reading every answer, over the WebSocket
+subscribe + unsubscribe pairs of one channel while reading every answer (a WebSocket client
+stays at most 200 ops ahead of its answers, as one that reads them does), over the WebSocket
 (`/api/v1/ws`) and over a gRPC `Subscribe` call (grpcio, stubs generated from the repository's
 proto). The server's resident memory (VmRSS) is sampled every 0.2 s: before, at its peak, and
 10 s after the clients left. The issue measured, before its fixes, 44 MB growing to 909 MB
@@ -103,6 +104,10 @@ async def websocket_churn(herald, sockets, pairs):
             for i in range(pairs):
                 await ws.send(json.dumps({"op": "subscribe", "channel": f"churn-{n}", "id": 2 * i}))
                 await ws.send(json.dumps({"op": "unsubscribe", "channel": f"churn-{n}", "id": 2 * i + 1}))
+                # Ahead of the answers by at most 200 ops: the server cuts a client whose
+                # answers queue past ws-max-queued-frames (a slow consumer), which this is not.
+                while 2 * (i + 1) - answers > 200:
+                    await asyncio.sleep(0.001)
             await asyncio.wait_for(reader, 300)
     await asyncio.gather(*(one(n) for n in range(sockets)))
 

@@ -371,7 +371,9 @@ def webhook_report(store, roles):
     its last attempt (the log is kept until every active subscription has read it; one past its
     lag cap is disabled, with its reason)."""
     db = sqlite3.connect(f"file:{store / 'herald.sqlite'}?mode=ro", uri=True, timeout=5)
-    head = db.execute("SELECT coalesce(max(seq), 0), count(*) FROM webhook_events").fetchone()
+    # The log's numbering goes on when the janitor has emptied it: its end is in sqlite_sequence.
+    head = db.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'webhook_events'), 0), "
+                      "count(*) FROM webhook_events").fetchone()
     lines = [f"webhook event log: {head[1]} rows, head seq {head[0]}"]
     rows = db.execute("SELECT target_url, event, cursor, disabled_reason FROM subscriptions").fetchall()
     for url, event, cursor, disabled in rows:

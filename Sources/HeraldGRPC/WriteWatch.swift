@@ -1,3 +1,4 @@
+internal import HeraldStore
 internal import Synchronization
 
 /// Ends a streaming call whose client stopped reading: a write that has not completed after
@@ -11,7 +12,7 @@ internal import Synchronization
 final class WriteWatch: Sendable {
     let limit: Duration
     private let origin = ContinuousClock.now
-    /// When the write in progress began, in nanoseconds since `origin`; 0 when none is.
+    /// When the write in progress began, in milliseconds since `origin`; 0 when none is.
     private let writeStarted = Atomic<Int64>(0)
     private let didStall = Atomic<Bool>(false)
 
@@ -32,10 +33,9 @@ final class WriteWatch: Sendable {
     /// Looks at the write in progress every quarter of `limit` until cancelled; calls `onStall`
     /// once, and returns, when one has lasted `limit`.
     func watch(onStall: () -> Void) async {
-        let limitNanoseconds = Self.nanoseconds(limit)
         while (try? await Task.sleep(for: limit / 4)) != nil {
             let started = writeStarted.load(ordering: .relaxed)
-            if started != 0, now - started >= limitNanoseconds {
+            if started != 0, now - started >= limit.milliseconds {
                 didStall.store(true, ordering: .releasing)
                 onStall()
                 return
@@ -43,10 +43,5 @@ final class WriteWatch: Sendable {
         }
     }
 
-    private var now: Int64 { Self.nanoseconds(ContinuousClock.now - origin) }
-
-    private static func nanoseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
+    private var now: Int64 { (ContinuousClock.now - origin).milliseconds }
 }

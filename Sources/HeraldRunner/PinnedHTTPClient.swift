@@ -6,7 +6,8 @@ internal import NIOPosix
 extension HTTPClient {
     /// A client for requests to `host` that connects to `address`, the one the SSRF guard
     /// checked (TLS still verifies, and sends SNI for, the name), follows no redirect, gives
-    /// up after `timeout` to connect or between reads, and fails at once when it is refused. Shut it down after its requests.
+    /// up after `timeout` to connect or between reads, and fails at once when it is refused.
+    /// Shut it down after its requests.
     package static func pinned(
         host: String,
         to address: IPAddress,

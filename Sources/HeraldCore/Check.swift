@@ -15,6 +15,18 @@ package enum CheckState: String, Sendable, Hashable, CaseIterable {
     }
 }
 
+/// What a check remembers of its creator, for cancelling: the creating token's `sub`, and
+/// the SHA-256 (hex) of the cancel capability its create answer carried.
+package struct CheckOwner: Sendable, Hashable {
+    package var subject: String?
+    package var cancelDigest: String
+
+    package init(subject: String?, cancelDigest: String) {
+        self.subject = subject
+        self.cancelDigest = cancelDigest
+    }
+}
+
 /// The asynchronous resource: created by a client, run by the server, read by its id.
 package struct Check: Sendable, Hashable {
     package var id: CheckID
@@ -27,10 +39,13 @@ package struct Check: Sendable, Hashable {
     package var createdAt: Timestamp
     package var updatedAt: Timestamp
     package var completedAt: Timestamp?
+    /// Who created it and the digest of its cancel capability; never part of its JSON.
+    package var owner: CheckOwner?
 
-    package init(id: CheckID, spec: CheckSpec, createdAt: Timestamp) {
+    package init(id: CheckID, spec: CheckSpec, createdAt: Timestamp, owner: CheckOwner? = nil) {
         self.id = id
         self.spec = spec
+        self.owner = owner
         self.state = .processing
         self.version = 1
         self.createdAt = createdAt

@@ -12,3 +12,10 @@ extension Duration {
         self = .milliseconds(Int64((seconds * 1000).rounded(.down)))
     }
 }
+
+extension Duration {
+    /// Whole milliseconds, for storing and comparing with ``Timestamp``.
+    package var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -17,6 +17,18 @@ package struct HeraldError: Error, Sendable, CustomStringConvertible {
         /// The request conflicts with the resource's state (a second completion, a canceled check).
         package static let conflict = Code("conflict")
         package static let unauthorized = Code("unauthorized")
+        /// A client token is needed (the channel is not public, or the action needs a grant).
+        package static let tokenRequired = Code("token-required")
+        /// A client token is malformed, badly signed, or for another audience or issuer.
+        package static let tokenInvalid = Code("token-invalid")
+        /// A client token is past its `exp`.
+        package static let tokenExpired = Code("token-expired")
+        /// A valid token (or none) that does not grant reading or publishing to the channel.
+        package static let channelForbidden = Code("channel-forbidden")
+        /// A valid credential that does not grant the action (creating or cancelling a check).
+        package static let forbidden = Code("forbidden")
+        /// The client is over one of its rate limits; `retryAfter` says when to come back.
+        package static let rateLimited = Code("rate-limited")
         package static let tooLarge = Code("too-large")
         package static let unsupportedMediaType = Code("unsupported-media-type")
         /// A bounded queue is full; retry later.
@@ -30,11 +42,14 @@ package struct HeraldError: Error, Sendable, CustomStringConvertible {
     package var code: Code
     package var message: String
     package var cause: (any Error & Sendable)?
+    /// Whole seconds after which a retry may succeed (`Retry-After`), for rate limits and caps.
+    package var retryAfter: Int?
 
-    package init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil) {
+    package init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil, retryAfter: Int? = nil) {
         self.code = code
         self.message = message
         self.cause = cause
+        self.retryAfter = retryAfter
     }
 
     package var description: String {
@@ -44,4 +59,7 @@ package struct HeraldError: Error, Sendable, CustomStringConvertible {
     package static func invalid(_ message: String) -> HeraldError { HeraldError(.invalid, message) }
     package static func notFound(_ message: String) -> HeraldError { HeraldError(.notFound, message) }
     package static func conflict(_ message: String) -> HeraldError { HeraldError(.conflict, message) }
+    package static func malformed(_ message: String) -> HeraldError { HeraldError(.malformed, message) }
+    package static func unauthorized(_ message: String) -> HeraldError { HeraldError(.unauthorized, message) }
+    package static func tokenInvalid(_ message: String) -> HeraldError { HeraldError(.tokenInvalid, message) }
 }

@@ -133,11 +133,20 @@ extension RPCError {
             case .malformed, .invalid, .unsupportedMediaType: .invalidArgument
             case .notFound: .notFound
             case .conflict: .failedPrecondition
-            case .unauthorized: .unauthenticated
-            case .overloaded, .tooLarge: .resourceExhausted
+            case .unauthorized, .tokenRequired, .tokenInvalid, .tokenExpired: .unauthenticated
+            case .channelForbidden, .forbidden: .permissionDenied
+            case .overloaded, .tooLarge, .rateLimited: .resourceExhausted
             case .unavailable: .unavailable
             default: .internalError
             }
-        self.init(code: code, message: error.code == .internal ? "an internal error occurred" : error.message)
+        // The Herald code travels beside the status, so a client tells token-expired from token-invalid.
+        var metadata = Metadata()
+        metadata.addString(error.code.rawValue, forKey: "herald-error")
+        if let seconds = error.retryAfter { metadata.addString(String(seconds), forKey: "retry-after") }
+        self.init(
+            code: code,
+            message: error.code == .internal ? "an internal error occurred" : error.message,
+            metadata: metadata
+        )
     }
 }

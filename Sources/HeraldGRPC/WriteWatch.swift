@@ -1,3 +1,4 @@
+internal import HeraldCore
 internal import HeraldStore
 internal import Synchronization
 

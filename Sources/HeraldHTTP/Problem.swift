@@ -21,8 +21,17 @@ package struct Problem: HTTPResponseError, Sendable {
 
     package init(_ error: HeraldError) {
         var headers = HTTPFields()
-        if error.code == .overloaded { headers[.retryAfter] = "1" }
-        if error.code == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"herald\"" }
+        if let seconds = error.retryAfter ?? (error.code == .overloaded ? 1 : nil) {
+            headers[.retryAfter] = String(seconds)
+        }
+        switch error.code {
+        case .unauthorized, .tokenRequired: headers[.wwwAuthenticate] = "Bearer realm=\"herald\""
+        case .tokenInvalid: headers[.wwwAuthenticate] = "Bearer realm=\"herald\", error=\"invalid_token\""
+        case .tokenExpired:
+            headers[.wwwAuthenticate] =
+                "Bearer realm=\"herald\", error=\"invalid_token\", error_description=\"expired\""
+        default: break
+        }
         self.init(
             status: Self.status(for: error.code),
             code: error.code.rawValue,
@@ -38,7 +47,9 @@ package struct Problem: HTTPResponseError, Sendable {
         case .invalid: .unprocessableContent
         case .notFound: .notFound
         case .conflict: .conflict
-        case .unauthorized: .unauthorized
+        case .unauthorized, .tokenRequired, .tokenInvalid, .tokenExpired: .unauthorized
+        case .channelForbidden, .forbidden: .forbidden
+        case .rateLimited: .tooManyRequests
         case .tooLarge: .contentTooLarge
         case .unsupportedMediaType: .unsupportedMediaType
         case .overloaded: .tooManyRequests
@@ -63,9 +74,4 @@ package struct Problem: HTTPResponseError, Sendable {
         headers[.cacheControl] = "no-store"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
     }
-}
-
-extension HeraldError {
-    package static func malformed(_ message: String) -> HeraldError { HeraldError(.malformed, message) }
-    package static func unauthorized(_ message: String) -> HeraldError { HeraldError(.unauthorized, message) }
 }

@@ -26,7 +26,12 @@ package struct CheckService: Sendable {
     /// Creates the check `spec` describes, or returns the first one created with `idempotency`.
     /// - Throws: ``HeraldError`` `.overloaded` when the runner's queue is full, `.invalid`
     ///   when a target is refused or an idempotency key is reused with another body.
-    package func create(_ spec: CheckSpec, idempotency: IdempotencyKey?) async throws -> CheckCreation {
+    /// - Parameter owner: who created it, for cancelling (see `Access.owner(for:)`).
+    package func create(
+        _ spec: CheckSpec,
+        idempotency: IdempotencyKey?,
+        owner: CheckOwner? = nil
+    ) async throws -> CheckCreation {
         var spec = spec
         try runner.admit(spec)
         switch spec.parameters {
@@ -44,7 +49,7 @@ package struct CheckService: Sendable {
             spec.callbackSecret = WebhookSecret.generate()
         }
         let creation = try await store.createCheck(
-            Check(id: .random(), spec: spec, createdAt: .now()),
+            Check(id: .random(), spec: spec, createdAt: .now(), owner: owner),
             idempotency: idempotency
         )
         if let event = creation.event {

@@ -178,6 +178,14 @@ extension SQLiteStore {
                     """
             )
         }
+        migrator.registerMigration("v9: who created a check, and its cancel capability's digest") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE checks ADD COLUMN owner_subject TEXT;
+                    ALTER TABLE checks ADD COLUMN cancel_digest TEXT;
+                    """
+            )
+        }
         return migrator
     }
 }

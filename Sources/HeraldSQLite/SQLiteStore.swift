@@ -88,13 +88,15 @@ package final class SQLiteStore: Store {
             try db.execute(
                 sql: """
                     INSERT INTO checks (id, kind, params, state, result, error, version, created_at, updated_at,
-                                        completed_at, callback_url, callback_secret, callback_events)
-                    VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, NULL, ?, ?, ?)
+                                        completed_at, callback_url, callback_secret, callback_events,
+                                        owner_subject, cancel_digest)
+                    VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, NULL, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     check.id.rawValue, check.spec.kind.rawValue, check.spec.paramsJSON.jsonText, check.state.rawValue,
                     check.version, check.createdAt.millisecondsSince1970, check.updatedAt.millisecondsSince1970,
                     check.spec.callbackURL, check.spec.callbackSecret, check.spec.callbackEvents.rawValue,
+                    check.owner?.subject, check.owner?.cancelDigest,
                 ]
             )
             if let idempotency {
@@ -503,6 +505,9 @@ package final class SQLiteStore: Store {
         check.version = row["version"]
         check.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
         check.completedAt = (row["completed_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
+        if let digest: String = row["cancel_digest"] {
+            check.owner = CheckOwner(subject: row["owner_subject"], cancelDigest: digest)
+        }
         return check
     }
 }

@@ -170,13 +170,6 @@ package struct RetentionConfiguration: Sendable, Hashable {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, for storing and comparing with ``Timestamp``.
-    package var milliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-}
-
 /// Where a page of processing checks ended; opaque to callers.
 public struct ProcessingCursor: Sendable, Hashable {
     package let sequence: Int64

@@ -1,0 +1,197 @@
+internal import Crypto
+internal import Foundation
+package import HeraldCore
+
+/// Who is asking: nobody in particular, the application server (a server API key), or a
+/// client holding a token.
+package enum Principal: Sendable {
+    case anonymous
+    case server(key: String)
+    case client(ClientGrant)
+
+    /// When the credential stops being valid: a stream ends there.
+    package var expires: Timestamp? {
+        if case .client(let grant) = self { return grant.expires }
+        return nil
+    }
+
+    /// The token's `sub`, for rate limits and a check's creator.
+    package var subject: String? {
+        if case .client(let grant) = self { return grant.subject }
+        return nil
+    }
+
+    package var isServer: Bool {
+        if case .server = self { return true }
+        return false
+    }
+}
+
+/// Who may create checks (`create-checks`).
+package enum CheckCreators: String, Sendable, CaseIterable {
+    /// Anyone who can reach the server (the default on a loopback address).
+    case anyone
+    /// A token with `checks: true`, or the server API key (the default with a token key).
+    case token
+    /// The server API key only (the default on a public address without a token key).
+    case key
+}
+
+/// The access model, in one place for every transport: who a credential is
+/// (``authenticate(_:)``), and what it may read, publish, create and cancel. Transports only
+/// find the credential (a header, `?access_token=`, a WebSocket `auth` op, gRPC metadata)
+/// and map the ``HeraldError`` thrown to their own answer.
+package struct Access: Sendable {
+    package var keys: ServerKeys
+    /// Nil when no token key is configured: tokens are refused, and channels are public by default.
+    package var verifier: TokenVerifier?
+    /// `public-channels`: read by anyone.
+    package var publicChannels: PatternSet
+    /// `create-checks`.
+    package var checkCreators: CheckCreators
+    /// `check-allowed-targets`: hosts (`host` or `host:port` patterns) `http` and `tcp` checks
+    /// of anyone but the server may reach; nil: any host the SSRF guard lets through.
+    package var allowedTargets: PatternSet?
+
+    package init(
+        keys: ServerKeys,
+        verifier: TokenVerifier? = nil,
+        publicChannels: PatternSet? = nil,
+        checkCreators: CheckCreators = .anyone,
+        allowedTargets: PatternSet? = nil
+    ) {
+        self.keys = keys
+        self.verifier = verifier
+        self.publicChannels = publicChannels ?? (verifier == nil ? .everything : PatternSet())
+        self.checkCreators = checkCreators
+        self.allowedTargets = allowedTargets
+    }
+
+    package var tokensEnabled: Bool { verifier != nil }
+
+    // MARK: Who
+
+    /// The principal a bearer credential stands for (nil or empty: anonymous).
+    /// - Throws: `.tokenInvalid`/`.tokenExpired` for a token that does not verify, and
+    ///   `.unauthorized` for a bearer that is neither a key nor shaped like a token.
+    package func authenticate(_ bearer: String?) async throws(HeraldError) -> Principal {
+        guard let bearer, !bearer.isEmpty else { return .anonymous }
+        if let name = keys.match(bearer) { return .server(key: name) }
+        let isTokenShaped = bearer.utf8.count(where: { $0 == UInt8(ascii: ".") }) == 2
+        guard isTokenShaped else { throw .unauthorized("the API key is not valid") }
+        guard let verifier else {
+            throw .tokenInvalid("client tokens are not enabled on this server (no token-secret or token-jwks-file)")
+        }
+        return .client(try await verifier.verify(bearer))
+    }
+
+    // MARK: What
+
+    /// Reading `channel`: the server, anyone for a public channel or a check's channel (its
+    /// id is the capability), else a token whose `channels` grant it.
+    /// - Throws: `.tokenRequired` for anonymous, `.channelForbidden` for a token without the grant.
+    package func authorizeRead(_ channel: ChannelName, by principal: Principal) throws(HeraldError) {
+        if channel.isCheckChannel || publicChannels.matches(channel.rawValue) { return }
+        switch principal {
+        case .server: return
+        case .client(let grant):
+            guard grant.channels.matches(channel.rawValue) else {
+                throw HeraldError(.channelForbidden, "the token does not grant reading \(channel)")
+            }
+        case .anonymous:
+            throw HeraldError(.tokenRequired, "channel \(channel) is private: a token granting it is required")
+        }
+    }
+
+    /// Publishing to `channel`: the server, or a token whose `publish` grants it.
+    package func authorizePublish(_ channel: ChannelName, by principal: Principal) throws(HeraldError) {
+        switch principal {
+        case .server: return
+        case .client(let grant):
+            guard grant.publish.matches(channel.rawValue) else {
+                throw HeraldError(.channelForbidden, "the token does not grant publishing to \(channel)")
+            }
+        case .anonymous:
+            guard tokensEnabled else {
+                throw .unauthorized("publishing needs the server API key: Authorization: Bearer <key>")
+            }
+            throw HeraldError(.tokenRequired, "publishing needs a token granting \(channel), or the server API key")
+        }
+    }
+
+    /// Routes only the server API key may use (listing checks, completing one, webhooks).
+    package func requireServer(_ principal: Principal) throws(HeraldError) {
+        switch principal {
+        case .server: return
+        case .client(let grant) where grant.admin: return
+        case .client: throw HeraldError(.forbidden, "this route needs the server API key, not a client token")
+        case .anonymous: throw .unauthorized("this route needs the server API key: Authorization: Bearer <key>")
+        }
+    }
+
+    /// Creating the check `spec` describes (`create-checks`, and `check-allowed-targets` for
+    /// `http`/`tcp` checks of anyone but the server).
+    package func authorizeCreate(_ spec: CheckSpec, by principal: Principal) throws(HeraldError) {
+        switch (checkCreators, principal) {
+        case (_, .server), (.anyone, _): break
+        case (.token, .client(let grant)) where grant.checks: break
+        case (.token, .client), (.key, .client):
+            throw HeraldError(
+                .forbidden,
+                "creating checks needs \(checkCreators == .key ? "the server API key" : "a token with checks: true")"
+            )
+        case (.token, .anonymous):
+            throw HeraldError(.tokenRequired, "creating checks needs a token with checks: true (create-checks: token)")
+        case (.key, .anonymous):
+            throw .unauthorized("creating checks needs the server API key (create-checks: key)")
+        }
+        guard let allowedTargets, !principal.isServer else { return }
+        let target: String
+        switch spec.parameters {
+        case .http(let url, _, _, _):
+            guard let parsed = URLComponents(string: url), let host = parsed.host else { return }
+            target = "\(host.lowercased()):\(parsed.port ?? (parsed.scheme == "https" ? 443 : 80))"
+        case .tcp(let host, let port, _):
+            target = "\(host.lowercased()):\(port)"
+        case .delay, .external:
+            return
+        }
+        let host = String(target[..<(target.lastIndex(of: ":") ?? target.endIndex)])
+        guard allowedTargets.matches(target) || allowedTargets.matches(host) else {
+            throw HeraldError(.forbidden, "\(target) is not in check-allowed-targets")
+        }
+    }
+
+    /// What a new check remembers of its creator, and the cancel capability (returned once,
+    /// in the create answer; only its digest is kept).
+    package func owner(for principal: Principal) -> (owner: CheckOwner, cancelToken: String) {
+        let token = "hct_" + randomToken(bytes: 24)
+        return (CheckOwner(subject: principal.subject, cancelDigest: Self.digest(token)), token)
+    }
+
+    /// Cancelling `check`: the server, the check's cancel capability, or a token whose `sub`
+    /// created it.
+    package func authorizeCancel(_ check: Check, by principal: Principal, capability: String?) throws(HeraldError) {
+        if principal.isServer { return }
+        if let capability, let digest = check.owner?.cancelDigest,
+            constantTimeEquals(Array(Self.digest(capability).utf8), Array(digest.utf8))
+        {
+            return
+        }
+        if let subject = principal.subject, subject == check.owner?.subject { return }
+        if case .anonymous = principal, capability == nil {
+            throw .unauthorized(
+                "cancelling a check needs its cancel token (Herald-Cancel-Token), its creating token, or the server API key"
+            )
+        }
+        throw HeraldError(.forbidden, "this credential cannot cancel check \(check.id)")
+    }
+
+    private static func digest(_ token: String) -> String {
+        SHA256.hash(data: Data(token.utf8)).map { String($0, radix: 16).leftPadded }.joined()
+    }
+}
+
+extension String {
+    fileprivate var leftPadded: String { count == 1 ? "0" + self : self }
+}

@@ -52,15 +52,19 @@ package struct Access: Sendable {
     /// `check-allowed-targets`: hosts (`host` or `host:port` patterns) `http` and `tcp` checks
     /// of anyone but the server may reach; nil: any host the SSRF guard lets through.
     package var allowedTargets: PatternSet?
+    /// Rate limits per client, and who a client is behind a proxy.
+    package var limits: ClientLimits
 
     package init(
         keys: ServerKeys,
         verifier: TokenVerifier? = nil,
         publicChannels: PatternSet? = nil,
         checkCreators: CheckCreators = .anyone,
-        allowedTargets: PatternSet? = nil
+        allowedTargets: PatternSet? = nil,
+        limits: ClientLimits = .init()
     ) {
         self.keys = keys
+        self.limits = limits
         self.verifier = verifier
         self.publicChannels = publicChannels ?? (verifier == nil ? .everything : PatternSet())
         self.checkCreators = checkCreators

@@ -35,13 +35,22 @@ public struct HeraldClient: Sendable {
 
     public let url: String
     public let apiKey: String?
+    /// A client token (docs/security.md): sent with every request, stream and WebSocket.
+    public let token: String?
     public var timing = Timing()
     let httpClient: HTTPClient
     let logger: Logger
 
-    public init(url: String, apiKey: String? = nil, httpClient: HTTPClient = .shared, logger: Logger? = nil) {
+    public init(
+        url: String,
+        apiKey: String? = nil,
+        token: String? = nil,
+        httpClient: HTTPClient = .shared,
+        logger: Logger? = nil
+    ) {
         self.url = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.apiKey = apiKey
+        self.token = token
         self.httpClient = httpClient
         self.logger = logger ?? Logger(label: "herald.client", factory: { _ in SwiftLogNoOpLogHandler() })
     }
@@ -93,7 +102,9 @@ public struct HeraldClient: Sendable {
         var request = HTTPClientRequest(url: url + path)
         request.method = .init(rawValue: method)
         request.headers = headers
-        if authorized, let apiKey { request.headers.add(name: "Authorization", value: "Bearer \(apiKey)") }
+        if let credential = (authorized ? apiKey : nil) ?? token {
+            request.headers.add(name: "Authorization", value: "Bearer \(credential)")
+        }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: body.description))
@@ -104,7 +115,8 @@ public struct HeraldClient: Sendable {
             let problem = try? JSONDecoder().decode(HeraldJSON.self, from: bytes)
             throw HeraldClientError(
                 status: Int(response.status.code),
-                problem?["detail"]?.string ?? "\(response.status)"
+                problem?["detail"]?.string ?? "\(response.status)",
+                retryAfter: response.headers.first(name: "Retry-After").flatMap(Int.init).map { .seconds($0) }
             )
         }
         return try JSONDecoder().decode(T.self, from: bytes)
@@ -128,14 +140,16 @@ public struct HeraldClient: Sendable {
             httpClient: httpClient,
             heartbeat: timing.heartbeat,
             pollWait: timing.pollWait,
-            logger: logger
+            logger: logger,
+            token: token
         )
         let task = Task { [timing] in
             var follower = Follower(channels: channels)
             var attempt = 0
             while !Task.isCancelled && !follower.isFinished {
                 guard let (transport, wires) = await Self.race(transports, follower.positions, endpoint, timing) else {
-                    try? await Task.sleep(for: Self.backoff(attempt, timing))
+                    if let fatal = endpoint.retryHint.fatal { return continuation.finish(throwing: fatal) }
+                    try? await Task.sleep(for: Self.backoff(attempt, timing, at: endpoint.retryHint.take()))
                     attempt += 1
                     continue
                 }
@@ -164,7 +178,8 @@ public struct HeraldClient: Sendable {
                     if !Task.isCancelled { continuation.yield(.disconnected(reason: "\(error)")) }
                 }
                 if follower.isFinished || Task.isCancelled { break }
-                try? await Task.sleep(for: Self.backoff(attempt, timing))
+                if let fatal = endpoint.retryHint.fatal { return continuation.finish(throwing: fatal) }
+                try? await Task.sleep(for: Self.backoff(attempt, timing, at: endpoint.retryHint.take()))
                 attempt += 1
             }
             continuation.finish()
@@ -177,9 +192,11 @@ public struct HeraldClient: Sendable {
     /// from the last update given once the consumer catches up): never a silent drop.
     static let updateBuffer = 4096
 
-    static func backoff(_ attempt: Int, _ timing: Timing) -> Duration {
+    /// The wait before the next attempt: capped, jittered exponential backoff, and never less
+    /// than a `Retry-After` the server asked for (`least`).
+    static func backoff(_ attempt: Int, _ timing: Timing, at least: Duration? = nil) -> Duration {
         let ceiling = min(timing.backoffMax, timing.backoffInitial * (1 << min(attempt, 20)))
-        return ceiling * Double.random(in: 0.5...1)
+        return max(ceiling * Double.random(in: 0.5...1), least ?? .zero)
     }
 
     /// Starts the candidates `raceDelay` apart; the first whose first message arrives within

@@ -121,10 +121,13 @@ public enum HeraldUpdate: Sendable, Hashable {
 public struct HeraldClientError: Error, Sendable, CustomStringConvertible {
     public var status: Int?
     public var detail: String
+    /// The answer's `Retry-After` (429 over a rate limit, 503 over a connection cap).
+    public var retryAfter: Duration?
 
-    public init(status: Int? = nil, _ detail: String) {
+    public init(status: Int? = nil, _ detail: String, retryAfter: Duration? = nil) {
         self.status = status
         self.detail = detail
+        self.retryAfter = retryAfter
     }
 
     public var description: String {

@@ -1,10 +1,12 @@
 internal import AsyncHTTPClient
 internal import Foundation
+internal import HTTPTypes
 internal import HummingbirdWSClient
 internal import Logging
 internal import NIOCore
 internal import NIOFoundationCompat
 internal import NIOHTTP1
+internal import Synchronization
 
 /// What a transport reads off the wire, in the terms of every transport.
 enum Wire: Sendable, Hashable {
@@ -59,6 +61,27 @@ struct Endpoint: Sendable {
     var heartbeat: Int
     var pollWait: Int
     var logger: Logger
+    /// A client token, sent as `Authorization: Bearer` on every request and upgrade.
+    var token: String?
+    /// The last `Retry-After` a refusal carried; the reconnect loop waits at least that long.
+    var retryHint = RetryHint()
+
+    /// A GET of `url`, with the token.
+    func request(_ url: String) -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: url)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        return request
+    }
+
+    /// The error for a refused stream or poll, after noting its `Retry-After` (429, 503).
+    func refusal(_ response: HTTPClientResponse, _ what: String) -> HeraldClientError {
+        let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
+        if let retryAfter { retryHint.note(retryAfter) }
+        let error = HeraldClientError(status: Int(response.status.code), what, retryAfter: retryAfter)
+        // No token or a refused one: retrying cannot help.
+        if response.status == .unauthorized || response.status == .forbidden { retryHint.fail(error) }
+        return error
+    }
 
     func channelURL(_ channel: String, _ query: [(String, String)]) -> String {
         var allowed = CharacterSet.alphanumerics
@@ -134,11 +157,12 @@ struct Endpoint: Sendable {
     ) async throws {
         let query =
             [("format", format), ("welcome", "1"), ("heartbeat", String(heartbeat))] + Self.positionQuery(position)
-        let request = HTTPClientRequest(url: channelURL(channel, query))
-        let response = try await httpClient.execute(request, timeout: .hours(24 * 365), logger: logger)
-        guard response.status == .ok else {
-            throw HeraldClientError(status: Int(response.status.code), "stream refused")
-        }
+        let response = try await httpClient.execute(
+            request(channelURL(channel, query)),
+            timeout: .hours(24 * 365),
+            logger: logger
+        )
+        guard response.status == .ok else { throw refusal(response, "stream refused") }
         var pending = ""
         var data = ""
         for try await chunk in response.body {
@@ -174,14 +198,12 @@ struct Endpoint: Sendable {
             let wait = first ? 0 : pollWait
             let query = (wait > 0 ? [("wait", String(wait))] : []) + Self.positionQuery(position)
             let response = try await httpClient.execute(
-                HTTPClientRequest(url: channelURL(channel, query)),
+                request(channelURL(channel, query)),
                 timeout: .seconds(Int64(wait + 10)),
                 logger: logger
             )
             let body = try await response.body.collect(upTo: 16 << 20)
-            guard response.status == .ok else {
-                throw HeraldClientError(status: Int(response.status.code), "poll refused")
-            }
+            guard response.status == .ok else { throw refusal(response, "poll refused") }
             let answer = try JSONDecoder().decode(PollAnswer.self, from: Data(buffer: body))
             if first {
                 let before = answer.events.first.map { $0.offset - 1 } ?? answer.next
@@ -211,7 +233,10 @@ struct Endpoint: Sendable {
         let url = base.replacingOccurrences(of: "http", with: "ws", options: .anchored) + "/api/v1/ws"
         let close = try await WebSocketClient.connect(
             url: url,
-            configuration: .init(maxFrameSize: 1 << 20),
+            configuration: .init(
+                maxFrameSize: 1 << 20,
+                additionalHeaders: token.map { [.authorization: "Bearer \($0)"] } ?? [:]
+            ),
             logger: logger
         ) {
             inbound,
@@ -248,6 +273,15 @@ struct Endpoint: Sendable {
                         continuation,
                         .event(try JSONDecoder().decode(ChannelEvent.self, from: Data(text.utf8)))
                     )
+                case "error" where Self.refusalCodes.contains(frame.code ?? ""),
+                    "expired":
+                    // No token, a refused one, or one that expired: retrying cannot help.
+                    let error = HeraldClientError(
+                        status: frame.code == "channel_forbidden" ? 403 : 401,
+                        "\(frame.code ?? "expired"): \(frame.message ?? "the token expired")"
+                    )
+                    retryHint.fail(error)
+                    throw error
                 case "error":
                     logger.warning("herald: \(frame.code ?? "error"): \(frame.message ?? "")")
                 default:
@@ -257,6 +291,9 @@ struct Endpoint: Sendable {
         }
         throw HeraldClientError("WebSocket closed (\(close.map { "\($0.closeCode)" } ?? "no close frame"))")
     }
+
+    /// The WebSocket error codes that refuse a subscription for good (for this client's token).
+    static let refusalCodes: Set<String> = ["token_required", "token_invalid", "token_expired", "channel_forbidden"]
 
     private struct ServerFrame: Decodable {
         var op: String
@@ -275,5 +312,26 @@ struct Endpoint: Sendable {
         var since: Int?
         var epoch: String?
         var id: Int
+    }
+}
+
+/// What refusals told the reconnect loop: the longest `Retry-After` since it last looked, and
+/// a refusal no retry can help (401, 403).
+final class RetryHint: Sendable {
+    private let value = Mutex<(wait: Duration?, fatal: HeraldClientError?)>((nil, nil))
+
+    func note(_ wait: Duration) { value.withLock { $0.wait = max($0.wait ?? .zero, wait) } }
+
+    func fail(_ error: HeraldClientError) { value.withLock { $0.fatal = error } }
+
+    /// The refusal that ends following, if there was one.
+    var fatal: HeraldClientError? { value.withLock { $0.fatal } }
+
+    /// The hint, cleared.
+    func take() -> Duration? {
+        value.withLock { value in
+            defer { value.wait = nil }
+            return value.wait
+        }
     }
 }

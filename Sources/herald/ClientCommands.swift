@@ -7,12 +7,14 @@ import Synchronization
 struct ServerOptions: ParsableArguments {
     @Option(help: "Herald's URL (HERALD_URL, default http://127.0.0.1:8080).") var url: String?
     @Option(name: .customLong("api-key"), help: "Server API key, for publish (HERALD_API_KEY).") var apiKey: String?
+    @Option(help: "Client token, for private channels and token rights (HERALD_TOKEN).") var token: String?
 
     var client: HeraldClient {
         let environment = ProcessInfo.processInfo.environment
         return HeraldClient(
             url: url ?? environment["HERALD_URL"] ?? "http://127.0.0.1:8080",
-            apiKey: apiKey ?? environment["HERALD_API_KEY"]
+            apiKey: apiKey ?? environment["HERALD_API_KEY"],
+            token: token ?? environment["HERALD_TOKEN"]
         )
     }
 }

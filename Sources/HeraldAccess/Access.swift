@@ -75,6 +75,14 @@ package struct Access: Sendable {
 
     // MARK: Who
 
+    /// The credential of an `Authorization` value (a header, gRPC metadata): what follows
+    /// `Bearer `; another scheme is kept whole, so it is refused as a key that does not match.
+    package static func credential(authorization value: String?) -> String? {
+        guard let value else { return nil }
+        guard value.count > 7, value.prefix(7).lowercased() == "bearer " else { return value }
+        return String(value.dropFirst(7).drop { $0 == " " })
+    }
+
     /// The principal a bearer credential stands for (nil or empty: anonymous).
     /// - Throws: `.tokenInvalid`/`.tokenExpired` for a token that does not verify, and
     ///   `.unauthorized` for a bearer that is neither a key nor shaped like a token.

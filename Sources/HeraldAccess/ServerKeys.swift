@@ -9,7 +9,7 @@ package struct ServerKeys: Sendable {
     package private(set) var keys: [Key]
 
     /// Parses `name=key,name2=key2` (a key without a name is called `key1`, `key2`, ...).
-    /// - Returns: `nil` when the list holds no key or a key shorter than 16 bytes.
+    /// - Returns: `nil` when the list holds no key or a key shorter than 8 bytes.
     package init?(list: String) {
         var keys: [Key] = []
         for (index, item) in list.split(separator: ",").enumerated() {
@@ -22,7 +22,7 @@ package struct ServerKeys: Sendable {
                 name = String(text[..<equals])
                 key = String(text[text.index(after: equals)...])
             }
-            guard key.utf8.count >= 16 else { return nil }
+            guard key.utf8.count >= 8 else { return nil }
             keys.append(Key(name: name, bytes: Array(key.utf8)))
         }
         guard !keys.isEmpty else { return nil }

@@ -92,6 +92,18 @@ package struct Check: Sendable, Hashable {
         return writer.result
     }
 
+    /// The create answer: the check, plus what is never shown again: its callback secret and
+    /// its cancel capability (`cancel_token`, absent from a replayed create).
+    package func createdJSON(cancelToken: String?) -> String {
+        guard spec.callbackSecret != nil || cancelToken != nil else { return json }
+        var document = json
+        document.removeLast()
+        var writer = JSONWriter()
+        if let secret = spec.callbackSecret { writer.string("callback_secret", secret) }
+        if let cancelToken { writer.string("cancel_token", cancelToken) }
+        return document + "," + writer.result.dropFirst()
+    }
+
     /// An `error` object: `{"code": ..., "message": ...}`.
     package static func errorValue(code: String, message: String) -> JSONValue {
         .object(["code": .string(code), "message": .string(message)])

@@ -8,6 +8,8 @@ package struct HeraldError: Error, Sendable, CustomStringConvertible {
         package let rawValue: String
         private init(_ rawValue: String) { self.rawValue = rawValue }
         package var description: String { rawValue }
+        /// The code as the WebSocket `error` op and gRPC `CommandError` carry it: `token_expired`.
+        package var opCode: String { String(rawValue.map { $0 == "-" ? "_" : $0 }) }
 
         /// The request body is not well-formed (malformed JSON, bad query syntax).
         package static let malformed = Code("malformed")

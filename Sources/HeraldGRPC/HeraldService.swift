@@ -1,5 +1,6 @@
 internal import Foundation
 package import GRPCCore
+package import HeraldAccess
 internal import HeraldCore
 package import HeraldHTTP
 package import HeraldHub
@@ -9,8 +10,6 @@ package import Logging
 
 /// What the gRPC surface needs to know beyond the store and hub.
 package struct GRPCConfiguration: Sendable {
-    /// The server API key `Publish` wants as `authorization: Bearer KEY`.
-    package var apiKey: String
     /// Largest JSON a call may carry: a `Publish`'s `data_json`, a `CreateCheck` as JSON (the
     /// HTTP body limit, `max-body-bytes`).
     package var maxDataBytes: Int
@@ -20,8 +19,7 @@ package struct GRPCConfiguration: Sendable {
     /// (`write-timeout`, as on the HTTP port).
     package var writeTimeout: Duration
 
-    package init(apiKey: String, maxDataBytes: Int, maxSubscriptions: Int, writeTimeout: Duration) {
-        self.apiKey = apiKey
+    package init(maxDataBytes: Int, maxSubscriptions: Int, writeTimeout: Duration) {
         self.maxDataBytes = maxDataBytes
         self.maxSubscriptions = maxSubscriptions
         self.writeTimeout = writeTimeout
@@ -43,6 +41,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     let hub: Hub
     let checks: CheckService
     let follower: ChannelFollower
+    let access: Access
     let configuration: GRPCConfiguration
     let logger: Logger
 
@@ -51,6 +50,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         hub: Hub,
         checks: CheckService,
         follower: ChannelFollower,
+        access: Access,
         configuration: GRPCConfiguration,
         logger: Logger
     ) {
@@ -58,6 +58,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         self.hub = hub
         self.checks = checks
         self.follower = follower
+        self.access = access
         self.configuration = configuration
         self.logger = logger
     }
@@ -67,6 +68,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         context: ServerContext
     ) async throws -> ServerResponse<Herald_V1_Check> {
         try await call(context) {
+            let principal = try await principal(request.metadata)
             let body = request.message.body
             let size = body.jsonText.utf8.count
             guard size <= configuration.maxDataBytes else {
@@ -76,12 +78,16 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                 )
             }
             let spec = try CheckSpec.validate(body)
+            try access.authorizeCreate(spec, by: principal)
+            try access.limits.take(.creates, by: principal, address: Self.address(of: context))
             let key = request.message.idempotencyKey
             let idempotency =
                 key.isEmpty ? nil : try IdempotencyKey(validating: key, field: "idempotency_key", body: body)
-            let creation = try await checks.create(spec, idempotency: idempotency)
+            let (owner, cancelToken) = access.owner(for: principal)
+            let creation = try await checks.create(spec, idempotency: idempotency, owner: owner)
             var check = Herald_V1_Check(creation.check)
             check.callbackSecret = creation.check.spec.callbackSecret ?? ""
+            if creation.isNew { check.cancelToken = cancelToken }
             return ServerResponse(message: check, metadata: creation.isNew ? [:] : ["idempotent-replayed": "true"])
         }
     }
@@ -92,6 +98,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     ) async throws -> ServerResponse<Herald_V1_Check> {
         try await call(context) {
             let id = try checkID(request.message.id)
+            try access.authorizeRead(id.channel, by: try await principal(request.metadata))
             guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
             return ServerResponse(message: Herald_V1_Check(check))
         }
@@ -103,6 +110,10 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     ) async throws -> ServerResponse<Herald_V1_Check> {
         try await call(context) {
             let id = try checkID(request.message.id)
+            let principal = try await principal(request.metadata)
+            guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
+            let capability = request.message.cancelToken
+            try access.authorizeCancel(check, by: principal, capability: capability.isEmpty ? nil : capability)
             return ServerResponse(message: Herald_V1_Check(try await checks.cancel(id)))
         }
     }
@@ -118,6 +129,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         return StreamingServerResponse { writer in
             try await stream(context) { watch in
                 let id = try checkID(message.id)
+                try access.authorizeRead(id.channel, by: try await principal(request.metadata))
                 guard try await store.check(id) != nil else { throw HeraldError.notFound("no check with id \(id)") }
                 try await follow(id.channel, after: position, epoch: epoch) { item in
                     switch item {
@@ -145,8 +157,12 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     ) async throws -> StreamingServerResponse<Herald_V1_SubscribeResponse> {
         StreamingServerResponse { writer in
             try await stream(context) { watch in
-                let session = SubscribeSession(service: self)
-                try await session.run(request.messages, writer: writer, watch: watch)
+                let principal = try await principal(request.metadata)
+                let session = SubscribeSession(service: self, principal: principal)
+                // Metadata cannot be refreshed within a call: a token's call ends at its exp.
+                try await endingAt(principal.expires) {
+                    try await session.run(request.messages, writer: writer, watch: watch)
+                }
             }
             return [:]
         }
@@ -157,13 +173,13 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         context: ServerContext
     ) async throws -> ServerResponse<Herald_V1_Event> {
         try await call(context) {
-            try authorize(request.metadata)
+            let principal = try await principal(request.metadata)
             let message = request.message
             guard let channel = ChannelName(message.channel) else {
                 throw HeraldError.invalid(ChannelName.rule)
             }
-            try channel.requireApplicationChannel()
-            guard Event.isValidType(message.type) else { throw HeraldError.invalid(Event.typeRule) }
+            try access.authorizePublish(channel, by: principal)
+            try access.limits.take(.publishes, by: principal, address: Self.address(of: context))
             var data = JSONValue.null
             if !message.dataJson.isEmpty {
                 guard message.dataJson.utf8.count <= configuration.maxDataBytes else {
@@ -175,8 +191,11 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                     throw HeraldError.invalid("data_json is not valid JSON: \(error)")
                 }
             }
-            let event = try await store.append(type: message.type, data: data.jsonText, to: channel, at: .now())
-            hub.publish(event)
+            let event = try await ChannelPublisher(store: store, hub: hub).publish(
+                type: message.type,
+                data: data,
+                to: channel
+            )
             return ServerResponse(message: Herald_V1_Event(event))
         }
     }
@@ -217,6 +236,10 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                 code: .resourceExhausted,
                 message: "fell behind the event flow; resume \(at)",
                 metadata: resume
+            )
+        case .expired:
+            throw RPCError(
+                HeraldError(.tokenExpired, "the token expired; call again with a fresh one and resume \(at)")
             )
         case .ended:
             try Task.checkCancellation()
@@ -287,12 +310,31 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         return id
     }
 
-    /// Requires the server API key as `authorization: Bearer KEY`.
-    private func authorize(_ metadata: Metadata) throws(HeraldError) {
-        try requireBearer(
-            metadata[stringValues: "authorization"].first(where: { _ in true }),
-            key: configuration.apiKey,
-            missing: "Publish needs the server API key: metadata authorization: Bearer <key>"
-        )
+    /// The client's address from the call's peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`).
+    static func address(of context: ServerContext) -> String? {
+        let peer = context.remotePeer
+        guard let colon = peer.firstIndex(of: ":"), let last = peer.lastIndex(of: ":"), colon < last else { return nil }
+        let host = peer[peer.index(after: colon)..<last]
+        return String(host.hasPrefix("[") && host.hasSuffix("]") ? host.dropFirst().dropLast() : host)
+    }
+
+    /// Who a call's metadata `authorization: Bearer <key or token>` stands for.
+    private func principal(_ metadata: Metadata) async throws(HeraldError) -> Principal {
+        let value = metadata[stringValues: "authorization"].first(where: { _ in true })
+        return try await access.authenticate(Access.credential(authorization: value))
+    }
+
+    /// Runs `body`, ending it with `UNAUTHENTICATED` (`token-expired`) at `expiry`.
+    private func endingAt(_ expiry: Timestamp?, _ body: @escaping @Sendable () async throws -> Void) async throws {
+        guard let expiry else { return try await body() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(until: expiry.instant)
+                throw HeraldError(.tokenExpired, "the token expired; call again with a fresh one from your positions")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 }

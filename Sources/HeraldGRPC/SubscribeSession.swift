@@ -1,4 +1,5 @@
 internal import GRPCCore
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHTTP
 internal import Logging
@@ -35,11 +36,14 @@ final class SubscribeSession: Sendable {
     }
 
     private let service: HeraldService
+    /// Who opened the call (its metadata's token or key); each channel is authorized for it.
+    private let principal: Principal
     private let outbox = Outbox<Herald_V1_SubscribeResponse>()
     private let state = Mutex(State())
 
-    init(service: HeraldService) {
+    init(service: HeraldService, principal: Principal) {
         self.service = service
+        self.principal = principal
     }
 
     func run(
@@ -82,6 +86,11 @@ final class SubscribeSession: Sendable {
         case .subscribe(let subscribe)?:
             guard let channel = ChannelName(subscribe.channel) else {
                 return try await refuse("invalid", ChannelName.rule, requestID)
+            }
+            do {
+                try service.access.authorizeRead(channel, by: principal)
+            } catch {
+                return try await refuse(error.code.opCode, error.message, requestID)
             }
             let epoch = subscribe.epoch.isEmpty ? nil : Epoch(subscribe.epoch)
             let position: Offset? =

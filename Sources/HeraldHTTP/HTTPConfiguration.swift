@@ -31,6 +31,10 @@ package struct HTTPConfiguration: Sendable, Hashable {
     /// `HERALD_BACKLOG`, default 4096, capped by `net.core.somaxconn`). A short queue drops
     /// SYNs under a connection burst, and each drop costs the client a 1 s retransmission.
     package var backlog: Int
+    /// Origins whose pages may call the API (`allowed-origins`, comma-separated; nil: any, `*`).
+    package var allowedOrigins: Set<String>?
+    /// Whether `callback=` (JSONP) is served (`jsonp`, `HERALD_JSONP`, default true).
+    package var jsonp = true
     /// Seconds between heartbeats on idle streams (`--heartbeat`, `HERALD_HEARTBEAT`, default 15).
     package var heartbeat: Duration
     /// How long a subscription's replaced secret keeps signing beside the new one after a

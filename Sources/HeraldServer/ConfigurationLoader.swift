@@ -1,4 +1,5 @@
 internal import Foundation
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHTTP
 internal import HeraldHooks
@@ -51,11 +52,113 @@ package enum ConfigurationLoader {
                 throw ConfigurationError(message: "store must be 'sqlite' or a postgres://user:pass@host:port/db URL")
             }
         },
-        Setting(name: "api-key", help: "server API key") { c, v throws(ConfigurationError) in
-            guard v.utf8.count >= 8, v.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
-                throw ConfigurationError(message: "api-key must be at least 8 visible ASCII characters")
+        Setting(name: "api-key", help: "server API key, or several: name=key,name2=key2") {
+            c,
+            v throws(ConfigurationError) in
+            guard v.utf8.allSatisfy({ (0x21...0x7e).contains($0) }), ServerKeys(list: v) != nil else {
+                throw ConfigurationError(
+                    message: "api-key must be one or more comma-separated keys (name=key allowed), "
+                        + "each at least 8 visible ASCII characters"
+                )
             }
             c.http.apiKey = v
+        },
+        Setting(name: "token-secret", help: "HMAC secret of client tokens (HS256, 32 bytes or more)") {
+            c,
+            v throws(ConfigurationError) in
+            guard v.utf8.count >= 32 else {
+                throw ConfigurationError(message: "token-secret must be at least 32 bytes")
+            }
+            c.access.tokenSecret = v
+        },
+        Setting(name: "token-jwks-file", help: "JWKS file of client tokens' public keys") {
+            c,
+            v throws(ConfigurationError) in c.access.jwksFile = v
+        },
+        Setting(name: "token-jwks-url", help: "HTTPS URL of a JWKS, fetched and cached") {
+            c,
+            v throws(ConfigurationError) in
+            guard let url = URLComponents(string: v), url.scheme == "https" || url.scheme == "http", url.host != nil
+            else { throw ConfigurationError(message: "token-jwks-url must be an https:// URL") }
+            c.access.jwksURL = v
+        },
+        Setting(name: "token-audience", help: "required aud of client tokens") { c, v throws(ConfigurationError) in
+            c.access.audience = v
+        },
+        Setting(name: "token-issuer", help: "required iss of client tokens") { c, v throws(ConfigurationError) in
+            c.access.issuer = v
+        },
+        Setting(name: "token-leeway", help: "seconds of clock skew allowed on exp and nbf") {
+            c,
+            v throws(ConfigurationError) in c.access.leeway = .seconds(try int(v, "token-leeway", 0...600))
+        },
+        Setting(name: "public-channels", help: "channel patterns anyone may read, comma-separated") {
+            c,
+            v throws(ConfigurationError) in
+            guard let set = PatternSet(list: v) else {
+                throw ConfigurationError(message: "public-channels must be comma-separated channel patterns")
+            }
+            c.access.publicChannels = set
+        },
+        Setting(name: "allowed-origins", help: "origins (or *) for CORS and the WebSocket Origin check") {
+            c,
+            v throws(ConfigurationError) in
+            let origins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            c.http.allowedOrigins = origins.contains("*") ? nil : origins
+            c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
+        },
+        Setting(name: "jsonp", help: "serve callback= (JSONP) answers") { c, v throws(ConfigurationError) in
+            c.http.jsonp = try bool(v, "jsonp")
+        },
+        Setting(name: "create-checks", help: "who may create checks: anyone, token or key") {
+            c,
+            v throws(ConfigurationError) in
+            guard let value = CheckCreators(rawValue: v) else {
+                throw ConfigurationError(message: "create-checks must be anyone, token or key")
+            }
+            c.access.checkCreators = value
+        },
+        Setting(name: "rate-limit-creates", help: "checks a client may create per second (0: off)") {
+            c,
+            v throws(ConfigurationError) in c.access.rates[.creates] = try rate(v, "rate-limit-creates")
+        },
+        Setting(name: "rate-limit-publishes", help: "events a client may publish per second with a token (0: off)") {
+            c,
+            v throws(ConfigurationError) in c.access.rates[.publishes] = try rate(v, "rate-limit-publishes")
+        },
+        Setting(name: "rate-limit-ws-ops", help: "WebSocket ops a client may send per second (0: off)") {
+            c,
+            v throws(ConfigurationError) in c.access.rates[.webSocketOps] = try rate(v, "rate-limit-ws-ops")
+        },
+        Setting(name: "rate-limit-connects", help: "connections an address may open per second (0: off)") {
+            c,
+            v throws(ConfigurationError) in c.access.rates[.connects] = try rate(v, "rate-limit-connects")
+        },
+        Setting(name: "max-connections-per-ip", help: "connections one address may hold (0: off)") {
+            c,
+            v throws(ConfigurationError) in
+            c.access.maxConnectionsPerAddress = try int(v, "max-connections-per-ip", 0...10_000_000)
+        },
+        Setting(name: "trusted-proxies", help: "addresses or CIDRs whose X-Forwarded-For is believed") {
+            c,
+            v throws(ConfigurationError) in
+            var networks: [Network] = []
+            for item in v.split(separator: ",") {
+                let text = item.trimmingCharacters(in: .whitespaces)
+                guard let network = Network(text) else {
+                    throw ConfigurationError(message: "trusted-proxies: '\(text)' is not an address or a CIDR")
+                }
+                networks.append(network)
+            }
+            c.access.trustedProxies = networks
+        },
+        Setting(name: "check-allowed-targets", help: "host or host:port patterns http and tcp checks may reach") {
+            c,
+            v throws(ConfigurationError) in
+            guard let set = PatternSet(list: v.lowercased()) else {
+                throw ConfigurationError(message: "check-allowed-targets must be comma-separated host patterns")
+            }
+            c.access.allowedTargets = set
         },
         Setting(name: "allow-private-targets", help: "allow loopback and private targets") {
             c,
@@ -320,6 +423,16 @@ package enum ConfigurationLoader {
         guard let value = Int(text), range.contains(value) else {
             throw ConfigurationError(
                 message: "\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not '\(text)'"
+            )
+        }
+        return value
+    }
+
+    /// A rate per second: a non-negative number (0 turns the limit off).
+    private static func rate(_ text: String, _ name: String) throws(ConfigurationError) -> Double {
+        guard let value = Double(text), value.isFinite, (0...1_000_000).contains(value) else {
+            throw ConfigurationError(
+                message: "\(name) must be a number of events per second, 0 to 1000000, not '\(text)'"
             )
         }
         return value

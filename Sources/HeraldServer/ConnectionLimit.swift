@@ -1,3 +1,4 @@
+internal import HeraldAccess
 internal import Synchronization
 
 #if canImport(Glibc)
@@ -6,33 +7,75 @@ internal import Glibc
 internal import Darwin
 #endif
 
-/// How many client connections Herald holds at once (`max-connections`).
+/// How many client connections Herald holds at once (`max-connections`), how many one
+/// address may hold (`max-connections-per-ip`), and how fast one address may open them
+/// (`rate-limit-connects`).
 ///
-/// A connection past the bound is refused at once, before any handler or task exists for
-/// it: over plain HTTP with a `503` problem document and `Retry-After`, over TLS by closing
-/// it. The bound keeps Herald's descriptors below the process's open-file limit, so running
-/// out of them is a refusal, not a crash.
+/// A connection past a bound is refused at once, before any handler or task exists for
+/// it: over plain HTTP with a problem document and `Retry-After` (503 past a cap, 429 past
+/// the rate), over TLS by closing it. The total bound keeps Herald's descriptors below the
+/// process's open-file limit, so running out of them is a refusal, not a crash. A trusted
+/// proxy's address (`trusted-proxies`) is exempt from the per-address bounds: it carries
+/// many clients.
 final class ConnectionLimit: Sendable {
+    /// Why a connection is refused.
+    enum Refusal: Sendable, Equatable {
+        case full
+        case addressFull(Int)
+        case tooFast(retryAfter: Int)
+    }
+
     let maximum: Int
     /// How the bound came about, logged once the port is open.
     let summary: String
+    private let perAddress: Int?
+    private let connects: RateLimiter?
+    private let exempt: ClientAddresses
     private let open = Atomic<Int>(0)
+    /// Connections per address; an address is present only while it holds one.
+    private let byAddress = Mutex<[String: Int]>([:])
 
-    init(maximum: Int, summary: String = "") {
+    init(
+        maximum: Int,
+        summary: String = "",
+        perAddress: Int? = nil,
+        connects: RateLimiter? = nil,
+        exempt: ClientAddresses = .init()
+    ) {
         self.maximum = maximum
         self.summary = summary
+        self.perAddress = perAddress
+        self.connects = connects
+        self.exempt = exempt
     }
 
-    /// Counts a new connection in; false when the bound is reached.
-    func admit() -> Bool {
-        if open.wrappingAdd(1, ordering: .relaxed).newValue <= maximum { return true }
+    /// Counts a new connection from `address` in; the refusal when a bound is reached.
+    func admit(_ address: String?) -> Refusal? {
+        if let address, !exempt.isTrusted(address) {
+            if let wait = connects?.take(address) { return .tooFast(retryAfter: Int(wait.components.seconds)) }
+            if let perAddress {
+                let admitted = byAddress.withLock { counts -> Bool in
+                    guard counts[address, default: 0] < perAddress else { return false }
+                    counts[address, default: 0] += 1
+                    return true
+                }
+                guard admitted else { return .addressFull(perAddress) }
+            }
+        }
+        if open.wrappingAdd(1, ordering: .relaxed).newValue <= maximum { return nil }
         open.wrappingSubtract(1, ordering: .relaxed)
-        return false
+        release(address, total: false)
+        return .full
     }
 
-    /// Counts a closed connection out.
-    func release() {
-        open.wrappingSubtract(1, ordering: .relaxed)
+    /// Counts a closed connection from `address` out.
+    func release(_ address: String?, total: Bool = true) {
+        if total { open.wrappingSubtract(1, ordering: .relaxed) }
+        guard perAddress != nil, let address, !exempt.isTrusted(address) else { return }
+        byAddress.withLock { counts in
+            let left = counts[address, default: 1] - 1
+            counts[address] = left > 0 ? left : nil
+        }
     }
 }
 

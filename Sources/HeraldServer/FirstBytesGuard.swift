@@ -25,15 +25,16 @@ struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
     let limit: ConnectionLimit
     /// How long the connection may stay unwritable (`write-timeout`).
     let writeTimeout: TimeAmount
-    /// What a refused connection is sent before it closes (nil over TLS: nothing).
-    let refusal: String?
+    /// Whether a refused connection is answered (plain HTTP) before it closes (TLS: it is not).
+    let answersRefusals: Bool
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        guard limit.admit() else {
-            refuse(channel)
+        let address = channel.remoteAddress?.ipAddress
+        if let refusal = limit.admit(address) {
+            refuse(channel, answer: answersRefusals ? Self.answer(to: refusal, maximum: limit.maximum) : nil)
             return channel.eventLoop.makeSucceededFuture(Value(inner: nil, channel: channel))
         }
-        channel.closeFuture.whenComplete { _ in limit.release() }
+        channel.closeFuture.whenComplete { _ in limit.release(address) }
         do {
             try channel.pipeline.syncOperations.addHandler(WriteDeadline(timeout: writeTimeout))
             try channel.pipeline.syncOperations.addHandler(FirstBytesGuard(idleTimeout: idleTimeout))
@@ -48,24 +49,46 @@ struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
         await inner.handle(value: innerValue, logger: logger)
     }
 
-    /// Answers and closes a connection past the limit, through a ``ConnectionRefusal``.
-    private func refuse(_ channel: any Channel) {
+    /// Answers and closes a connection past a bound, through a ``ConnectionRefusal``.
+    private func refuse(_ channel: any Channel, answer: String?) {
         do {
-            try channel.pipeline.syncOperations.addHandler(ConnectionRefusal(answer: refusal))
+            try channel.pipeline.syncOperations.addHandler(ConnectionRefusal(answer: answer))
         } catch {
             channel.close(promise: nil)
         }
     }
 
-    /// The raw HTTP/1.1 answer to a connection past the limit.
-    static func busyAnswer(maximum: Int) -> String {
-        let body = Problem(
-            status: .serviceUnavailable,
-            code: "unavailable",
-            detail: "Herald holds \(maximum) connections, its max-connections; try again shortly"
-        ).json
-        return "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
-            + "retry-after: 1\r\nconnection: close\r\ncontent-length: \(body.utf8.count)\r\n\r\n" + body
+    /// The raw HTTP/1.1 answer to a connection past a bound: 503 past a cap, 429 past the rate.
+    static func answer(to refusal: ConnectionLimit.Refusal, maximum: Int) -> String {
+        let problem: Problem
+        let retryAfter: Int
+        switch refusal {
+        case .full:
+            retryAfter = 1
+            problem = Problem(
+                status: .serviceUnavailable,
+                code: "unavailable",
+                detail: "Herald holds \(maximum) connections, its max-connections; try again shortly"
+            )
+        case .addressFull(let cap):
+            retryAfter = 1
+            problem = Problem(
+                status: .serviceUnavailable,
+                code: "unavailable",
+                detail: "this address holds \(cap) connections, the max-connections-per-ip; close one first"
+            )
+        case .tooFast(let seconds):
+            retryAfter = seconds
+            problem = Problem(
+                status: .tooManyRequests,
+                code: "rate-limited",
+                detail: "this address opens connections faster than rate-limit-connects; retry after \(seconds) s"
+            )
+        }
+        let body = problem.json
+        return "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n"
+            + "content-type: application/problem+json\r\nretry-after: \(retryAfter)\r\nconnection: close\r\n"
+            + "content-length: \(body.utf8.count)\r\n\r\n" + body
     }
 }
 

@@ -1,3 +1,4 @@
+package import HeraldAccess
 package import HeraldHTTP
 package import HeraldHooks
 package import HeraldHub
@@ -36,6 +37,7 @@ package struct HeraldConfiguration: Sendable {
     package var logLevel: Logger.Level = .info
 
     package var http = HTTPConfiguration(apiKey: "")
+    package var access = AccessSettings()
     package var runner = RunnerConfiguration()
     package var retention = RetentionConfiguration()
     package var webSocket = WebSocketConfiguration()
@@ -51,6 +53,23 @@ package struct HeraldConfiguration: Sendable {
 
     package init() {}
 
-    /// The server API key clients send as `Authorization: Bearer <key>`.
+    /// The server API key clients send as `Authorization: Bearer <key>` (or several:
+    /// `name=key,name2=key2`).
     package var apiKey: String { http.apiKey }
+
+    /// The server API keys, parsed (the loader validated them).
+    package var serverKeys: ServerKeys {
+        ServerKeys(list: http.apiKey) ?? ServerKeys(list: "invalid-key-never-matches")!
+    }
+
+    /// What the start line says about access: whether channels are public, who creates checks.
+    package var accessSummary: String {
+        let creators = access.checkCreators(listeningOn: host).rawValue
+        guard access.tokensConfigured else {
+            let publicChannels = access.publicChannels.map { "public channels: \($0)" } ?? "every channel is public"
+            return "\(publicChannels) (no token key is set); create-checks: \(creators)"
+        }
+        return
+            "client tokens on; public channels: \(access.publicChannels?.description ?? "none"); create-checks: \(creators)"
+    }
 }

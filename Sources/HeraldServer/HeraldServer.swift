@@ -1,5 +1,7 @@
+internal import AsyncHTTPClient
 internal import Foundation
 internal import HTTPTypes
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldGRPC
 internal import HeraldHTTP
@@ -16,6 +18,7 @@ internal import HummingbirdWSCompression
 internal import HummingbirdWebSocket
 package import Logging
 internal import NIOCore
+internal import NIOHTTP1
 internal import NIOSSL
 internal import ServiceLifecycle
 internal import Synchronization
@@ -47,9 +50,15 @@ package struct HeraldServer: Sendable {
                 "max-connections \(asked) lowered to \(allowed): the open-file limit is \(files.after); raise LimitNOFILE"
             )
         }
+        let perAddress = configuration.access.maxConnectionsPerAddress(listeningOn: configuration.host)
+        let connects = configuration.access.rates(listeningOn: configuration.host)[.connects]
         return ConnectionLimit(
             maximum: maximum,
             summary: "open files: limit \(files.after) (was \(files.before)); at most \(maximum) connections"
+                + (perAddress.map { ", \($0) per address" } ?? ""),
+            perAddress: perAddress,
+            connects: connects.map { RateLimiter(perSecond: $0) },
+            exempt: ClientAddresses(trustedProxies: configuration.access.trustedProxies)
         )
     }
 
@@ -97,14 +106,22 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.runner")
         )
         let checks = CheckService(store: store, hub: hub, runner: runner, resolver: resolver)
+        let access = try await configuration.access.access(
+            keys: configuration.serverKeys,
+            host: configuration.host,
+            logger: logger.labelled("herald.access"),
+            fetch: Self.fetchKeySet
+        )
         let api = HeraldAPI(
             store: store,
             hub: hub,
             checks: checks,
+            access: access,
             configuration: configuration.http,
             logger: logger.labelled("herald.http")
         )
 
+        let publisher = ChannelPublisher(store: store, hub: hub)
         let follower = ChannelFollower(
             store: store,
             hub: hub,
@@ -114,6 +131,8 @@ package struct HeraldServer: Sendable {
         let webSocket = WebSocketEndpoint(
             follower: follower,
             checks: checks,
+            publisher: publisher,
+            access: access,
             configuration: configuration.webSocket,
             logger: logger.labelled("herald.ws")
         )
@@ -123,8 +142,8 @@ package struct HeraldServer: Sendable {
             hub: hub,
             checks: checks,
             follower: follower,
+            access: access,
             configuration: GRPCConfiguration(
-                apiKey: configuration.apiKey,
                 maxDataBytes: configuration.http.maxBodyBytes,
                 maxSubscriptions: configuration.webSocket.maxSubscriptions,
                 writeTimeout: configuration.http.writeTimeout
@@ -134,7 +153,7 @@ package struct HeraldServer: Sendable {
         let grpcWeb = GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
         let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
 
-        let router = Router(options: .autoGenerateHeadEndpoints)
+        let router = Router(context: HeraldRequestContext.self, options: .autoGenerateHeadEndpoints)
         api.register(on: router)
         grpcWeb.register(on: router)
         // Reached by a plain GET; a refused upgrade is answered by UpgradeRefusalHandler.
@@ -197,7 +216,14 @@ package struct HeraldServer: Sendable {
                     refusedUpgrades.record(problem, for: channel)
                     return .dontUpgrade
                 }
-                return .upgrade([:]) { inbound, outbound, _ in try await webSocket.serve(inbound, outbound) }
+                let bearer = WebSocketEndpoint.bearer(of: request)
+                let address = access.limits.addresses.client(
+                    peer: channel.remoteAddress?.ipAddress,
+                    forwardedFor: request.headerFields[HTTPField.Name("X-Forwarded-For")!]
+                )
+                return .upgrade([:]) { inbound, outbound, _ in
+                    try await webSocket.serve(inbound, outbound, bearer: bearer, address: address)
+                }
             }
         let server: HTTPServerBuilder
         let scheme: String
@@ -230,7 +256,7 @@ package struct HeraldServer: Sendable {
                     idleTimeout: idleTimeout,
                     limit: connections,
                     writeTimeout: TimeAmount(configuration.http.writeTimeout),
-                    refusal: nil
+                    answersRefusals: false
                 )
             }
             scheme = "https"
@@ -248,7 +274,7 @@ package struct HeraldServer: Sendable {
                     idleTimeout: idleTimeout,
                     limit: connections,
                     writeTimeout: TimeAmount(configuration.http.writeTimeout),
-                    refusal: GuardedChildChannel<ShieldedHTTP1Channel>.busyAnswer(maximum: connections.maximum)
+                    answersRefusals: true
                 )
             }
             scheme = "http"
@@ -325,6 +351,15 @@ package struct HeraldServer: Sendable {
             logger.error("the store could not record a clean stop", metadata: ["error": "\(error)"])
         }
         withExtendedLifetime(lock) {}
+    }
+
+    /// Fetches `token-jwks-url` (at most 1 MiB, within 10 s).
+    @Sendable static func fetchKeySet(_ url: String) async throws -> String {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
+        guard response.status == .ok else {
+            throw HeraldError(.unavailable, "token-jwks-url answered \(response.status)")
+        }
+        return String(buffer: try await response.body.collect(upTo: 1 << 20))
     }
 
     /// The kernel's boot id, which tells a restart of Herald from a restart of the machine.

@@ -1,4 +1,6 @@
+internal import Foundation
 package import HTTPTypes
+package import HeraldAccess
 internal import HeraldCore
 package import HeraldHTTP
 package import HeraldRunner
@@ -24,6 +26,8 @@ package final class WebSocketEndpoint: Service, Sendable {
 
     let follower: ChannelFollower
     let checks: CheckService
+    let publisher: ChannelPublisher
+    let access: Access
     let configuration: WebSocketConfiguration
     let logger: Logger
     private let sessions = Mutex<(live: [ObjectIdentifier: WebSocketSession], isDraining: Bool)>(([:], false))
@@ -31,11 +35,15 @@ package final class WebSocketEndpoint: Service, Sendable {
     package init(
         follower: ChannelFollower,
         checks: CheckService,
+        publisher: ChannelPublisher,
+        access: Access,
         configuration: WebSocketConfiguration,
         logger: Logger
     ) {
         self.follower = follower
         self.checks = checks
+        self.publisher = publisher
+        self.access = access
         self.configuration = configuration
         self.logger = logger
     }
@@ -70,8 +78,27 @@ package final class WebSocketEndpoint: Service, Sendable {
         )
     }
 
+    /// The credential an upgrade request carries: `Authorization: Bearer` (non-browser
+    /// clients) or `?access_token=` (browsers cannot set headers on a WebSocket).
+    package static func bearer(of request: HTTPRequest) -> String? {
+        if let credential = Access.credential(authorization: request.headerFields[.authorization]) { return credential }
+        guard let query = request.path?.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
+        for pair in query.split(separator: "&") where pair.hasPrefix("access_token=") {
+            return String(pair.dropFirst("access_token=".count)).removingPercentEncoding
+        }
+        return nil
+    }
+
     /// Serves one upgraded connection until either side closes it.
-    package func serve(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) async throws {
+    /// - Parameters:
+    ///   - bearer: the upgrade request's credential (see ``bearer(of:)``).
+    ///   - address: the client's address, for rate limits.
+    package func serve(
+        _ inbound: WebSocketInboundStream,
+        _ outbound: WebSocketOutboundWriter,
+        bearer: String? = nil,
+        address: String? = nil
+    ) async throws {
         let (frames, sink) = AsyncStream<ByteBuffer>.makeStream(
             bufferingPolicy: .bufferingOldest(configuration.maxQueuedFrames)
         )
@@ -79,14 +106,18 @@ package final class WebSocketEndpoint: Service, Sendable {
             sink: sink,
             follower: follower,
             checks: checks,
+            publisher: publisher,
+            access: access,
             configuration: configuration,
-            logger: logger
+            logger: logger,
+            address: address
         )
         let isDraining = sessions.withLock { sessions in
             sessions.live[ObjectIdentifier(session)] = session
             return sessions.isDraining
         }
         if isDraining { session.finish(.restart) }
+        await session.start(bearer: bearer)
         do {
             try await exchange(inbound, outbound, session: session, frames: frames)
         } catch {

@@ -7,6 +7,9 @@ enum ClientOp: Sendable {
     case unsubscribe(channel: ChannelName)
     case createCheck(JSONValue)
     case ping
+    /// A client token, first or refreshed.
+    case auth(token: String)
+    case publish(channel: ChannelName, type: String, data: JSONValue)
 
     /// Parses one text message: `{"op": ..., "id": ..., ...}`.
     /// - Returns: the op and the client's `id` (echoed in the answer), or the error and that id.
@@ -54,10 +57,23 @@ enum ClientOp: Sendable {
             return (.success(.createCheck(check)), id)
         case "ping":
             return (.success(.ping), id)
+        case "auth":
+            guard case .string(let token)? = members["token"], !token.isEmpty else {
+                return (.failure(OpError("invalid", "token is required: a client token (JWT)")), id)
+            }
+            return (.success(.auth(token: token)), id)
+        case "publish":
+            guard case .string(let type)? = members["type"] else {
+                return (.failure(OpError("invalid", Event.typeRule)), id)
+            }
+            return (channel().map { .publish(channel: $0, type: type, data: members["data"] ?? .null) }, id)
         default:
             return (
                 .failure(
-                    OpError("unknown_op", "op '\(op)' is unknown: use subscribe, unsubscribe, create_check or ping")
+                    OpError(
+                        "unknown_op",
+                        "op '\(op)' is unknown: use subscribe, unsubscribe, publish, create_check, auth or ping"
+                    )
                 ), id
             )
         }
@@ -75,7 +91,7 @@ struct OpError: Error, Sendable {
 
     init(_ error: HeraldError) {
         self.init(
-            error.code == .internal ? "internal" : error.code.rawValue.replacingOccurrences(of: "-", with: "_"),
+            error.code == .internal ? "internal" : error.code.opCode,
             error.code == .internal ? "an internal error occurred" : error.message
         )
     }
@@ -110,6 +126,35 @@ enum ServerFrame {
         var writer = JSONWriter()
         writer.string("op", op)
         if let channel { writer.string("channel", channel.rawValue) }
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    /// `{"op": "authed", "exp": <unix seconds>, "sub", "id"}`: the token was taken.
+    static func authed(expires: Timestamp, subject: String?, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "authed")
+        writer.int("exp", expires.millisecondsSince1970 / 1000)
+        if let subject { writer.string("sub", subject) }
+        if let id { writer.value("id", id) }
+        return writer.result
+    }
+
+    /// `{"op": "expired", "channels": [...]}`: the token expired; these subscriptions stopped.
+    static func expired(_ channels: [ChannelName]) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "expired")
+        writer.raw("channels", jsonArray(channels.lazy.map { JSONValue.string($0.rawValue).jsonText }))
+        return writer.result
+    }
+
+    /// `{"op": "published", "channel", "offset", "epoch", "id"}`.
+    static func published(_ event: Event, id: JSONValue?) -> String {
+        var writer = JSONWriter()
+        writer.string("op", "published")
+        writer.string("channel", event.channel.rawValue)
+        writer.int("offset", event.offset)
+        writer.string("epoch", event.epoch.rawValue)
         if let id { writer.value("id", id) }
         return writer.result
     }

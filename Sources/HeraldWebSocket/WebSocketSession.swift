@@ -1,3 +1,4 @@
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHTTP
 internal import HeraldRunner
@@ -42,25 +43,39 @@ final class WebSocketSession: Sendable {
         var slotWaiter: CheckedContinuation<Void, Never>?
         var queuedBytes = 0
         var closing: Closing?
+        /// Who the connection speaks for: its upgrade's credential, then each `auth` op's.
+        var principal = Principal.anonymous
+        /// Stops what the token granted at its expiry, unless a fresh `auth` replaced it.
+        var expiryTimer: Task<Void, Never>?
     }
 
     private let state = Mutex(State())
     private let sink: AsyncStream<ByteBuffer>.Continuation
     private let follower: ChannelFollower
     private let checks: CheckService
+    private let publisher: ChannelPublisher
+    private let access: Access
     private let configuration: WebSocketConfiguration
     private let logger: Logger
+    /// The client's address, for rate limits.
+    private let address: String?
 
     init(
         sink: AsyncStream<ByteBuffer>.Continuation,
         follower: ChannelFollower,
         checks: CheckService,
+        publisher: ChannelPublisher,
+        access: Access,
         configuration: WebSocketConfiguration,
-        logger: Logger
+        logger: Logger,
+        address: String?
     ) {
+        self.address = address
         self.sink = sink
         self.follower = follower
         self.checks = checks
+        self.publisher = publisher
+        self.access = access
         self.configuration = configuration
         self.logger = logger
     }
@@ -135,13 +150,33 @@ final class WebSocketSession: Sendable {
     /// Answers one text message. Every op gets an answer.
     func handle(_ text: String) async {
         let (parsed, id) = ClientOp.parse(text)
+        do {
+            try access.limits.take(.webSocketOps, by: principal, address: address)
+        } catch {
+            send(ServerFrame.error(OpError(error), id: id))
+            return
+        }
         switch parsed {
         case .failure(let error):
             send(ServerFrame.error(error, id: id))
         case .success(.ping):
             send(ServerFrame.simple("pong", id: id))
         case .success(.subscribe(let channel, let since, let epoch)):
+            do {
+                try access.authorizeRead(channel, by: principal)
+            } catch {
+                send(ServerFrame.error(OpError(error), channel: channel, id: id))
+                return
+            }
             await subscribe(channel, since: since, epoch: epoch, id: id)
+        case .success(.auth(let token)):
+            await authenticate(token, id: id)
+        case .success(.publish(let channel, let type, let data)):
+            await answer(id: id, channel: channel) {
+                try access.authorizePublish(channel, by: principal)
+                try access.limits.take(.publishes, by: principal, address: address)
+                return ServerFrame.published(try await publisher.publish(type: type, data: data, to: channel), id: id)
+            }
         case .success(.unsubscribe(let channel)):
             // One critical section: the subscription goes, its subscribe is answered if it had
             // not started, and `unsubscribed` is queued; nothing of it can follow.
@@ -168,16 +203,125 @@ final class WebSocketSession: Sendable {
                 )
             }
         case .success(.createCheck(let body)):
-            do {
-                let creation = try await checks.create(try CheckSpec.validate(body), idempotency: nil)
-                send(ServerFrame.created(creation.check.json, id: id))
-            } catch let error as HeraldError {
-                send(ServerFrame.error(OpError(error), id: id))
-            } catch {
-                logger.error("create_check failed", metadata: ["error": "\(error)"])
-                send(ServerFrame.error(OpError("internal", "an internal error occurred"), id: id))
+            await answer(id: id) {
+                let principal = principal
+                let spec = try CheckSpec.validate(body)
+                try access.authorizeCreate(spec, by: principal)
+                try access.limits.take(.creates, by: principal, address: address)
+                let (owner, cancelToken) = access.owner(for: principal)
+                let creation = try await checks.create(spec, idempotency: nil, owner: owner)
+                return ServerFrame.created(creation.check.createdJSON(cancelToken: cancelToken), id: id)
             }
         }
+    }
+
+    /// Sends what `body` answers, or its error as an `error` op.
+    private func answer(id: JSONValue?, channel: ChannelName? = nil, _ body: () async throws -> String) async {
+        do {
+            send(try await body())
+        } catch let error as HeraldError {
+            send(ServerFrame.error(OpError(error), channel: channel, id: id))
+        } catch {
+            logger.error("an op failed", metadata: ["error": "\(error)"])
+            send(ServerFrame.error(OpError("internal", "an internal error occurred"), channel: channel, id: id))
+        }
+    }
+
+    // MARK: Access
+
+    private var principal: Principal { state.withLock { $0.principal } }
+
+    /// Takes the upgrade request's credential (`Authorization` or `?access_token=`); a bad one
+    /// is told with an `error` op, and the connection stays anonymous until an `auth` op.
+    func start(bearer: String?) async {
+        guard bearer != nil else { return }
+        do {
+            adopt(try await access.authenticate(bearer))
+        } catch {
+            send(ServerFrame.error(OpError(error), id: nil))
+        }
+    }
+
+    /// The `auth` op: a first or refreshed token. Subscriptions the new token no longer
+    /// grants stop with `channel_forbidden`.
+    private func authenticate(_ token: String, id: JSONValue?) async {
+        let principal: Principal
+        do {
+            principal = try await access.authenticate(token)
+        } catch {
+            send(ServerFrame.error(OpError(error), id: id))
+            return
+        }
+        adopt(principal)
+        if let expires = principal.expires {
+            send(ServerFrame.authed(expires: expires, subject: principal.subject, id: id))
+        } else {
+            send(ServerFrame.simple("authed", id: id))
+        }
+        let refused = stop(where: { channel -> HeraldError? in
+            do throws(HeraldError) {
+                try access.authorizeRead(channel, by: principal)
+                return nil
+            } catch {
+                return error
+            }
+        })
+        for (channel, refusal) in refused {
+            send(ServerFrame.error(OpError(refusal), channel: channel, id: nil))
+        }
+    }
+
+    /// Makes `principal` the connection's, with a timer for its expiry.
+    private func adopt(_ principal: Principal) {
+        let timer = principal.expires.map { expires in
+            Task { [weak self] in
+                try? await Task.sleep(until: expires.instant)
+                guard !Task.isCancelled else { return }
+                self?.expire()
+            }
+        }
+        let previous = state.withLock { state in
+            defer {
+                state.principal = principal
+                state.expiryTimer = timer
+            }
+            return state.expiryTimer
+        }
+        previous?.cancel()
+    }
+
+    /// The token expired with no fresh `auth`: the subscriptions it granted stop, and the
+    /// client is told which (`{"op": "expired", "channels": [...]}`); it may `auth` again and
+    /// subscribe from its positions.
+    private func expire() {
+        let wasCurrent = state.withLock { state -> Bool in
+            guard let expires = state.principal.expires,
+                expires.millisecondsSince1970 <= Timestamp.now().millisecondsSince1970
+            else { return false }
+            state.principal = .anonymous
+            return true
+        }
+        guard wasCurrent else { return }
+        let stopped = stop(where: { channel in
+            let isOpen = (try? access.authorizeRead(channel, by: .anonymous)) != nil
+            return isOpen ? nil : HeraldError(.tokenExpired, "the token expired")
+        })
+        send(ServerFrame.expired(stopped.map(\.0)))
+    }
+
+    /// Stops the subscriptions `refusal` refuses, as `unsubscribe` does but silently.
+    private func stop(where refusal: (ChannelName) -> HeraldError?) -> [(ChannelName, HeraldError)] {
+        let stopped = state.withLock { state -> [(ChannelName, HeraldError, Task<Void, Never>)] in
+            var stopped: [(ChannelName, HeraldError, Task<Void, Never>)] = []
+            for (channel, subscription) in state.subscriptions {
+                guard let error = refusal(channel) else { continue }
+                state.subscriptions[channel] = nil
+                stopped.append((channel, error, subscription.task))
+            }
+            return stopped
+        }
+        for (_, _, task) in stopped { task.cancel() }
+        return stopped.map { ($0.0, $0.1) }.sorted { $0.0.rawValue < $1.0.rawValue }
     }
 
     private func subscribe(_ channel: ChannelName, since: Offset?, epoch: Epoch?, id: JSONValue?) async {
@@ -273,7 +417,11 @@ final class WebSocketSession: Sendable {
     /// Cancels every subscription and waits for their tasks, so none outlives the connection.
     func close() async {
         let tasks = state.withLock { state in
-            defer { state.subscriptions.removeAll() }
+            defer {
+                state.subscriptions.removeAll()
+                state.expiryTimer?.cancel()
+                state.expiryTimer = nil
+            }
             return state.subscriptions.values.map(\.task)
         }
         for task in tasks { task.cancel() }

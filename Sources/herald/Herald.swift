@@ -67,6 +67,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("webhook-timeout"), help: "Seconds a webhook target has to answer (default 15).")
     var webhookTimeout: String?
     @Option(help: "JSON config file (HERALD_CONFIG).") var config: String?
+    @OptionGroup(title: "Access control (docs/security.md)") var access: AccessOptions
 
     func run() async throws {
         var flags: [String: String] = [:]
@@ -83,6 +84,7 @@ struct Serve: AsyncParsableCommand {
         flags["webhook-retry-schedule"] = webhookRetrySchedule
         flags["webhook-timeout"] = webhookTimeout
         flags["config"] = config
+        flags.merge(access.flags) { _, new in new }
         let configuration = try ConfigurationLoader.load(flags: flags, environment: ProcessInfo.processInfo.environment)
 
         let level = configuration.logLevel
@@ -97,7 +99,10 @@ struct Serve: AsyncParsableCommand {
             say("herald: generated API key \(configuration.apiKey) (set --api-key or HERALD_API_KEY to choose one)")
         }
         try await HeraldServer(configuration: configuration, logger: logger).run { url, grpcPort in
-            say("herald listening on \(url)" + (grpcPort.map { " (gRPC on port \($0))" } ?? ""))
+            say(
+                "herald listening on \(url)" + (grpcPort.map { " (gRPC on port \($0))" } ?? "")
+                    + " - \(configuration.accessSummary)"
+            )
         }
     }
 }
@@ -105,4 +110,44 @@ struct Serve: AsyncParsableCommand {
 /// Writes one line to standard output at once (unbuffered, so scripts see it immediately).
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// The access-control settings as flags; each is also a `HERALD_*` variable and a config key.
+struct AccessOptions: ParsableArguments {
+    @Option(name: .customLong("token-secret"), help: "HMAC secret of client tokens (32+ bytes).")
+    var tokenSecret: String?
+    @Option(name: .customLong("token-jwks-file"), help: "JWKS file of client tokens' public keys.")
+    var tokenJWKSFile: String?
+    @Option(name: .customLong("token-jwks-url"), help: "JWKS URL, fetched and cached.") var tokenJWKSURL: String?
+    @Option(name: .customLong("token-audience"), help: "Required aud of client tokens.") var tokenAudience: String?
+    @Option(name: .customLong("token-issuer"), help: "Required iss of client tokens.") var tokenIssuer: String?
+    @Option(name: .customLong("public-channels"), help: "Channel patterns anyone may read.")
+    var publicChannels: String?
+    @Option(name: .customLong("allowed-origins"), help: "Origins (or *) for CORS and WebSocket.")
+    var allowedOrigins: String?
+    @Option(help: "true or false: serve JSONP (callback=).") var jsonp: String?
+    @Option(name: .customLong("create-checks"), help: "anyone, token or key.") var createChecks: String?
+    @Option(name: .customLong("check-allowed-targets"), help: "Host patterns http/tcp checks may reach.")
+    var checkAllowedTargets: String?
+    @Option(name: .customLong("rate-limit-creates"), help: "Checks per client per second.")
+    var rateLimitCreates: String?
+    @Option(name: .customLong("rate-limit-publishes"), help: "Token publishes per client per second.")
+    var rateLimitPublishes: String?
+    @Option(name: .customLong("max-connections"), help: "Connections held at once.") var maxConnections: String?
+    @Option(name: .customLong("max-connections-per-ip"), help: "Connections one address may hold.")
+    var maxConnectionsPerIP: String?
+    @Option(name: .customLong("trusted-proxies"), help: "CIDRs whose X-Forwarded-For is believed.")
+    var trustedProxies: String?
+
+    var flags: [String: String] {
+        let pairs: [(String, String?)] = [
+            ("token-secret", tokenSecret), ("token-jwks-file", tokenJWKSFile), ("token-jwks-url", tokenJWKSURL),
+            ("token-audience", tokenAudience), ("token-issuer", tokenIssuer), ("public-channels", publicChannels),
+            ("allowed-origins", allowedOrigins), ("jsonp", jsonp), ("create-checks", createChecks),
+            ("check-allowed-targets", checkAllowedTargets), ("rate-limit-creates", rateLimitCreates),
+            ("rate-limit-publishes", rateLimitPublishes), ("max-connections", maxConnections),
+            ("max-connections-per-ip", maxConnectionsPerIP), ("trusted-proxies", trustedProxies),
+        ]
+        return Dictionary(uniqueKeysWithValues: pairs.compactMap { name, value in value.map { (name, $0) } })
+    }
 }

@@ -83,10 +83,29 @@ def test_listing_needs_the_key_filters_and_pages_newest_first(api):
 
 def test_cancel_ends_a_processing_check_once(api):
     check = create(api, {"kind": "delay", "params": {"ms": 60000}}).json()
-    canceled = api.delete(f"/api/v1/checks/{check['id']}")
+    capability = {"Herald-Cancel-Token": check["cancel_token"]}
+    canceled = api.delete(f"/api/v1/checks/{check['id']}", headers=capability)
     assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
     assert canceled.json()["version"] == 2
-    assert_problem(api.delete(f"/api/v1/checks/{check['id']}"), 409, "already ended")
+    assert "cancel_token" not in canceled.json()
+    assert_problem(api.delete(f"/api/v1/checks/{check['id']}", headers=capability), 409, "already ended")
+
+
+def test_cancelling_needs_more_than_the_id(api):
+    """The id reads a check; cancelling it takes its cancel token (returned once, at create),
+    the server API key, or the token that created it."""
+    check = create(api, {"kind": "delay", "params": {"ms": 60000}}).json()
+    assert check["cancel_token"].startswith("hct_")
+    url = f"/api/v1/checks/{check['id']}"
+    assert_problem(api.delete(url), 401, "cancel token")
+    assert_problem(api.delete(url, headers={"Herald-Cancel-Token": "hct_not-this-one"}), 403)
+    assert api.get(url).json()["state"] == "processing"
+    assert "cancel_token" not in api.get(url).json()
+    by_query = api.delete(url, params={"cancel_token": check["cancel_token"]})
+    assert by_query.status_code == 200 and by_query.json()["state"] == "canceled"
+    other = create(api, {"kind": "delay", "params": {"ms": 60000}}).json()
+    by_key = api.delete(f"/api/v1/checks/{other['id']}", headers=AUTH)
+    assert by_key.status_code == 200 and by_key.json()["state"] == "canceled"
     events = api.get(f"/api/v1/checks/{check['id']}/events", params={"since": 0}).json()["events"]
     assert [e["type"] for e in events] == ["check.created", "check.canceled"]
 

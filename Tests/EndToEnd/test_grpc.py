@@ -238,9 +238,17 @@ def test_errors_are_status_codes_and_change_nothing(served):
 def test_cancel_check_and_failed_precondition_once_ended(served):
     herald, m, stub = served
     created = stub.CreateCheck(m.CreateCheckRequest(kind="external"))
-    canceled = stub.CancelCheck(m.CancelCheckRequest(id=created.id))
-    assert canceled.state == m.CHECK_STATE_CANCELED and canceled.error == "canceled by a client"
+    assert created.cancel_token.startswith("hct_")
     code, details = code_of(lambda: stub.CancelCheck(m.CancelCheckRequest(id=created.id)))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "cancel token" in details
+    code, _ = code_of(lambda: stub.CancelCheck(m.CancelCheckRequest(id=created.id, cancel_token="hct_wrong")))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    canceled = stub.CancelCheck(m.CancelCheckRequest(id=created.id, cancel_token=created.cancel_token))
+    assert canceled.state == m.CHECK_STATE_CANCELED and canceled.error == "canceled by a client"
+    assert canceled.cancel_token == ""
+    code, details = code_of(
+        lambda: stub.CancelCheck(m.CancelCheckRequest(id=created.id, cancel_token=created.cancel_token))
+    )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "already ended as canceled" in details
 
 

@@ -65,6 +65,12 @@ private func claims(in seconds: TimeInterval = 60, channels: [String]? = ["order
 }
 
 @Suite struct ServerKeysTests {
+    @Test func keysAreComparedInConstantTime() {
+        #expect(constantTimeEquals(Array("secret-key".utf8), Array("secret-key".utf8)))
+        #expect(!constantTimeEquals(Array("secret-key".utf8), Array("secret-kez".utf8)))
+        #expect(!constantTimeEquals(Array("short".utf8), Array("longer-key".utf8)))
+    }
+
     @Test func namedAndUnnamedKeysMatchByValue() {
         let keys = ServerKeys(list: "old=0123456789abcdef0123,new=fedcba9876543210fedc,plainkey-plainkey-x")!
         #expect(keys.match("0123456789abcdef0123") == "old")

@@ -212,7 +212,8 @@ extension Herald_V1_Herald {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Publishes an application event to a channel (server API key).
+        /// > Publishes an application event to a channel (server API key, or a client token whose
+        /// > publish claim grants the channel).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Herald_V1_PublishRequest` messages.
@@ -332,7 +333,8 @@ extension Herald_V1_Herald {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Publishes an application event to a channel (server API key).
+        /// > Publishes an application event to a channel (server API key, or a client token whose
+        /// > publish claim grants the channel).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Herald_V1_PublishRequest` message.
@@ -452,7 +454,8 @@ extension Herald_V1_Herald {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Publishes an application event to a channel (server API key).
+        /// > Publishes an application event to a channel (server API key, or a client token whose
+        /// > publish claim grants the channel).
         ///
         /// - Parameters:
         ///   - request: A `Herald_V1_PublishRequest` message.
@@ -816,7 +819,8 @@ extension Herald_V1_Herald {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Publishes an application event to a channel (server API key).
+        /// > Publishes an application event to a channel (server API key, or a client token whose
+        /// > publish claim grants the channel).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Herald_V1_PublishRequest` message.
@@ -1014,7 +1018,8 @@ extension Herald_V1_Herald {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Publishes an application event to a channel (server API key).
+        /// > Publishes an application event to a channel (server API key, or a client token whose
+        /// > publish claim grants the channel).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Herald_V1_PublishRequest` message.
@@ -1202,7 +1207,8 @@ extension Herald_V1_Herald.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Publishes an application event to a channel (server API key).
+    /// > Publishes an application event to a channel (server API key, or a client token whose
+    /// > publish claim grants the channel).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Herald_V1_PublishRequest` message.
@@ -1396,7 +1402,8 @@ extension Herald_V1_Herald.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Publishes an application event to a channel (server API key).
+    /// > Publishes an application event to a channel (server API key, or a client token whose
+    /// > publish claim grants the channel).
     ///
     /// - Parameters:
     ///   - message: request message to send.

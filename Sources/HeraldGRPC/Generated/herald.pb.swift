@@ -133,6 +133,10 @@ package nonisolated struct Herald_V1_Check: Sendable {
   /// Only in the answer to CreateCheck.
   package var callbackSecret: String = String()
 
+  /// Only in the answer to CreateCheck that created it: the capability CancelCheck takes
+  /// (as DELETE /api/v1/checks/{id} takes Herald-Cancel-Token).
+  package var cancelToken: String = String()
+
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
   package init() {}
@@ -191,6 +195,9 @@ package nonisolated struct Herald_V1_CancelCheckRequest: Sendable {
   // methods supported on all messages.
 
   package var id: String = String()
+
+  /// The check's cancel capability; not needed with the server API key or the creating token.
+  package var cancelToken: String = String()
 
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -417,7 +424,7 @@ nonisolated extension Herald_V1_CheckState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Herald_V1_Check: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".Check"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}kind\0\u{1}params\0\u{1}state\0\u{1}result\0\u{1}error\0\u{1}version\0\u{3}created_at\0\u{3}updated_at\0\u{3}completed_at\0\u{3}callback_url\0\u{3}callback_secret\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}kind\0\u{1}params\0\u{1}state\0\u{1}result\0\u{1}error\0\u{1}version\0\u{3}created_at\0\u{3}updated_at\0\u{3}completed_at\0\u{3}callback_url\0\u{3}callback_secret\0\u{3}cancel_token\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -437,6 +444,7 @@ nonisolated extension Herald_V1_Check: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 10: try { try decoder.decodeSingularMessageField(value: &self._completedAt) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.callbackURL) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.callbackSecret) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.cancelToken) }()
       default: break
       }
     }
@@ -483,6 +491,9 @@ nonisolated extension Herald_V1_Check: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if !self.callbackSecret.isEmpty {
       try visitor.visitSingularStringField(value: self.callbackSecret, fieldNumber: 12)
     }
+    if !self.cancelToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.cancelToken, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -499,6 +510,7 @@ nonisolated extension Herald_V1_Check: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs._completedAt != rhs._completedAt {return false}
     if lhs.callbackURL != rhs.callbackURL {return false}
     if lhs.callbackSecret != rhs.callbackSecret {return false}
+    if lhs.cancelToken != rhs.cancelToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -590,7 +602,7 @@ nonisolated extension Herald_V1_GetCheckRequest: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Herald_V1_CancelCheckRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".CancelCheckRequest"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}cancel_token\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -599,6 +611,7 @@ nonisolated extension Herald_V1_CancelCheckRequest: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cancelToken) }()
       default: break
       }
     }
@@ -608,11 +621,15 @@ nonisolated extension Herald_V1_CancelCheckRequest: SwiftProtobuf.Message, Swift
     if !self.id.isEmpty {
       try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
     }
+    if !self.cancelToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.cancelToken, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   package static func ==(lhs: Herald_V1_CancelCheckRequest, rhs: Herald_V1_CancelCheckRequest) -> Bool {
     if lhs.id != rhs.id {return false}
+    if lhs.cancelToken != rhs.cancelToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,17 +1,20 @@
 internal import Foundation
 internal import HTTPTypes
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHub
 internal import HeraldStore
 internal import Hummingbird
 
 extension HeraldAPI {
-    func registerChannels<Context: RequestContext>(on router: Router<Context>) {
+    func registerChannels<Context: RequestContext & RemoteAddressRequestContext>(on router: Router<Context>) {
         router.post("/api/v1/channels/{name}/events") { request, context in
-            try await publish(request, channel: try channelName(context))
+            try await publish(request, channel: try channelName(context), from: clientAddress(request, context))
         }
         router.get("/api/v1/channels/{name}/events") { request, context in
-            try await pollChannel(request, channel: try channelName(context))
+            let channel = try channelName(context)
+            let (_, expiry) = try await reader(request, of: channel)
+            return try await pollChannel(request, channel: channel, until: expiry)
         }
     }
 
@@ -24,39 +27,42 @@ extension HeraldAPI {
     }
 
     /// `POST /api/v1/channels/{name}/events`: an application publishes `{"type", "data"}`.
-    private func publish(_ request: Request, channel: ChannelName) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+    private func publish(_ request: Request, channel: ChannelName, from address: String?) async throws -> Response {
+        let principal = try await principal(request)
+        try access.authorizePublish(channel, by: principal)
+        try access.limits.take(.publishes, by: principal, address: address)
         try channel.requireApplicationChannel()
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         guard let members = body.objectValue else { throw HeraldError.invalid("the body must be a JSON object") }
         if let unknown = members.keys.sorted().first(where: { $0 != "type" && $0 != "data" }) {
             throw HeraldError.invalid("\(unknown) is not a known field (known: data, type)")
         }
-        guard case .string(let type)? = members["type"], Event.isValidType(type) else {
-            throw HeraldError.invalid(Event.typeRule)
-        }
-        let event = try await store.append(
+        guard case .string(let type)? = members["type"] else { throw HeraldError.invalid(Event.typeRule) }
+        let event = try await ChannelPublisher(store: store, hub: hub).publish(
             type: type,
-            data: (members["data"] ?? .null).jsonText,
-            to: channel,
-            at: .now()
+            data: members["data"] ?? .null,
+            to: channel
         )
-        hub.publish(event)
         return jsonResponse(.created, event.json)
     }
 
-    /// Polls, or with `wait` long-polls, a channel for the events after `since`.
-    func pollChannel(_ request: Request, channel: ChannelName, check: Check? = nil) async throws -> Response {
+    /// Polls, or with `wait` long-polls, a channel for the events after `since`; or streams it.
+    /// The reader was authorized; a stream ends at `expiry`, when its token does.
+    func pollChannel(
+        _ request: Request,
+        channel: ChannelName,
+        check: Check? = nil,
+        until expiry: ContinuousClock.Instant? = nil
+    ) async throws -> Response {
         if let format = try StreamFormat(request.query("format"), accept: request.headers[.accept]) {
-            if check == nil, let id = channel.checkID {
-                return try await stream(request, format: format, channel: channel, check: try await store.check(id))
-            }
-            return try await stream(request, format: format, channel: channel, check: check)
+            var check = check
+            if check == nil, let id = channel.checkID { check = try await store.check(id) }
+            return try await stream(request, format: format, channel: channel, check: check, until: expiry)
         }
         // A stream's options are refused on polls too (a stream checks them itself), so whether
         // a request is refused does not depend on its format.
         _ = try (request.welcome(), request.frameTag(), request.heartbeat(cap: configuration.heartbeat))
-        let callback = try request.jsonpCallback()
+        let callback = try request.jsonpCallback(enabled: configuration.jsonp)
         let wait = try request.waitDuration(cap: configuration.maxWait)
         let (since, epoch) = try request.position()
         let limit = configuration.maxEventsPerPoll

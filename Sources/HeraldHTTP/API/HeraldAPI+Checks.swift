@@ -1,5 +1,6 @@
 internal import Foundation
 internal import HTTPTypes
+internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHub
 internal import HeraldRunner
@@ -7,11 +8,15 @@ internal import HeraldStore
 internal import Hummingbird
 
 extension HeraldAPI {
-    func registerChecks<Context: RequestContext>(on router: Router<Context>) {
-        router.post("/api/v1/checks") { request, _ in try await createCheck(request) }
+    func registerChecks<Context: RequestContext & RemoteAddressRequestContext>(on router: Router<Context>) {
+        router.post("/api/v1/checks") { request, context in
+            try await createCheck(request, from: clientAddress(request, context))
+        }
         router.get("/api/v1/checks") { request, _ in try await listChecks(request) }
         router.get("/api/v1/checks/{id}") { request, context in
-            try await getCheck(request, id: try checkID(context))
+            let id = try checkID(context)
+            _ = try await reader(request, of: id.channel)
+            return try await getCheck(request, id: id)
         }
         router.delete("/api/v1/checks/{id}") { request, context in
             try await cancelCheck(request, id: try checkID(context))
@@ -21,6 +26,7 @@ extension HeraldAPI {
         }
         router.get("/api/v1/checks/{id}/events") { request, context in
             let id = try checkID(context)
+            _ = try await reader(request, of: id.channel)
             guard let check = try await store.check(id) else { throw HeraldError.notFound("no check with id \(id)") }
             return try await pollChannel(request, channel: id.channel, check: check)
         }
@@ -34,34 +40,32 @@ extension HeraldAPI {
 
     // MARK: Create
 
-    private func createCheck(_ request: Request) async throws -> Response {
+    private func createCheck(_ request: Request, from address: String?) async throws -> Response {
+        let principal = try await principal(request)
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         let spec = try CheckSpec.validate(body)
+        try access.authorizeCreate(spec, by: principal)
+        try access.limits.take(.creates, by: principal, address: address)
         let idempotency = try request.headers[.idempotencyKey].map { key throws(HeraldError) in
             try IdempotencyKey(validating: key, field: "Idempotency-Key", body: body)
         }
-        let creation = try await checks.create(spec, idempotency: idempotency)
+        let (owner, cancelToken) = access.owner(for: principal)
+        let creation = try await checks.create(spec, idempotency: idempotency, owner: owner)
         var headers = HTTPFields()
         headers[.location] = "/api/v1/checks/\(creation.check.id)"
         headers[.eTag] = "\"\(creation.check.version)\""
         if !creation.isNew { headers[.idempotentReplayed] = "true" }
-        return jsonResponse(.accepted, createdJSON(creation.check), headers: headers)
-    }
-
-    /// The create answer: the check, plus its callback secret, which is never shown again.
-    private func createdJSON(_ check: Check) -> String {
-        guard let secret = check.spec.callbackSecret else { return check.json }
-        var json = check.json
-        json.removeLast()
-        var writer = JSONWriter()
-        writer.string("callback_secret", secret)
-        return json + "," + writer.result.dropFirst()
+        return jsonResponse(
+            .accepted,
+            creation.check.createdJSON(cancelToken: creation.isNew ? cancelToken : nil),
+            headers: headers
+        )
     }
 
     // MARK: Read: polling and long polling
 
     private func getCheck(_ request: Request, id: CheckID) async throws -> Response {
-        let callback = try request.jsonpCallback()
+        let callback = try request.jsonpCallback(enabled: configuration.jsonp)
         let wait = try request.waitDuration(cap: configuration.maxWait)
         let knownVersion = request.headers[.ifNoneMatch].flatMap(Self.version(fromETag:))
         var check = try await requireCheck(id)
@@ -110,7 +114,7 @@ extension HeraldAPI {
     // MARK: List
 
     private func listChecks(_ request: Request) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         var query = CheckQuery()
         if let state = request.query("state") {
             guard let value = CheckState(rawValue: state) else {
@@ -136,12 +140,15 @@ extension HeraldAPI {
     // MARK: End
 
     private func cancelCheck(_ request: Request, id: CheckID) async throws -> Response {
+        let principal = try await principal(request)
+        let capability = request.headers[.heraldCancelToken] ?? request.query("cancel_token")
+        try access.authorizeCancel(try await requireCheck(id), by: principal, capability: capability)
         let check = try await checks.cancel(id)
         return jsonResponse(.ok, check.json, headers: [.eTag: "\"\(check.version)\""])
     }
 
     private func completeCheck(_ request: Request, id: CheckID) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         guard let members = body.objectValue else { throw HeraldError.invalid("the body must be a JSON object") }
         if let unknown = members.keys.sorted().first(where: { !["state", "result", "error"].contains($0) }) {

@@ -8,16 +8,16 @@ extension HeraldAPI {
     /// REST-hooks at `/api/v1/subscription/` and the delivery log at `/api/v1/deliveries`;
     /// every route needs the server API key. The router ignores a trailing slash, so each
     /// route answers with and without one.
-    func registerWebhooks<Context: RequestContext>(on router: Router<Context>) {
+    func registerWebhooks<Context: RequestContext & RemoteAddressRequestContext>(on router: Router<Context>) {
         router.get("/api/v1/subscription") { request, _ in try await listSubscriptions(request) }
         router.post("/api/v1/subscription") { request, _ in try await createSubscription(request) }
         router.get("/api/v1/subscription/{id}") { request, context in
-            try request.requireServerKey(configuration.apiKey)
+            try await requireServer(request)
             return jsonResponse(.ok, try await existingSubscription(context).json())
         }
         router.put("/api/v1/subscription/{id}") { request, context in try await updateSubscription(request, context) }
         router.delete("/api/v1/subscription/{id}") { request, context in
-            try request.requireServerKey(configuration.apiKey)
+            try await requireServer(request)
             let id = context.parameters.get("id") ?? ""
             guard try await store.deleteSubscription(id, at: .now()) else {
                 throw HeraldError.notFound("no subscription with id \(id)")
@@ -32,7 +32,7 @@ extension HeraldAPI {
         }
         router.get("/api/v1/deliveries") { request, _ in try await listDeliveries(request) }
         router.get("/api/v1/deliveries/{id}") { request, context in
-            try request.requireServerKey(configuration.apiKey)
+            try await requireServer(request)
             let id = context.parameters.get("id") ?? ""
             guard let (delivery, attempts) = try await store.delivery(id) else {
                 throw HeraldError.notFound("no delivery with id \(id)")
@@ -40,7 +40,7 @@ extension HeraldAPI {
             return jsonResponse(.ok, delivery.json(attempts: attempts))
         }
         router.post("/api/v1/deliveries/{id}/retry") { request, context in
-            try request.requireServerKey(configuration.apiKey)
+            try await requireServer(request)
             let id = context.parameters.get("id") ?? ""
             guard let delivery = try await store.retryDelivery(id, at: .now()) else {
                 throw HeraldError.notFound("no delivery with id \(id)")
@@ -58,7 +58,7 @@ extension HeraldAPI {
     }
 
     private func listSubscriptions(_ request: Request) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let page = try await store.subscriptions(limit: try pageLimit(request), cursor: request.pageCursor)
         var writer = JSONWriter()
         writer.raw("subscriptions", jsonArray(page.items.lazy.map { $0.json() }))
@@ -67,7 +67,7 @@ extension HeraldAPI {
     }
 
     private func createSubscription(_ request: Request) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let fields = try await subscriptionFields(request)
         let subscription = Subscription(
             id: "sub_" + randomToken(bytes: 12),
@@ -85,7 +85,7 @@ extension HeraldAPI {
     }
 
     private func updateSubscription(_ request: Request, _ context: some RequestContext) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let id = context.parameters.get("id") ?? ""
         let fields = try await subscriptionFields(request)
         guard
@@ -105,7 +105,7 @@ extension HeraldAPI {
     /// the old one keeps signing beside it for `overlap` seconds (default
     /// `webhook-secret-overlap`, 0 ends it at once). The answer shows the new secret, once.
     private func rotateSecret(_ request: Request, _ context: some RequestContext) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes, emptyAs: .object([:]))
         guard let members = body.objectValue else {
             throw HeraldError.invalid("the body must be a JSON object, not \(body.typeName)")
@@ -165,7 +165,7 @@ extension HeraldAPI {
     }
 
     private func replay(_ request: Request, _ context: some RequestContext) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         guard case .string(let text)? = body.objectValue?["since"], let since = Timestamp(rfc3339: text) else {
             throw HeraldError.invalid("since is required: an RFC 3339 time")
@@ -178,7 +178,7 @@ extension HeraldAPI {
     }
 
     private func listDeliveries(_ request: Request) async throws -> Response {
-        try request.requireServerKey(configuration.apiKey)
+        try await requireServer(request)
         var query = DeliveryQuery(limit: try pageLimit(request), cursor: request.pageCursor)
         query.subscriptionID = request.query("subscription_id")
         query.checkID = request.query("check_id")

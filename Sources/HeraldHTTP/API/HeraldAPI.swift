@@ -1,3 +1,4 @@
+package import HeraldAccess
 internal import HeraldCore
 package import HeraldHub
 package import HeraldRunner
@@ -14,6 +15,7 @@ package struct HeraldAPI: Sendable {
     let store: any Store
     let hub: Hub
     let checks: CheckService
+    let access: Access
     let configuration: HTTPConfiguration
     let logger: Logger
 
@@ -21,18 +23,21 @@ package struct HeraldAPI: Sendable {
         store: any Store,
         hub: Hub,
         checks: CheckService,
+        access: Access,
         configuration: HTTPConfiguration,
         logger: Logger
     ) {
         self.store = store
         self.hub = hub
         self.checks = checks
+        self.access = access
         self.configuration = configuration
         self.logger = logger
     }
 
     /// Adds every API route under `/api/v1` and the health routes to `router`.
-    package func register<Context: RequestContext>(on router: Router<Context>) {
+    package func register<Context: RequestContext & RemoteAddressRequestContext>(on router: Router<Context>) {
+        router.add(middleware: CrossOrigin(allowed: configuration.allowedOrigins))
         router.add(middleware: ProblemMiddleware(logger: logger))
         registerChecks(on: router)
         registerChannels(on: router)

@@ -1,6 +1,6 @@
 internal import Foundation
 internal import HTTPTypes
-package import HeraldCore
+internal import HeraldCore
 internal import Hummingbird
 internal import NIOCore
 
@@ -39,15 +39,6 @@ extension Request {
         } catch {
             throw HeraldError.malformed("the body is not valid JSON: \(error)")
         }
-    }
-
-    /// Requires `Authorization: Bearer <key>` with the server API key.
-    func requireServerKey(_ key: String) throws(HeraldError) {
-        try requireBearer(
-            headers[.authorization],
-            key: key,
-            missing: "this route needs the server API key: Authorization: Bearer <key>"
-        )
     }
 
     /// A query parameter, or `nil` when absent.
@@ -93,9 +84,11 @@ extension Request {
     }
 
     /// The JSONP callback name, validated, or `nil` when none was asked for.
-    /// - Throws: `.malformed` (400) when the name is not a safe JavaScript identifier path.
-    func jsonpCallback() throws(HeraldError) -> String? {
+    /// - Throws: `.malformed` (400) when the name is not a safe JavaScript identifier path,
+    ///   `.forbidden` (403) when JSONP is turned off (`jsonp: false`).
+    func jsonpCallback(enabled: Bool) throws(HeraldError) -> String? {
         guard let name = query("callback") else { return nil }
+        guard enabled else { throw HeraldError(.forbidden, "JSONP is turned off on this server (jsonp: false)") }
         let bytes = Array(name.utf8)
         func isStart(_ byte: UInt8) -> Bool {
             (65...90).contains(byte) || (97...122).contains(byte) || byte == UInt8(ascii: "_")
@@ -151,23 +144,6 @@ func decimalSeconds(_ text: String) -> Double? {
         let value = Double(text), value.isFinite
     else { return nil }
     return value
-}
-
-/// Requires `value` (an `Authorization` header or metadata) to be `Bearer <key>`.
-/// - Throws: `.unauthorized` with `missing` when there is no bearer value, or when the key differs.
-package func requireBearer(_ value: String?, key: String, missing: String) throws(HeraldError) {
-    guard let value, value.lowercased().hasPrefix("bearer ") else { throw .unauthorized(missing) }
-    guard constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(key.utf8)) else {
-        throw .unauthorized("the API key is not valid")
-    }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
-    guard lhs.count == rhs.count else { return false }
-    var difference: UInt8 = 0
-    for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
-    return difference == 0
 }
 
 /// A JSON answer, or a JSONP one when `callback` is given.

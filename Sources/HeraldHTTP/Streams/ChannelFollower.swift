@@ -28,6 +28,9 @@ package struct ChannelFollower: Sendable {
         case slowConsumer
         /// Shutdown or cancellation.
         case ended
+        /// The credential the stream was opened with expired (`until` passed); the client
+        /// comes back with a fresh one from `last`.
+        case expired
     }
 
     package let store: any Store
@@ -50,13 +53,17 @@ package struct ChannelFollower: Sendable {
     /// started a new epoch under a live stream), a `.reset` with what is still kept comes
     /// first, and following goes on from there.
     ///
-    /// - Parameter onStart: called once subscribed and the position is resolved, with the
-    ///   channel's epoch, before any item (a WebSocket answers `subscribed` there).
+    /// - Parameters:
+    ///   - until: when the reader's credential expires: following ends there with `.expired`
+    ///     (checked between deliveries, so within a heartbeat of the instant at the latest).
+    ///   - onStart: called once subscribed and the position is resolved, with the channel's
+    ///     epoch, before any item (a WebSocket answers `subscribed` there).
     /// - Returns: why it stopped, and the last offset emitted.
     package func follow(
         _ channel: ChannelName,
         after position: Offset?,
         epoch: Epoch?,
+        until expiry: ContinuousClock.Instant? = nil,
         onStart: (EventRead) async throws -> Void = { _ in },
         emit: (Item) async throws -> Void
     ) async throws -> (end: End, last: Offset) {
@@ -79,7 +86,13 @@ package struct ChannelFollower: Sendable {
             try await emit(.events(cursor.take(read.events.map(EncodedEvent.init))))
             if read.events.count == pageSize { try await catchUp(channel, &cursor, emit: emit) }
             while !cursor.isEnded {
-                switch await subscription.next(heartbeat: heartbeat) {
+                var wait = heartbeat
+                if let expiry {
+                    let left = expiry - .now
+                    if left <= .zero { return (.expired, cursor.last) }
+                    wait = min(wait, left)
+                }
+                switch await subscription.next(heartbeat: wait) {
                 case .events(let batch):
                     var out: [EncodedEvent] = []
                     for encoded in batch where !cursor.isEnded {
@@ -96,6 +109,7 @@ package struct ChannelFollower: Sendable {
                     }
                     if !out.isEmpty { try await emit(.events(out)) }
                 case .heartbeat:
+                    if let expiry, expiry <= .now { return (.expired, cursor.last) }
                     try await emit(.heartbeat)
                 case .slowConsumer:
                     return (.slowConsumer, cursor.last)

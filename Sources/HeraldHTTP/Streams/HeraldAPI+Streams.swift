@@ -29,8 +29,16 @@ extension HeraldAPI {
     /// its `parent.heraldEvent(event, tag)` calls. `heartbeat=S` asks for heartbeats at least
     /// every S seconds (1 or more; the server's own interval is the most), for paths whose
     /// proxies cut idle connections sooner.
-    func stream(_ request: Request, format: StreamFormat, channel: ChannelName, check: Check?) async throws -> Response
-    {
+    ///
+    /// At `expiry` (the reader's token expired) the stream sends a `herald.expired` message
+    /// with its position and ends; the client comes back with a fresh token from there.
+    func stream(
+        _ request: Request,
+        format: StreamFormat,
+        channel: ChannelName,
+        check: Check?,
+        until expiry: ContinuousClock.Instant?
+    ) async throws -> Response {
         let framing = StreamFraming(
             format: format,
             announces: try request.welcome(),
@@ -66,11 +74,14 @@ extension HeraldAPI {
             headers: format.headers,
             body: ResponseBody { writer in
                 try await writer.write(ByteBuffer(string: format.preamble))
-                _ = try await follower.follow(
+                var epoch = positionEpoch
+                let (end, last) = try await follower.follow(
                     channel,
                     after: position,
                     epoch: positionEpoch,
+                    until: expiry,
                     onStart: { read in
+                        epoch = read.epoch
                         guard framing.announces else { return }
                         try await writer.write(
                             ByteBuffer(
@@ -82,13 +93,24 @@ extension HeraldAPI {
                     let bytes: ByteBuffer
                     switch item {
                     case .reset(let read, _):
+                        epoch = read.epoch
                         bytes = ByteBuffer(
                             string: framing.marker(read.resetJSON(channel: channel), type: "herald.reset")
                         )
-                    case .events(let events): bytes = framing.encode(events)
+                    case .events(let events):
+                        epoch = events.last?.event.epoch ?? epoch
+                        bytes = framing.encode(events)
                     case .heartbeat: bytes = ByteBuffer(string: framing.heartbeat(channel: channel))
                     }
                     if bytes.readableBytes > 0 { try await writer.write(bytes) }
+                }
+                if end == .expired {
+                    var json = JSONWriter()
+                    json.string("type", "herald.expired")
+                    json.string("channel", channel.rawValue)
+                    json.string("epoch", epoch?.rawValue)
+                    json.int("last", last)
+                    try await writer.write(ByteBuffer(string: framing.marker(json.result, type: "herald.expired")))
                 }
                 if !format.epilogue.isEmpty { try await writer.write(ByteBuffer(string: format.epilogue)) }
                 try await writer.finish(nil)

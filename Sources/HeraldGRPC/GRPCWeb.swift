@@ -75,13 +75,23 @@ package final class GRPCWebTransport: ServerTransport {
     }
 
     /// Adds the gRPC-Web route to `router`.
-    package func register<Context: RequestContext>(on router: Router<Context>) {
+    package func register<Context: RequestContext & RemoteAddressRequestContext>(on router: Router<Context>) {
         router.post(RouterPath(Self.routePath)) { request, context in
-            try await self.respond(to: request, method: context.parameters.get("method") ?? "")
+            // The peer as gRPC names it, so the service counts rate limits by address.
+            let peer = context.remoteAddress.flatMap { address in
+                address.ipAddress.map { ip in
+                    address.protocol == .inet6 ? "ipv6:[\(ip)]:\(address.port ?? 0)" : "ipv4:\(ip):\(address.port ?? 0)"
+                }
+            }
+            return try await self.respond(
+                to: request,
+                method: context.parameters.get("method") ?? "",
+                peer: peer ?? "grpc-web"
+            )
         }
     }
 
-    private func respond(to request: Request, method: String) async throws -> Response {
+    private func respond(to request: Request, method: String, peer: String) async throws -> Response {
         let type = request.headers[.contentType]?.split(separator: ";").first?
             .trimmingCharacters(in: .whitespaces).lowercased()
         let isText: Bool
@@ -137,7 +147,7 @@ package final class GRPCWebTransport: ServerTransport {
                 try await withServerContextRPCCancellationHandle { handle in
                     let context = ServerContext(
                         descriptor: descriptor,
-                        remotePeer: "grpc-web",
+                        remotePeer: peer,
                         localPeer: "grpc-web",
                         cancellation: handle
                     )

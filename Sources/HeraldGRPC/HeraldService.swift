@@ -79,7 +79,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
             }
             let spec = try CheckSpec.validate(body)
             try access.authorizeCreate(spec, by: principal)
-            try access.limits.take(.creates, by: principal, address: Self.address(of: context))
+            try access.limits.take(.creates, by: principal, address: clientAddress(context, request.metadata))
             let key = request.message.idempotencyKey
             let idempotency =
                 key.isEmpty ? nil : try IdempotencyKey(validating: key, field: "idempotency_key", body: body)
@@ -179,7 +179,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                 throw HeraldError.invalid(ChannelName.rule)
             }
             try access.authorizePublish(channel, by: principal)
-            try access.limits.take(.publishes, by: principal, address: Self.address(of: context))
+            try access.limits.take(.publishes, by: principal, address: clientAddress(context, request.metadata))
             var data = JSONValue.null
             if !message.dataJson.isEmpty {
                 guard message.dataJson.utf8.count <= configuration.maxDataBytes else {
@@ -310,12 +310,16 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         return id
     }
 
-    /// The client's address from the call's peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`).
-    static func address(of context: ServerContext) -> String? {
+    /// The client's address: the call's peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`), or
+    /// behind a trusted proxy the one its `x-forwarded-for` names.
+    func clientAddress(_ context: ServerContext, _ metadata: Metadata) -> String? {
         let peer = context.remotePeer
         guard let colon = peer.firstIndex(of: ":"), let last = peer.lastIndex(of: ":"), colon < last else { return nil }
         let host = peer[peer.index(after: colon)..<last]
-        return String(host.hasPrefix("[") && host.hasSuffix("]") ? host.dropFirst().dropLast() : host)
+        return access.limits.addresses.client(
+            peer: String(host.hasPrefix("[") && host.hasSuffix("]") ? host.dropFirst().dropLast() : host),
+            forwardedFor: metadata[stringValues: "x-forwarded-for"].first(where: { _ in true })
+        )
     }
 
     /// Who a call's metadata `authorization: Bearer <key or token>` stands for.

@@ -491,3 +491,31 @@ def test_connection_attempts_are_rate_limited_per_address(make_herald):
     assert codes[:2] == [200, 200] and 429 in codes[2:]
     with from_address(herald, "127.0.0.7") as client:
         assert client.get("/healthz").status_code == 200
+
+
+def test_grpc_web_takes_the_token_as_a_header(served, pb):
+    m, _ = pb
+    check_id = "A" * 22
+    message = m.GetCheckRequest(id=check_id).SerializeToString()
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+
+    def status(extra):
+        with served.client() as api:
+            answer = api.post("/herald.v1.Herald/GetCheck", content=frame, headers={**headers, **extra})
+        text = answer.headers.get("grpc-status") or answer.content.decode("latin-1")
+        return text
+
+    assert "grpc-status: 16" in status(bearer(token(seconds=-10))) or status(bearer(token(seconds=-10))) == "16"
+    not_found = status(bearer(token()))
+    assert "grpc-status: 5" in not_found or not_found == "5"
+
+
+def test_a_held_long_poll_never_outlives_its_token(served):
+    with served.client() as api:
+        head = api.get("/api/v1/channels/orders/events", headers=AUTH).json()["next"]
+        started = time.monotonic()
+        answer = api.get("/api/v1/channels/orders/events", params={"since": head, "wait": 20},
+                         headers=bearer(token(seconds=2)))
+        assert answer.status_code == 200 and answer.json()["events"] == []
+        assert time.monotonic() - started < 10

@@ -80,7 +80,8 @@ extension HeraldAPI {
         if wait > .zero && read.recovered && read.events.isEmpty {
             // "From now" becomes a fixed position, so an event published while we wait is not skipped.
             let position = since ?? read.next
-            let deadline = ContinuousClock.now.advanced(by: wait)
+            // A held poll never outlives the token that opened it.
+            let deadline = min(ContinuousClock.now.advanced(by: wait), expiry ?? .now.advanced(by: wait))
             let answer = try await heldPoll {
                 try await hub.wait(on: channel, until: deadline) { woke -> String? in
                     // The usual case: the event that woke us is the next one; its answer is shared.

@@ -519,3 +519,58 @@ def test_a_held_long_poll_never_outlives_its_token(served):
                          headers=bearer(token(seconds=2)))
         assert answer.status_code == 200 and answer.json()["events"] == []
         assert time.monotonic() - started < 10
+
+
+def test_keys_from_a_jwks_url_are_fetched_once_and_again_for_a_new_kid(make_herald):
+    import http.server
+    import threading
+
+    keys = {"current": [EC_KEY]}
+    fetches = []
+
+    def jwks():
+        out = []
+        for index, key in enumerate(keys["current"]):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+            jwk.update(kid=f"k{index}", alg="ES256")
+            out.append(jwk)
+        return json.dumps({"keys": out}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            fetches.append(self.path)
+            body = jwks()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        herald = make_herald(config={"token-jwks-url": f"http://127.0.0.1:{server.server_port}/jwks.json"})
+
+        def signed(key, kid):
+            claims = {"exp": int(time.time()) + 60, "channels": ["orders"]}
+            return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+
+        with herald.client() as api:
+            url = "/api/v1/channels/orders/events"
+            for _ in range(3):
+                assert api.get(url, headers=bearer(signed(EC_KEY, "k0"))).status_code == 200
+            assert len(fetches) == 1
+            # The issuer adds a key: a token with its kid makes Herald fetch again.
+            rotated = ec.generate_private_key(ec.SECP256R1())
+            keys["current"] = [EC_KEY, rotated]
+            assert api.get(url, headers=bearer(signed(rotated, "k1"))).status_code == 200
+            assert len(fetches) == 2
+            # Made-up kids cost the issuer at most one fetch per interval, not one per token.
+            for n in range(5):
+                assert api.get(url, headers=bearer(signed(rotated, f"nope{n}"))).status_code == 401
+            assert len(fetches) == 2
+    finally:
+        server.shutdown()

@@ -84,16 +84,18 @@ package struct Access: Sendable {
     }
 
     /// The principal a bearer credential stands for (nil or empty: anonymous).
-    /// - Throws: `.tokenInvalid`/`.tokenExpired` for a token that does not verify, and
-    ///   `.unauthorized` for a bearer that is neither a key nor shaped like a token.
+    /// - Throws: `.tokenInvalid`/`.tokenExpired` for a token that does not verify (or, with
+    ///   tokens on, a bearer that is neither a key nor a JWT), and `.unauthorized` for a
+    ///   bearer that is not a key when tokens are off.
     package func authenticate(_ bearer: String?) async throws(HeraldError) -> Principal {
         guard let bearer, !bearer.isEmpty else { return .anonymous }
         if let name = keys.match(bearer) { return .server(key: name) }
         let isTokenShaped = bearer.utf8.count(where: { $0 == UInt8(ascii: ".") }) == 2
-        guard isTokenShaped else { throw .unauthorized("the API key is not valid") }
         guard let verifier else {
+            guard isTokenShaped else { throw .unauthorized("the API key is not valid") }
             throw .tokenInvalid("client tokens are not enabled on this server (no token-secret or token-jwks-file)")
         }
+        guard isTokenShaped else { throw .tokenInvalid("the bearer is neither a server API key nor a token (JWT)") }
         return .client(try await verifier.verify(bearer))
     }
 

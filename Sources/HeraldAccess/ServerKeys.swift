@@ -16,8 +16,10 @@ package struct ServerKeys: Sendable {
             let text = String(item).trimmingCharacters(in: " \t")
             var name = "key\(index + 1)"
             var key = text
+            // `name=key` when what follows `=` could be a key; else the whole text is one
+            // (base64 padding is not a name).
             if let equals = text.firstIndex(of: "="), equals != text.startIndex,
-                text[..<equals].utf8.allSatisfy(Self.isNameByte), text.index(after: equals) != text.endIndex
+                text[..<equals].utf8.allSatisfy(Self.isNameByte), text[text.index(after: equals)...].utf8.count >= 8
             {
                 name = String(text[..<equals])
                 key = String(text[text.index(after: equals)...])

@@ -14,8 +14,10 @@ package struct ClientGrant: Sendable, Hashable {
     package var checks: Bool
     /// `admin: true`: the client may read what the server API key reads (the dashboard).
     package var admin: Bool
-    /// `exp`.
+    /// When what the token opened ends: its `exp` plus the leeway.
     package var expires: Timestamp
+    /// The token's own `exp`, as a client is told it.
+    package var exp: Timestamp
 
     package init(
         subject: String? = nil,
@@ -23,8 +25,10 @@ package struct ClientGrant: Sendable, Hashable {
         publish: PatternSet = .init(),
         checks: Bool = false,
         admin: Bool = false,
-        expires: Timestamp
+        expires: Timestamp,
+        exp: Timestamp? = nil
     ) {
+        self.exp = exp ?? expires
         self.subject = subject
         self.channels = channels
         self.publish = publish
@@ -143,7 +147,8 @@ package struct TokenVerifier: Sendable {
             publish: try patterns(claims.publish, "publish"),
             checks: claims.checks ?? false,
             admin: claims.admin ?? false,
-            expires: Timestamp(millisecondsSince1970: expires.millisecondsSince1970 + skew)
+            expires: Timestamp(millisecondsSince1970: expires.millisecondsSince1970 + skew),
+            exp: expires
         )
     }
 
@@ -159,13 +164,14 @@ package struct TokenVerifier: Sendable {
             }
             return try await keys.verify(token, as: ClientClaims.self)
         }
-        if let jwks, jwks.knows(header.kid) || remote == nil {
-            return try await jwks.keys.verify(token, as: ClientClaims.self)
-        }
+        if let jwks, jwks.knows(header.kid) { return try await jwks.keys.verify(token, as: ClientClaims.self) }
         if let remote { return try await remote.verify(token, kid: header.kid) }
-        throw HeraldError.tokenInvalid(
-            "\(algorithm) tokens are not accepted here (no token-jwks-file or token-jwks-url)"
-        )
+        guard jwks != nil else {
+            throw HeraldError.tokenInvalid(
+                "\(algorithm) tokens are not accepted here (no token-jwks-file or token-jwks-url)"
+            )
+        }
+        throw HeraldError.tokenInvalid("no key of token-jwks-file has the token's kid")
     }
 
     private static func reason(_ error: JWTError) -> String {
@@ -197,7 +203,8 @@ struct ClientClaims: JWTPayload {
 }
 
 /// Public keys from a JWKS document, and the `kid`s it holds (jwt-kit falls back to its
-/// default key for an unknown `kid`, which would hide that the key is missing).
+/// default key for an unknown `kid`, which would hide that the key is missing). A token
+/// without a `kid` is taken only when the set holds a single key.
 struct KeySet: Sendable {
     let keys: JWTKeyCollection
     let kids: Set<String>

@@ -204,7 +204,7 @@ final class SubscribeSession: Sendable {
         } catch let error as HeraldError {
             // Only while it is still the current subscription, as every answer: an `unsubscribe`
             // that removed it first answers the subscribe itself (`canceled`).
-            let code = error.code == .internal ? "internal" : error.code.rawValue
+            let code = error.code == .internal ? "internal" : error.code.opCode
             try? await send(Self.refusal(code, error.message, requestID), of: channel, id: id)
         } catch {
             if !Task.isCancelled {

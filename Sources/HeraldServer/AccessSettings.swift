@@ -33,7 +33,7 @@ package struct AccessSettings: Sendable {
 
     /// Whether `host` is a loopback address: only this machine's clients reach it.
     static func isLoopback(_ host: String) -> Bool {
-        ["::1", "localhost"].contains(host) || host.hasPrefix("127.")
+        ["::1", "[::1]", "localhost"].contains(host) || host.hasPrefix("127.")
     }
 
     /// The rate limits in force: as set; unset ones are off on a loopback address and, on a

@@ -78,8 +78,12 @@ package enum ConfigurationLoader {
         Setting(name: "token-jwks-url", help: "HTTPS URL of a JWKS, fetched and cached") {
             c,
             v throws(ConfigurationError) in
-            guard let url = URLComponents(string: v), url.scheme == "https" || url.scheme == "http", url.host != nil
-            else { throw ConfigurationError(message: "token-jwks-url must be an https:// URL") }
+            // http:// only to this machine (a local issuer, tests): keys never cross a network in the clear.
+            guard let url = URLComponents(string: v), let host = url.host,
+                url.scheme == "https" || (url.scheme == "http" && AccessSettings.isLoopback(host))
+            else {
+                throw ConfigurationError(message: "token-jwks-url must be an https:// URL (http:// only to loopback)")
+            }
             c.access.jwksURL = v
         },
         Setting(name: "token-audience", help: "required aud of client tokens") { c, v throws(ConfigurationError) in
@@ -323,7 +327,8 @@ package enum ConfigurationLoader {
         Setting(name: "ws-allowed-origins", help: "origins allowed to open a WebSocket, comma-separated") {
             c,
             v throws(ConfigurationError) in
-            c.webSocket.allowedOrigins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            let origins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
         },
         Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
             guard let value = SQLiteStore.Durability(rawValue: v) else {
@@ -407,6 +412,7 @@ package enum ConfigurationLoader {
             switch value {
             case .string(let text): values[key] = text
             case .int(let number): values[key] = String(number)
+            case .double(let number): values[key] = String(number)
             case .bool(let flag): values[key] = String(flag)
             case .array(let items):
                 values[key] = items.map { item in if case .int(let n) = item { String(n) } else { "?" } }

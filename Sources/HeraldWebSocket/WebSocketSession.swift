@@ -253,8 +253,8 @@ final class WebSocketSession: Sendable {
             return
         }
         adopt(principal)
-        if let expires = principal.expires {
-            send(ServerFrame.authed(expires: expires, subject: principal.subject, id: id))
+        if case .client(let grant) = principal {
+            send(ServerFrame.authed(expires: grant.exp, subject: grant.subject, id: id))
         } else {
             send(ServerFrame.simple("authed", id: id))
         }

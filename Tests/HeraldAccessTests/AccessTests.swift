@@ -82,6 +82,7 @@ private func claims(in seconds: TimeInterval = 60, channels: [String]? = ["order
         #expect(ServerKeys(list: "") == nil)
         // Base64 padding is not mistaken for a name.
         #expect(ServerKeys(list: "abcdefghijklmnopqrstuvw=")?.match("abcdefghijklmnopqrstuvw=") == "key1")
+        #expect(ServerKeys(list: "abcdefgh==")?.match("abcdefgh==") == "key1")
     }
 }
 

@@ -10,10 +10,14 @@ extension HTTPField.Name {
 
 extension Request {
     /// The credential a request carries: `Authorization: Bearer <key or token>`, or
-    /// `?access_token=<token>` for clients that cannot set headers (EventSource, JSONP, iframes).
+    /// `?access_token=<token>` on a GET, for clients that cannot set headers (EventSource,
+    /// JSONP, iframes).
     /// Neither is ever logged.
     package var bearer: String? {
-        Access.credential(authorization: headers[.authorization]) ?? uri.queryParameters.get("access_token")
+        if let credential = Access.credential(authorization: headers[.authorization]) { return credential }
+        // Only reads take it from the query: a link or a form must not publish or create.
+        guard method == .get || method == .head else { return nil }
+        return uri.queryParameters.get("access_token")
     }
 }
 

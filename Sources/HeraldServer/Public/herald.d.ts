@@ -27,6 +27,8 @@ export interface Check {
   created_at: string;
   updated_at: string;
   completed_at: string | null;
+  /** The cancel capability: in the create answer only (and on what createCheck resolves with). */
+  cancel_token?: string;
   [field: string]: unknown;
 }
 
@@ -45,7 +47,55 @@ export interface Gap {
   events: HeraldEvent[];
 }
 
+/** What `publish` resolves with (over HTTP, the whole event, with its `time`). */
+export interface Published<Data = unknown> {
+  channel: string;
+  offset: number;
+  epoch: string;
+  type: string;
+  data: Data;
+  time?: string;
+}
+
+/**
+ * What the `error` listener gets: a cut (`reason`), a WebSocket error op (`code`, `message`),
+ * a token renewal that failed (`code: "token-unavailable"`), or a channel refused to this token
+ * (`channel`, `code` "token-required" | "token-invalid" | "channel-forbidden" | "token-expired",
+ * `permanent: true`: the channel is not tried again until `setToken` or a new `subscribe`).
+ */
+export interface ConnectionError {
+  transport?: TransportName;
+  reason?: string;
+  code?: string;
+  message?: string;
+  channel?: string;
+  /** The HTTP status of a refusal (401, 403), when it came over HTTP. */
+  status?: number;
+  permanent?: boolean;
+  /** s: the server's Retry-After (429, 503); no reconnect before then. */
+  retryAfter?: number;
+}
+
+/** How createCheck, cancelCheck and publish reject on an error answer. */
+export interface RequestError extends Error {
+  /** The HTTP status (absent over the WebSocket). */
+  status?: number;
+  /** The problem document's code, as over HTTP: "channel-forbidden", "token-expired", "rate-limited", ... */
+  code?: string;
+  problem?: { type?: string; title?: string; status?: number; detail?: string; code?: string };
+  /** s, from Retry-After on 429 and 503. */
+  retryAfter?: number;
+}
+
 export interface Options {
+  /** A client token (JWT) for private channels, publishing and creating checks; renewed only with getToken or setToken. */
+  token?: string | null;
+  /**
+   * Returns a fresh client token (e.g. from the application's token endpoint). Called before
+   * the first connection, then ahead of each token's `exp` (at 80% of its remaining life or
+   * 30 s before it, whichever is sooner), and when the server says a token expired.
+   */
+  getToken?: (() => string | Promise<string>) | null;
   /** Transports to use, best first. Default: all of them. */
   transports?: TransportName[];
   /** ms between starting one candidate and the next (300). */
@@ -93,18 +143,27 @@ export interface Connection {
 
   subscribe<Data = unknown>(channel: string, onEvent: (event: HeraldEvent<Data>) => void, position?: Position): () => void;
   unsubscribe(channel: string, onEvent?: (event: HeraldEvent) => void): void;
-  /** Creates a check and resolves with it once it has ended (done, failed or canceled). */
+  /**
+   * Creates a check and resolves with it once it has ended (done, failed or canceled), with the
+   * create answer's `cancel_token`; `onCreated` gets the processing check with it.
+   */
   createCheck(spec: CheckSpec, options?: {
     idempotencyKey?: string;
     onCreated?: (check: Check) => void;
     onChange?: (check: Check, event: HeraldEvent<Check>) => void;
   }): Promise<Check>;
+  /** Cancels a processing check with its cancel token (or as the token that created it); resolves with the canceled check. */
+  cancelCheck(id: string, cancelToken?: string): Promise<Check>;
+  /** Publishes to a channel the token's `publish` grant matches: over the open WebSocket, else POST. */
+  publish<Data = unknown>(channel: string, type: string, data?: Data): Promise<Published<Data>>;
+  /** Replaces the token; the open WebSocket takes it, and channels refused to the old one are tried again. */
+  setToken(token: string): void;
   /** Follows a check; resolves with it once it has ended. */
   watchCheck(id: string, onChange?: (check: Check, event: HeraldEvent<Check>) => void): Promise<Check>;
   on(name: "transport", listener: (transport: TransportName) => void): () => void;
   on(name: "state", listener: (state: ConnectionState) => void): () => void;
   on(name: "gap", listener: (gap: Gap) => void): () => void;
-  on(name: "error", listener: (error: { transport: TransportName; reason?: string; code?: string; message?: string }) => void): () => void;
+  on(name: "error", listener: (error: ConnectionError) => void): () => void;
   /** Drops a transport from this tab's connection and falls back (the lab's break buttons). */
   breakTransport(name: TransportName): void;
   close(): void;

@@ -84,15 +84,20 @@ enum ClientOp: Sendable {
 struct OpError: Error, Sendable {
     var code: String
     var message: String
-    init(_ code: String, _ message: String) {
+    /// Seconds to wait before sending the op again (`rate_limited`).
+    var retryAfter: Int?
+
+    init(_ code: String, _ message: String, retryAfter: Int? = nil) {
         self.code = code
         self.message = message
+        self.retryAfter = retryAfter
     }
 
     init(_ error: HeraldError) {
         self.init(
             error.code == .internal ? "internal" : error.code.opCode,
-            error.code == .internal ? "an internal error occurred" : error.message
+            error.code == .internal ? "an internal error occurred" : error.message,
+            retryAfter: error.retryAfter
         )
     }
 }
@@ -172,6 +177,7 @@ enum ServerFrame {
         writer.string("op", "error")
         writer.string("code", error.code)
         writer.string("message", error.message)
+        if let seconds = error.retryAfter { writer.int("retry_after", Int64(seconds)) }
         if let channel { writer.string("channel", channel.rawValue) }
         if let offset { writer.int("offset", offset) }
         if let id { writer.value("id", id) }

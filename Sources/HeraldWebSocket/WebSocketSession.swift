@@ -153,7 +153,15 @@ final class WebSocketSession: Sendable {
         do {
             try access.limits.take(.webSocketOps, by: principal, address: address)
         } catch {
-            send(ServerFrame.error(OpError(error), id: id))
+            // The channel too, when the op names one, so a client knows which to send again.
+            var channel: ChannelName?
+            switch parsed {
+            case .success(.subscribe(let name, _, _)), .success(.unsubscribe(let name)),
+                .success(.publish(let name, _, _)):
+                channel = name
+            default: break
+            }
+            send(ServerFrame.error(OpError(error), channel: channel, id: id))
             return
         }
         switch parsed {

@@ -451,7 +451,12 @@ def test_websocket_ops_are_rate_limited_per_client(make_herald, pb):
                 await ws.send(json.dumps({"op": "ping", "id": n}))
             answers = [await recv(ws) for _ in range(6)]
             assert [a["op"] for a in answers].count("pong") == 4
-            assert {a["code"] for a in answers if a["op"] == "error"} == {"rate_limited"}
+            refusals = [a for a in answers if a["op"] == "error"]
+            assert {a["code"] for a in refusals} == {"rate_limited"}
+            assert all(a["retry_after"] >= 1 and "id" in a for a in refusals)
+            await ws.send(json.dumps({"op": "subscribe", "channel": "c", "id": 9}))
+            refused = await until_op(ws, "error")
+            assert (refused["channel"], refused["id"]) == ("c", 9)
     run(scenario())
     m, services = pb
     with grpc.insecure_channel(f"127.0.0.1:{herald.grpc_port}") as channel:

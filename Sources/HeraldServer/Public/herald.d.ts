@@ -93,7 +93,8 @@ export interface Options {
   /**
    * Returns a fresh client token (e.g. from the application's token endpoint). Called before
    * the first connection, then ahead of each token's `exp` (at 80% of its remaining life or
-   * 30 s before it, whichever is sooner), and when the server says a token expired.
+   * 30 s before it, whichever is sooner, but not before half of it), and when the server says
+   * a token expired.
    */
   getToken?: (() => string | Promise<string>) | null;
   /** Transports to use, best first. Default: all of them. */

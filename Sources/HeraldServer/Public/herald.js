@@ -17,6 +17,13 @@
  * works again. Every channel resumes from its last `(epoch, offset)` across switches and
  * reconnects: no gap, no duplicate; a lost position is one `gap` event with the fresh
  * snapshot. Tabs of one origin share one connection (Web Locks + BroadcastChannel).
+ *
+ * Private channels take a client token (`token`, or `getToken` for fresh ones): sent as
+ * `Authorization: Bearer` where a transport can set headers, as `?access_token=` where it
+ * cannot (EventSource, `<script>`, iframes, the WebSocket URL), and as an `auth` op on a
+ * WebSocket. It is renewed before its `exp`; a stream that ends with `herald.expired` (or a
+ * WebSocket's `expired`) is resumed with a fresh one from its position. A refusal
+ * (token-required, token-invalid, channel-forbidden) stops that channel with one `error`.
  */
 (function (root) {
   "use strict";
@@ -39,7 +46,12 @@
     streamMaxBytes: 1 << 20, // bytes an XHR stream or an iframe may grow before it is reopened
     share: true, // one connection for all tabs of the origin
     storage: null, // a Storage for the transport cache; default localStorage
+    token: null, // a client token (JWT) for private channels, publishing and creating checks
+    getToken: null, // async () => a fresh client token; called before the token expires
   };
+
+  /** Refusals a retry cannot fix (until the page gives another token). */
+  const REFUSALS = ["token-required", "token-invalid", "channel-forbidden"];
 
   const now = () => Date.now();
   const jitter = (ms) => Math.round(ms * (0.5 + Math.random() / 2));
@@ -60,6 +72,59 @@
   /** The stream position query of a channel: `since`/`epoch`, or none (from now). */
   function positionQuery(position) {
     return position && position.offset !== null ? { since: position.offset, epoch: position.epoch || undefined } : {};
+  }
+
+  /** `query` with the token as `access_token`, for requests that cannot carry a header. */
+  function withToken(query, token) {
+    return token ? Object.assign(query, { access_token: token }) : query;
+  }
+
+  /** A JWT's `exp` in ms (the middle part is base64url JSON; nothing is verified), or null. */
+  function tokenExpiry(token) {
+    try {
+      const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(root.atob(part + "===".slice((part.length + 3) % 4)));
+      return typeof claims.exp === "number" ? claims.exp * 1000 : null;
+    } catch (error) {
+      return null;
+    }
+  }
+
+  /** `Retry-After` in seconds (a number of seconds or an HTTP date), or undefined. */
+  function parseRetryAfter(value) {
+    if (!value) return undefined;
+    if (/^\s*\d+\s*$/.test(value)) return Number(value);
+    const date = Date.parse(value);
+    return isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now()) / 1000));
+  }
+
+  /** The error of an HTTP answer: its problem document's detail, `status`, `code`, and `retryAfter` (429, 503). */
+  function problemError(status, body, retryAfter) {
+    const problem = body && typeof body === "object" ? body : {};
+    const error = new Error(problem.detail || problem.title || "HTTP " + status);
+    error.status = status;
+    error.problem = problem;
+    error.code = problem.code;
+    if (status === 429 || status === 503) error.retryAfter = parseRetryAfter(retryAfter);
+    return error;
+  }
+
+  /** An error of a WebSocket `error` op, its code spelled as over HTTP (`channel_forbidden` is `channel-forbidden`). */
+  function opError(frame) {
+    const error = new Error(frame.message || frame.code);
+    error.code = String(frame.code || "").replace(/_/g, "-");
+    return error;
+  }
+
+  /** The seconds an `error` op says to wait: `retry_after`, or "retry after N s" in its message; else 1. */
+  function retryAfterOf(frame) {
+    if (typeof frame.retry_after === "number") return frame.retry_after;
+    const match = /retry after (\d+(?:\.\d+)?) ?s/i.exec(frame.message || "");
+    return match ? Number(match[1]) : 1;
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
   }
 
   class Emitter {
@@ -84,6 +149,115 @@
   }
 
   // ---------------------------------------------------------------------------------------
+  // Tokens: the page's client token, renewed before its `exp` (with `getToken`), and on demand
+  // when the server says it expired. Listeners hear each new token (a WebSocket re-auths).
+  // ---------------------------------------------------------------------------------------
+
+  class Tokens {
+    constructor(options, report) {
+      this.source = typeof options.getToken === "function" ? options.getToken : null;
+      this.report = report; // (error) => void: a renewal ahead of expiry failed
+      this.listeners = new Set();
+      this.token = null;
+      this.exp = null;
+      this.pending = null;
+      this.forced = { streak: 0, at: 0 };
+      if (options.token) this.set(options.token);
+    }
+
+    /** Whether there is a token to send at all. */
+    get enabled() {
+      return Boolean(this.source || this.token);
+    }
+
+    set(token) {
+      const changed = token !== this.token;
+      this.token = token;
+      this.exp = tokenExpiry(token);
+      // Expired already by this clock (it disagrees with the issuer's, or getToken hands out
+      // what it cached): this clock cannot tell when, so only the server's word renews it.
+      if (this.exp !== null && this.exp - now() <= 1000) this.exp = null;
+      this.plan();
+      if (changed) for (const fn of this.listeners) fn(token);
+    }
+
+    /** The token, if it is not about to expire by this clock (a given `token` without getToken: always; the server judges). */
+    usable() {
+      if (!this.source) return this.token;
+      return this.token && (this.exp === null || this.exp - now() > 1000) ? this.token : null;
+    }
+
+    /** A token to send now: the current one, or a fresh one. */
+    get() {
+      const token = this.usable();
+      return token ? Promise.resolve(token) : this.fetch(false);
+    }
+
+    /** The server said `used` expired: a newer token if there is one, else a fresh one. */
+    renew(used) {
+      const token = this.usable();
+      return token && token !== used ? Promise.resolve(token) : this.fetch(true);
+    }
+
+    fetch(forced) {
+      if (this.pending) return this.pending;
+      if (!this.source) {
+        const error = new Error(this.token ? "the token expired and no getToken was given" : "no token was given");
+        error.code = this.token ? "token-expired" : "token-required";
+        return Promise.reject(error);
+      }
+      // Renewals forced again right after one (a getToken handing out stale tokens, a server
+      // clock far ahead): slow down rather than spin.
+      const streak = forced && now() - this.forced.at < 2000 ? this.forced.streak + 1 : 0;
+      if (forced) this.forced.streak = streak;
+      const pending = (this.pending = sleep(streak ? Math.min(10000, 250 * Math.pow(2, streak)) : 0)
+        .then(() => this.source())
+        .then((token) => {
+          if (typeof token !== "string" || !token) throw new Error("getToken gave no token");
+          return token;
+        })
+        .then(
+          (token) => {
+            this.pending = null;
+            if (forced) this.forced.at = now();
+            if (!this.closed) this.set(token);
+            return token;
+          },
+          (error) => {
+            this.pending = null;
+            throw error;
+          },
+        ));
+      return pending;
+    }
+
+    /** Renews at 80% of the token's remaining life or 30 s before its exp, whichever is sooner (at half its life at the earliest). */
+    plan() {
+      clearTimeout(this.timer);
+      if (!this.source || this.exp === null || this.closed) return;
+      const left = this.exp - now();
+      if (left <= 0) return;
+      this.schedule(Math.max(1000, Math.min(0.8 * left, left - 30000), 0.5 * left));
+    }
+
+    schedule(delay) {
+      this.timer = setTimeout(() => {
+        this.fetch(false).catch((error) => {
+          this.report({ code: "token-unavailable", message: "getToken failed: " + (error && error.message ? error.message : error) });
+          // Try again while the current token lasts; once it has expired, the next use asks.
+          const rest = this.exp - now();
+          if (rest > 1000 && !this.closed) this.schedule(Math.min(5000, rest / 2));
+        });
+      }, delay);
+    }
+
+    close() {
+      this.closed = true;
+      clearTimeout(this.timer);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
   // Transports. Each reports through `link`: `message(transport, msg)` for events and markers
   // (`herald.welcome`, `herald.reset`, `herald.heartbeat`), `closed(transport, reason)` once.
   // ---------------------------------------------------------------------------------------
@@ -97,10 +271,11 @@
     deliver(msg) {
       if (!this.closedFlag) this.link.message(this, msg);
     }
-    fail(reason) {
+    /** Ends this transport; `retryAfter` (s): the server asked not to come back sooner. */
+    fail(reason, retryAfter) {
       if (this.closedFlag) return;
       this.close();
-      this.link.closed(this, reason);
+      this.link.closed(this, reason, retryAfter);
     }
     count(bytes) {
       this.link.stats.bytes += bytes;
@@ -112,17 +287,32 @@
 
   class WebSocketTransport extends Transport {
     open(channels) {
-      const url = this.link.base.replace(/^http/, "ws") + "/api/v1/ws";
       const Socket = this.link.available("websocket");
       if (!Socket) return this.fail("WebSocket is not available");
-      this.request();
-      const socket = (this.socket = new Socket(url));
       this.pending = channels;
       this.nextID = 1;
-      socket.onopen = () => this.send({ op: "ping", id: 0 });
-      socket.onmessage = (message) => this.receive(message.data);
-      socket.onerror = () => this.fail("WebSocket error");
-      socket.onclose = (close) => this.fail("WebSocket closed (" + close.code + ")");
+      this.authID = null; // the `auth` op awaiting its answer
+      this.anonymous = false; // the server holds no valid token of ours (it expired, or was refused)
+      this.waiting = new Set(); // channels to (re)subscribe once the server has taken a fresh token
+      this.publishes = new Map(); // id -> the promise of a `publish` op
+      this.sent = new Map(); // id -> {op, channel} of a subscribe, unsubscribe or auth awaiting its answer
+      this.link.authorize(
+        (token) => {
+          if (this.closedFlag) return;
+          const query = token ? "?access_token=" + encodeURIComponent(token) : "";
+          this.request();
+          const socket = (this.socket = new Socket(this.link.base.replace(/^http/, "ws") + "/api/v1/ws" + query));
+          socket.onopen = () => {
+            // With a token, `auth` goes first: its answer (`authed`, or why not) comes before the pong.
+            if (token) this.authenticate(this.link.auth.usable() || token);
+            this.send({ op: "ping", id: 0 });
+          };
+          socket.onmessage = (message) => this.receive(message.data);
+          socket.onerror = () => this.fail("WebSocket error");
+          socket.onclose = (close) => this.fail("WebSocket closed (" + close.code + ")");
+        },
+        (error) => this.fail("no token: " + error.message),
+      );
     }
     send(frame) {
       if (this.socket && this.socket.readyState === 1) this.socket.send(JSON.stringify(frame));
@@ -135,6 +325,8 @@
       } catch (error) {
         return;
       }
+      const sent = frame.id !== undefined && frame.op !== "event" ? this.sent.get(frame.id) : undefined;
+      if (sent) this.sent.delete(frame.id);
       switch (frame.op) {
         case "pong":
           if (frame.id === 0) {
@@ -162,18 +354,141 @@
           delete frame.op;
           this.deliver(frame);
           break;
+        case "authed":
+          if (frame.id === this.authID) {
+            this.authID = null;
+            this.anonymous = false;
+            this.authFailure = null;
+            const waiting = [...this.waiting];
+            this.waiting.clear();
+            for (const channel of waiting) if (this.link.follows(channel)) this.subscribe(channel, this.link.position(channel));
+          }
+          this.deliver({ type: "herald.heartbeat", channel: null });
+          break;
+        case "expired":
+          // The token expired before a fresh one was sent: these subscriptions stopped. Send a
+          // fresh token, then subscribe them again from their positions.
+          this.anonymous = true;
+          for (const channel of frame.channels || []) if (this.link.follows(channel)) this.waiting.add(channel);
+          this.renew();
+          break;
+        case "published": {
+          const publish = this.publishes.get(frame.id);
+          if (publish) {
+            this.publishes.delete(frame.id);
+            publish.resolve(frame);
+          }
+          break;
+        }
         case "error":
-          this.link.error(this, frame);
+          this.refusal(frame, sent);
           break;
       }
     }
+    /** An `error` op: a publish's, the `auth` op's, a subscription's refusal, or anything else. */
+    refusal(frame, sent) {
+      const error = opError(frame);
+      const publish = frame.id !== undefined && this.publishes.get(frame.id);
+      if (publish) {
+        this.publishes.delete(frame.id);
+        if (error.code === "rate-limited") error.retryAfter = retryAfterOf(frame);
+        return publish.reject(error);
+      }
+      // An op the server had no room for (over `rate-limit-ws-ops`, or overloaded): not carried
+      // out, so send it again once the server said it may be.
+      if (sent && (error.code === "rate-limited" || error.code === "overloaded")) {
+        setTimeout(() => this.again(sent), Math.max(250, retryAfterOf(frame) * 1000));
+        return this.link.error(this, frame);
+      }
+      if (frame.id !== undefined && frame.id === this.authID) {
+        this.authID = null;
+        this.anonymous = true;
+        if (error.code === "token-expired") return this.renew();
+        // A token the server will not take: what waits for it is refused, for that reason.
+        this.authFailure = error;
+        this.link.sink.error({ transport: this.name, code: error.code, message: error.message });
+        for (const channel of this.waiting) this.link.refuse(channel, error, this.name);
+        this.waiting.clear();
+        return;
+      }
+      if (frame.channel && (error.code === "token-expired" || REFUSALS.indexOf(error.code) >= 0)) {
+        if (!this.link.follows(frame.channel)) return;
+        // Without a token of ours on the server (it expired just now), wait for a fresh one.
+        const renewable = error.code === "token-expired" || (error.code === "token-required" && !this.authFailure);
+        if (renewable && this.link.auth.enabled) {
+          this.anonymous = true;
+          this.waiting.add(frame.channel);
+          return this.renew();
+        }
+        return this.link.refuse(frame.channel, this.authFailure || error, this.name);
+      }
+      // The URL's `access_token` refused: the `auth` op sent with it answers for it.
+      if (!frame.channel && frame.id === undefined && /^token_/.test(frame.code)) return;
+      this.link.error(this, frame);
+    }
+    /** The server has no valid token of ours: send a newer or fresh one. */
+    renew() {
+      if (this.renewing || this.closedFlag) return;
+      this.renewing = true;
+      this.link.auth.renew(this.authToken).then(
+        (token) => {
+          this.renewing = false;
+          if (!this.closedFlag) this.authenticate(token);
+        },
+        (error) => {
+          this.renewing = false;
+          if (this.closedFlag) return;
+          for (const channel of this.waiting) this.link.refuse(channel, error, this.name);
+          this.waiting.clear();
+        },
+      );
+    }
+    authenticate(token) {
+      this.authToken = token;
+      this.authID = this.nextID++;
+      this.sent.set(this.authID, { op: "auth" });
+      this.send({ op: "auth", token: token, id: this.authID });
+    }
+    /** Sends again an op the server did not carry out, if it is still wanted. */
+    again(sent) {
+      if (this.closedFlag) return;
+      const channel = sent.channel;
+      if (sent.op === "subscribe" && this.link.follows(channel)) this.subscribe(channel, this.link.position(channel));
+      else if (sent.op === "unsubscribe" && !this.link.follows(channel)) this.unsubscribe(channel);
+      else if (sent.op === "auth" && this.authID !== null) this.authenticate(this.link.auth.usable() || this.authToken);
+    }
+    /** A fresh token from the page: the open socket takes it before the old one expires. */
+    reauth(token) {
+      if (this.socket && this.socket.readyState === 1) this.authenticate(token);
+    }
     subscribe(channel, position) {
       if (this.pending) return this.pending.set(channel, position);
-      this.send(Object.assign({ op: "subscribe", channel: channel, id: this.nextID++ }, positionQuery(position)));
+      if (this.anonymous && this.link.auth.enabled && !this.authFailure) return this.waiting.add(channel);
+      const id = this.nextID++;
+      this.sent.set(id, { op: "subscribe", channel: channel });
+      this.send(Object.assign({ op: "subscribe", channel: channel, id: id }, positionQuery(position)));
     }
-    unsubscribe(channel) {
+    /** `refused`: the server refused the channel, so there is nothing to unsubscribe. */
+    unsubscribe(channel, refused) {
       if (this.pending) return this.pending.delete(channel);
-      this.send({ op: "unsubscribe", channel: channel, id: this.nextID++ });
+      if (this.waiting.delete(channel) || refused) return;
+      const id = this.nextID++;
+      this.sent.set(id, { op: "unsubscribe", channel: channel });
+      this.send({ op: "unsubscribe", channel: channel, id: id });
+    }
+    /** Whether a `publish` op can be sent now. */
+    ready() {
+      return Boolean(!this.closedFlag && !this.pending && this.socket && this.socket.readyState === 1);
+    }
+    publish(channel, type, data) {
+      return new Promise((resolve, reject) => {
+        const id = this.nextID++;
+        this.publishes.set(id, {
+          resolve: (frame) => resolve({ channel: frame.channel, offset: frame.offset, epoch: frame.epoch, type: type, data: data }),
+          reject: reject,
+        });
+        this.send({ op: "publish", channel: channel, type: type, data: data, id: id });
+      });
     }
     ping() {
       this.send({ op: "ping", id: this.nextID++ });
@@ -186,6 +501,12 @@
           this.socket.close();
         } catch (error) {}
       }
+      for (const publish of this.publishes ? this.publishes.values() : []) {
+        const error = new Error("the WebSocket closed before the publish was answered: it may or may not have been published");
+        error.code = "disconnected";
+        publish.reject(error);
+      }
+      if (this.publishes) this.publishes.clear();
     }
   }
 
@@ -205,12 +526,15 @@
       this.channels.set(channel, lane);
       this.start(lane, position);
     }
-    unsubscribe(channel) {
+    /** `refused`: the server refused the channel. */
+    unsubscribe(channel, refused) {
       const lane = this.channels.get(channel);
       if (!lane) return;
       this.channels.delete(channel);
       lane.stopped = true;
       this.stop(lane);
+      // A candidate left with nothing to show a message on counts as open, as one opened with no channel.
+      if (refused && this.channels.size === 0) this.deliver({ type: "herald.welcome", channel: null });
     }
     close() {
       this.closedFlag = true;
@@ -229,64 +553,138 @@
       if (this.closedFlag || lane.stopped) return;
       this.start(lane, this.link.position(lane.channel));
     }
+    /**
+     * Opens a lane once its token is at hand: `open(token, position)`, at once when it is
+     * (from `position`), else once a fresh one came (from where the link is then).
+     */
+    authorized(lane, position, open) {
+      this.link.authorize(
+        (token, later) => {
+          if (this.closedFlag || lane.stopped) return;
+          lane.token = token;
+          open(token, later ? this.link.position(lane.channel) : position);
+        },
+        (error) => this.fail("no token: " + error.message),
+      );
+    }
+    /** A lane's message: `herald.expired` (its token expired, the stream ended) reopens it with a fresh token. */
+    receive(lane, msg) {
+      if (msg.type === "herald.expired") return this.renew(lane);
+      this.deliver(msg);
+    }
+    /** The lane's token expired: go on from its position with a newer or fresh one. */
+    renew(lane) {
+      this.stop(lane);
+      if (this.closedFlag || lane.stopped) return;
+      this.link.auth.renew(lane.token).then(
+        () => {
+          if (!this.closedFlag && !lane.stopped) this.resume(lane);
+        },
+        (error) => this.link.refuse(lane.channel, error, this.name),
+      );
+    }
+    resume(lane) {
+      this.start(lane, this.link.position(lane.channel));
+    }
+    /**
+     * An HTTP error answer to a lane: an expired token is renewed, a refusal stops the channel
+     * (one `error`), anything else fails the transport (not retried before `Retry-After`).
+     */
+    refused(lane, error, reason) {
+      if (this.closedFlag || lane.stopped) return;
+      if (error.code === "token-expired") return this.renew(lane);
+      if (REFUSALS.indexOf(error.code) >= 0) return this.link.refuse(lane.channel, error, this.name);
+      this.fail(reason + (error.status ? " (" + error.status + ")" : ""), error.retryAfter);
+    }
+    /**
+     * EventSource, an iframe and a `<script>` show no status when refused: ask the channel with
+     * XHR, with the same token, what the server says, and act on that.
+     */
+    probe(lane, reason) {
+      this.stop(lane);
+      if (this.closedFlag || lane.stopped) return;
+      this.request();
+      xhrJSON(channelURL(this.link.base, lane.channel, {}), 10000, (size) => this.count(size), lane.token).promise.then(
+        () => this.fail(reason),
+        (error) => (error.status ? this.refused(lane, error, reason) : this.fail(reason)),
+      );
+    }
   }
 
   class SSETransport extends PerChannelTransport {
     start(lane, position) {
       const Source = this.link.available("sse");
       if (!Source) return this.fail("EventSource is not available");
-      this.request();
-      const source = (lane.source = new Source(channelURL(this.link.base, lane.channel, this.streamQuery("sse", position))));
-      // With welcome=1 every message is a plain `message` whose JSON carries its type.
-      source.onmessage = (message) => {
-        this.count(message.data.length);
-        this.deliver(JSON.parse(message.data));
-      };
-      // A check's stream ends after its terminal event; that is no failure.
-      source.onerror = () => (this.link.ended(lane.channel) ? this.stop(lane) : this.fail("EventSource error"));
+      this.authorized(lane, position, (token, from) => {
+        this.request();
+        lane.seen = false;
+        const url = channelURL(this.link.base, lane.channel, withToken(this.streamQuery("sse", from), token));
+        const source = (lane.source = new Source(url));
+        // With welcome=1 every message is a plain `message` whose JSON carries its type.
+        source.onmessage = (message) => {
+          this.count(message.data.length);
+          lane.seen = true;
+          this.receive(lane, JSON.parse(message.data));
+        };
+        // A check's stream ends after its terminal event; that is no failure. A stream that
+        // fails before its first message may have been refused: ask.
+        source.onerror = () => {
+          if (this.link.ended(lane.channel)) return this.stop(lane);
+          if (!lane.seen) return this.probe(lane, "EventSource error");
+          this.fail("EventSource error");
+        };
+      });
     }
     stop(lane) {
       if (lane.source) {
         lane.source.onmessage = lane.source.onerror = null;
         lane.source.close();
+        lane.source = null;
       }
     }
   }
 
   class XHRStreamingTransport extends PerChannelTransport {
     start(lane, position) {
-      this.request();
-      const xhr = (lane.xhr = new XMLHttpRequest());
-      let seen = 0;
-      const read = () => {
-        const text = xhr.responseText;
-        let end;
-        while ((end = text.indexOf("\n", seen)) >= 0) {
-          const line = text.slice(seen, end);
-          seen = end + 1;
-          this.count(line.length + 1);
-          // A blank line is the heartbeat of streams opened without welcome=1.
-          if (line.trim()) this.deliver(JSON.parse(line));
-          if (lane.stopped) return;
-        }
-        // responseText only grows: reopen from the position before it holds too much.
-        if (seen > this.link.options.streamMaxBytes) this.restart(lane);
-      };
-      xhr.open("GET", channelURL(this.link.base, lane.channel, this.streamQuery("ndjson", position)));
-      xhr.setRequestHeader("Accept", "application/x-ndjson");
-      xhr.onprogress = read;
-      xhr.onload = () => {
-        read();
-        // A check's stream ends after its terminal event; anything else ending is a cut.
-        if (!lane.stopped && !this.link.ended(lane.channel)) this.fail("stream ended (" + xhr.status + ")");
-      };
-      xhr.onerror = () => this.fail("XHR stream error");
-      xhr.send();
+      this.authorized(lane, position, (token, from) => {
+        this.request();
+        const xhr = (lane.xhr = new XMLHttpRequest());
+        let seen = 0;
+        const read = () => {
+          if (xhr.status !== 200) return; // a refusal: its problem document is read once complete
+          const text = xhr.responseText;
+          let end;
+          while ((end = text.indexOf("\n", seen)) >= 0) {
+            const line = text.slice(seen, end);
+            seen = end + 1;
+            this.count(line.length + 1);
+            // A blank line is the heartbeat of streams opened without welcome=1.
+            if (line.trim()) this.receive(lane, JSON.parse(line));
+            if (lane.stopped || lane.xhr !== xhr) return;
+          }
+          // responseText only grows: reopen from the position before it holds too much.
+          if (seen > this.link.options.streamMaxBytes) this.restart(lane);
+        };
+        xhr.open("GET", channelURL(this.link.base, lane.channel, this.streamQuery("ndjson", from)));
+        xhr.setRequestHeader("Accept", "application/x-ndjson");
+        if (token) xhr.setRequestHeader("Authorization", "Bearer " + token);
+        xhr.onprogress = read;
+        xhr.onload = () => {
+          if (xhr.status >= 400) return this.refused(lane, xhrError(xhr), "stream refused");
+          read();
+          if (lane.xhr !== xhr) return; // renewed or reopened meanwhile
+          // A check's stream ends after its terminal event; anything else ending is a cut.
+          if (!lane.stopped && !this.link.ended(lane.channel)) this.fail("stream ended (" + xhr.status + ")");
+        };
+        xhr.onerror = () => this.fail("XHR stream error");
+        xhr.send();
+      });
     }
     stop(lane) {
       if (lane.xhr) {
         lane.xhr.onprogress = lane.xhr.onload = lane.xhr.onerror = null;
         lane.xhr.abort();
+        lane.xhr = null;
       }
     }
   }
@@ -297,24 +695,30 @@
       const document = root.document;
       if (!document || !document.body) return this.fail("no document to hold an iframe");
       installFrameDispatcher();
-      this.request();
-      lane.tag = "h" + Math.random().toString(36).slice(2);
-      lane.bytes = 0;
-      frames.set(lane.tag, (msg) => {
-        const size = JSON.stringify(msg).length;
-        this.count(size);
-        lane.bytes += size;
-        this.deliver(msg);
-        if (lane.bytes > this.link.options.streamMaxBytes) this.restart(lane);
+      this.authorized(lane, position, (token, from) => {
+        this.request();
+        const tag = (lane.tag = "h" + Math.random().toString(36).slice(2));
+        lane.bytes = 0;
+        lane.seen = false;
+        frames.set(tag, (msg) => {
+          const size = JSON.stringify(msg).length;
+          this.count(size);
+          lane.bytes += size;
+          lane.seen = true;
+          this.receive(lane, msg);
+          if (lane.tag === tag && frames.has(tag) && lane.bytes > this.link.options.streamMaxBytes) this.restart(lane);
+        });
+        const frame = (lane.frame = document.createElement("iframe"));
+        frame.style.display = "none";
+        frame.src = channelURL(this.link.base, lane.channel, withToken(Object.assign(this.streamQuery("html", from), { tag: tag }), token));
+        // The document loads completely only when the stream ends (or an error page arrives).
+        frame.onload = () => {
+          if (lane.stopped || this.link.ended(lane.channel)) return;
+          if (!lane.seen) return this.probe(lane, "iframe stream ended");
+          this.fail("iframe stream ended");
+        };
+        document.body.appendChild(frame);
       });
-      const frame = (lane.frame = document.createElement("iframe"));
-      frame.style.display = "none";
-      frame.src = channelURL(this.link.base, lane.channel, Object.assign(this.streamQuery("html", position), { tag: lane.tag }));
-      // The document loads completely only when the stream ends (or an error page arrives).
-      frame.onload = () => {
-        if (!lane.stopped && !this.link.ended(lane.channel)) this.fail("iframe stream ended");
-      };
-      document.body.appendChild(frame);
     }
     stop(lane) {
       if (lane.tag) frames.delete(lane.tag);
@@ -322,6 +726,7 @@
         lane.frame.onload = null;
         lane.frame.src = "about:blank";
         lane.frame.remove();
+        lane.frame = null;
       }
     }
   }
@@ -355,13 +760,21 @@
       lane.first = true;
       this.poll(lane);
     }
+    /** After a renewed token: the next poll, from the lane's own position. */
+    resume(lane) {
+      this.poll(lane);
+    }
     poll(lane) {
       if (lane.stopped || this.closedFlag) return;
+      // Each poll takes the token current then, so a renewed one is used from the next poll on.
+      this.authorized(lane, null, (token) => this.ask(lane, token));
+    }
+    ask(lane, token) {
       const wait = lane.first || !this.held ? 0 : this.link.pollWait;
       const query = Object.assign({ wait: wait || undefined }, positionQuery(lane.position));
       const started = now();
       this.request();
-      lane.pending = this.fetcher(channelURL(this.link.base, lane.channel, query), wait * 1000 + 10000, (size) => this.count(size));
+      lane.pending = this.fetcher(channelURL(this.link.base, lane.channel, query), wait * 1000 + 10000, (size) => this.count(size), token);
       lane.pending.promise.then(
         (answer) => {
           if (lane.stopped) return;
@@ -385,6 +798,8 @@
             this.link.pollWait = Math.max(1, Math.floor((held / 1000) * 0.5));
             return this.poll(lane);
           }
+          if (error.status) return this.refused(lane, error, error.message);
+          if (error.opaque) return this.probe(lane, error.message);
           this.fail(error.message || String(error));
         },
       );
@@ -395,11 +810,21 @@
     }
   }
 
-  /** GET `url` as JSON with XHR. */
-  function xhrJSON(url, timeout, count) {
+  /** The error of an XHR's error answer (see problemError). */
+  function xhrError(xhr) {
+    let body = null;
+    try {
+      body = JSON.parse(xhr.responseText);
+    } catch (error) {}
+    return problemError(xhr.status, body, xhr.getResponseHeader("Retry-After"));
+  }
+
+  /** GET `url` as JSON with XHR, with the token as `Authorization: Bearer`. */
+  function xhrJSON(url, timeout, count, token) {
     const xhr = new XMLHttpRequest();
     const promise = new Promise((resolve, reject) => {
       xhr.open("GET", url);
+      if (token) xhr.setRequestHeader("Authorization", "Bearer " + token);
       xhr.timeout = timeout;
       xhr.onload = () => {
         count(xhr.responseText.length);
@@ -410,7 +835,7 @@
             return reject(new Error("not JSON"));
           }
         }
-        reject(new Error("HTTP " + xhr.status));
+        reject(xhrError(xhr));
       };
       xhr.onerror = () => reject(new Error("network error"));
       xhr.ontimeout = () => reject(new Error("timeout"));
@@ -420,8 +845,8 @@
   }
 
   let jsonpCounter = 0;
-  /** GET `url` as JSONP: a `<script>` calling a one-off global callback. */
-  function jsonp(url, timeout, count) {
+  /** GET `url` as JSONP: a `<script>` calling a one-off global callback (the token as `access_token`). */
+  function jsonp(url, timeout, count, token) {
     const name = "__heraldJSONP" + ++jsonpCounter;
     const script = root.document.createElement("script");
     let timer;
@@ -439,7 +864,10 @@
       };
       script.onerror = () => {
         cleanup();
-        reject(new Error("JSONP load error"));
+        // An error answer is a load error too: its status is not to be seen from here.
+        const error = new Error("JSONP load error");
+        error.opaque = true;
+        reject(error);
       };
       timer = setTimeout(() => {
         cleanup();
@@ -447,7 +875,8 @@
         root[name] = () => {};
         reject(new Error("timeout"));
       }, timeout);
-      script.src = url + (url.indexOf("?") >= 0 ? "&" : "?") + "callback=" + name;
+      const credential = token ? "&access_token=" + encodeURIComponent(token) : "";
+      script.src = url + (url.indexOf("?") >= 0 ? "&" : "?") + "callback=" + name + credential;
       root.document.head.appendChild(script);
     });
     return {
@@ -485,11 +914,14 @@
   // ---------------------------------------------------------------------------------------
 
   class Link {
-    constructor(base, options, sink) {
+    constructor(base, options, sink, auth) {
       this.base = base;
       this.options = options;
       this.sink = sink; // {message(msg), state(state, transport), error(error)}
+      this.auth = auth || new Tokens({}, () => {});
       this.channels = new Map(); // channel -> {epoch, offset} | null (from now)
+      this.refused = new Set(); // channels the server refused to this token
+      this.notBefore = 0; // no reconnect before this time (the server's Retry-After)
       this.endedChannels = new Set();
       this.candidates = new Set();
       this.active = null;
@@ -500,6 +932,22 @@
       this.pollWait = options.pollWait;
       this.heartbeat = options.heartbeat;
       this.state = "idle";
+      // A renewed token: an open WebSocket takes it before the old one expires.
+      this.onToken = (token) => {
+        for (const transport of this.transports()) if (transport.reauth) transport.reauth(token);
+      };
+      this.auth.listeners.add(this.onToken);
+    }
+
+    /**
+     * Calls `fn(token, later)` with the token to send (null without one): at once when it is at
+     * hand, else (`later` true) once a fresh one came; `fail(error)` when none came.
+     */
+    authorize(fn, fail) {
+      if (!this.auth.enabled) return fn(null, false);
+      const token = this.auth.usable();
+      if (token) return fn(token, false);
+      this.auth.get().then((fresh) => fn(fresh, true), fail);
     }
 
     heartbeatSeconds() {
@@ -518,20 +966,44 @@
       return this.channels.get(channel) || null;
     }
 
+    follows(channel) {
+      return this.channels.has(channel);
+    }
+
     ended(channel) {
       return this.endedChannels.has(channel);
     }
 
     subscribe(channel, position) {
       if (this.channels.has(channel)) return;
+      this.refused.delete(channel);
       this.channels.set(channel, position);
       for (const transport of this.transports()) transport.subscribe(channel, position);
       if (this.state === "idle") this.connect();
     }
 
     unsubscribe(channel) {
+      this.refused.delete(channel);
       if (!this.channels.delete(channel)) return;
       for (const transport of this.transports()) transport.unsubscribe(channel);
+    }
+
+    /**
+     * The server refuses `channel` to this token (or no fresh token came): stop following it,
+     * and say so once. Subscribing again, or a token from setToken, tries it again.
+     */
+    refuse(channel, error, transport) {
+      if (!this.channels.delete(channel)) return;
+      this.refused.add(channel);
+      for (const each of this.transports()) each.unsubscribe(channel, true);
+      this.sink.error({
+        transport: transport,
+        channel: channel,
+        code: error.code || "token-unavailable",
+        status: error.status,
+        message: error.message,
+        permanent: true,
+      });
     }
 
     transports() {
@@ -557,6 +1029,24 @@
       if (this.state === "closed") return;
       clearTimeout(this.retryTimer);
       this.setState("connecting");
+      if (this.auth.enabled && !this.auth.usable()) {
+        // Every candidate needs the token: get it once, before the race's clock starts.
+        if (this.tokenWait) return;
+        this.tokenWait = true;
+        this.auth.get().then(
+          () => {
+            this.tokenWait = false;
+            this.connect();
+          },
+          (error) => {
+            this.tokenWait = false;
+            if (this.state === "closed") return;
+            this.sink.error({ code: "token-unavailable", message: "getToken failed: " + (error && error.message ? error.message : error) });
+            this.retry();
+          },
+        );
+        return;
+      }
       const queue = this.order();
       const race = (this.race = { queue: queue, cached: readCache(this.options, this.base) });
       const next = () => {
@@ -583,13 +1073,13 @@
       transport.open(new Map(this.channels));
     }
 
-    /** Reconnects after a capped, jittered exponential backoff; never gives up. */
+    /** Reconnects after a capped, jittered exponential backoff, and not before the server's Retry-After; never gives up. */
     retry() {
       if (this.state === "closed") return;
       this.setState("unavailable");
-      const delay = jitter(Math.min(this.options.backoffMax, this.options.backoffInitial * Math.pow(2, this.attempt)));
+      const backoff = jitter(Math.min(this.options.backoffMax, this.options.backoffInitial * Math.pow(2, this.attempt)));
       this.attempt += 1;
-      this.retryTimer = setTimeout(() => this.connect(), delay);
+      this.retryTimer = setTimeout(() => this.connect(), Math.max(backoff, this.notBefore - now()));
     }
 
     message(transport, msg) {
@@ -642,19 +1132,24 @@
       this.planUpgrade();
     }
 
-    closed(transport, reason) {
+    closed(transport, reason, retryAfter) {
       clearTimeout(transport.verifyTimer);
+      const asked = retryAfter !== undefined;
+      if (asked) this.notBefore = Math.max(this.notBefore, now() + retryAfter * 1000);
       if (this.candidates.delete(transport)) {
         const race = transport.race;
-        // The remembered transport failed its re-verification: forget it.
-        if (race && race.cached === transport.name) forgetCache(this.options, this.base);
+        // The remembered transport failed its re-verification: forget it (not when the server only asked for time).
+        if (race && race.cached === transport.name && !asked) forgetCache(this.options, this.base);
+        // The server asked to be left alone a while (429, 503): start no further candidate now.
+        if (race && asked) race.queue.length = 0;
         if (race && race.next && this.candidates.size === 0) race.next();
         return;
       }
       if (transport !== this.active) return;
       this.active = null;
       this.noteCut();
-      this.sink.error({ transport: transport.name, reason: reason });
+      const error = { transport: transport.name, reason: reason };
+      this.sink.error(asked ? Object.assign(error, { retryAfter: retryAfter }) : error);
       this.retry();
     }
 
@@ -700,7 +1195,7 @@
     /** Wake, `online` or visibility: make sure the connection is alive, at once. */
     healthCheck() {
       if (this.state === "closed" || this.state === "idle") return;
-      if (this.state === "unavailable") return this.connect();
+      if (this.state === "unavailable") return now() >= this.notBefore && this.connect();
       const active = this.active;
       if (!active) return;
       if (active.ping) {
@@ -722,6 +1217,7 @@
 
     close() {
       this.setState("closed");
+      this.auth.listeners.delete(this.onToken);
       clearTimeout(this.retryTimer);
       clearTimeout(this.upgradeTimer);
       clearInterval(this.watchTimer);
@@ -868,7 +1364,7 @@
       this.herald._stats.catchUps += 1;
       const attempt = (delay) => {
         const url = channelURL(this.herald.base, this.channel, { since: this.offset, epoch: this.epoch || undefined });
-        fetchJSON(url).then(
+        this.herald.request(url).then(
           (answer) => {
             const held = this.buffer;
             this.buffer = null;
@@ -884,22 +1380,33 @@
             }
             for (const live of held) this.accept(live, true);
           },
-          () => setTimeout(() => attempt(Math.min(delay * 2, 10000)), jitter(delay)),
+          (error) => {
+            // Refused to this token: the link stops the channel too; say so, and stop here.
+            if (REFUSALS.indexOf(error.code) >= 0) {
+              const refusal = { channel: this.channel, code: error.code, status: error.status, message: error.message, permanent: true };
+              return this.herald._emit("error", refusal);
+            }
+            // Not before the server's Retry-After.
+            const wait = Math.max(jitter(delay), (error.retryAfter || 0) * 1000);
+            setTimeout(() => attempt(Math.min(delay * 2, 10000)), wait);
+          },
         );
       };
       attempt(500);
     }
   }
 
+  /** `fetch` as JSON; an error answer rejects with problemError (its `status`, `code`, `problem`, `retryAfter`). */
   function fetchJSON(url, init) {
     return fetch(url, init).then((response) =>
-      response.json().then((body) => {
-        if (!response.ok) {
-          const error = new Error(body.detail || body.title || "HTTP " + response.status);
-          error.status = response.status;
-          error.problem = body;
-          throw error;
+      response.text().then((text) => {
+        let body = null;
+        try {
+          body = text ? JSON.parse(text) : null;
+        } catch (error) {
+          if (response.ok) throw new Error("not JSON");
         }
+        if (!response.ok) throw problemError(response.status, body, response.headers.get("Retry-After"));
         return body;
       }),
     );
@@ -921,6 +1428,7 @@
       this.transport = null;
       this.state = "idle";
       this._stats = { catchUps: 0 };
+      this.auth = new Tokens(this.options, (error) => this._emit("error", error));
       const shared = this.options.share && root.BroadcastChannel && root.navigator && root.navigator.locks;
       if (shared) this.joinTabs();
       else this.lead();
@@ -981,16 +1489,81 @@
       });
     }
 
-    /** Creates a check and resolves with it once it has ended (done, failed or canceled). */
+    /**
+     * Creates a check and resolves with it once it has ended (done, failed or canceled), with
+     * the `cancel_token` of the create answer (`onCreated` gets it while the check runs).
+     */
     createCheck(spec, options) {
       const headers = { "Content-Type": "application/json" };
       if (options && options.idempotencyKey) headers["Idempotency-Key"] = options.idempotencyKey;
-      return fetchJSON(this.base + "/api/v1/checks", { method: "POST", headers: headers, body: JSON.stringify(spec) }).then(
-        (check) => {
-          if (options && options.onCreated) options.onCreated(check);
-          return check.state === "processing" ? this.watchCheck(check.id, options && options.onChange) : check;
-        },
-      );
+      return this.request(this.base + "/api/v1/checks", { method: "POST", headers: headers, body: JSON.stringify(spec) }).then((check) => {
+        if (options && options.onCreated) options.onCreated(check);
+        if (check.state !== "processing") return check;
+        return this.watchCheck(check.id, options && options.onChange).then((ended) =>
+          check.cancel_token ? Object.assign({}, ended, { cancel_token: check.cancel_token }) : ended,
+        );
+      });
+    }
+
+    /**
+     * Cancels a processing check: with its `cancel_token` (Herald-Cancel-Token), or as the token
+     * that created it. Resolves with the canceled check.
+     */
+    cancelCheck(id, cancelToken) {
+      const headers = cancelToken ? { "Herald-Cancel-Token": cancelToken } : {};
+      return this.request(this.base + "/api/v1/checks/" + encodeURIComponent(id), { method: "DELETE", headers: headers });
+    }
+
+    /**
+     * Publishes an event to `channel` (the token's `publish` grant must match): over the open
+     * WebSocket when there is one, else with POST. Resolves with `{channel, offset, epoch, type,
+     * data}` (over HTTP, the whole event).
+     */
+    publish(channel, type, data) {
+      const active = this.link && this.link.active;
+      if (active && active.publish && active.ready()) {
+        return active.publish(channel, type, data).catch((error) => {
+          // Refused for want of a fresh token (it expired just now): nothing was published.
+          const stale = error.code === "token-expired" || (error.code === "token-required" && this.auth.enabled);
+          if (stale) return this.publishHTTP(channel, type, data);
+          throw error;
+        });
+      }
+      return this.publishHTTP(channel, type, data);
+    }
+
+    publishHTTP(channel, type, data) {
+      const url = this.base + "/api/v1/channels/" + encodeURIComponent(channel) + "/events";
+      const body = JSON.stringify(data === undefined ? { type: type } : { type: type, data: data });
+      return this.request(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: body });
+    }
+
+    /**
+     * Replaces the token (for pages without getToken, or after a login): the connection takes it
+     * at once, and channels refused to the old token are tried again.
+     */
+    setToken(token) {
+      this.auth.set(token);
+      const link = this.link;
+      if (!link) return;
+      for (const channel of [...link.refused]) {
+        const subscription = this.subscriptions.get(channel);
+        const entry = this.remote && this.remote.get(channel);
+        if (subscription || entry) link.subscribe(channel, subscription ? subscription.position : entry.position);
+      }
+    }
+
+    /** `fetch` as JSON with the token (`Authorization: Bearer`); one the server found expired is renewed once. */
+    request(url, init, renewed) {
+      const auth = this.auth;
+      if (!auth.enabled) return fetchJSON(url, init);
+      return auth.get().then((token) => {
+        const headers = Object.assign({}, init && init.headers, { Authorization: "Bearer " + token });
+        return fetchJSON(url, Object.assign({}, init, { headers: headers })).catch((error) => {
+          if (error.code !== "token-expired" || renewed) throw error;
+          return auth.renew(token).then(() => this.request(url, init, true));
+        });
+      });
     }
 
     close() {
@@ -999,6 +1572,7 @@
         this.bus.close();
       }
       this.closed = true;
+      this.auth.close();
       if (this.link) this.link.close();
       if (this.releaseLock) this.releaseLock();
       clearInterval(this.aliveTimer);
@@ -1049,8 +1623,12 @@
           this.setState(this.link.state, transport);
           this.post({ t: "state", state: this.link.state, transport: transport });
         },
-        error: (error) => this._emit("error", error),
-      });
+        error: (error) => {
+          this._emit("error", error);
+          // A channel's refusal concerns the tabs following it too.
+          if (error.channel) this.post({ t: "error", error: error });
+        },
+      }, this.auth);
       for (const [channel, subscription] of this.subscriptions) this.link.subscribe(channel, subscription.position);
       for (const [channel, entry] of remote || []) this.link.subscribe(channel, entry.position);
     }
@@ -1121,6 +1699,9 @@
       switch (message.t) {
         case "msg":
           return this.receive(message.msg);
+        case "error":
+          if (this.subscriptions.has(message.error.channel)) this._emit("error", message.error);
+          return;
         case "state":
           return this.setState(message.state, message.transport);
         case "leader":

@@ -109,6 +109,7 @@ package struct Access: Sendable {
         switch principal {
         case .server: return
         case .client(let grant):
+            try grant.requireCurrent()
             guard grant.channels.matches(channel.rawValue) else {
                 throw HeraldError(.channelForbidden, "the token does not grant reading \(channel)")
             }
@@ -122,6 +123,7 @@ package struct Access: Sendable {
         switch principal {
         case .server: return
         case .client(let grant):
+            try grant.requireCurrent()
             guard grant.publish.matches(channel.rawValue) else {
                 throw HeraldError(.channelForbidden, "the token does not grant publishing to \(channel)")
             }
@@ -137,7 +139,6 @@ package struct Access: Sendable {
     package func requireServer(_ principal: Principal) throws(HeraldError) {
         switch principal {
         case .server: return
-        case .client(let grant) where grant.admin: return
         case .client: throw HeraldError(.forbidden, "this route needs the server API key, not a client token")
         case .anonymous: throw .unauthorized("this route needs the server API key: Authorization: Bearer <key>")
         }
@@ -148,7 +149,7 @@ package struct Access: Sendable {
     package func authorizeCreate(_ spec: CheckSpec, by principal: Principal) throws(HeraldError) {
         switch (checkCreators, principal) {
         case (_, .server), (.anyone, _): break
-        case (.token, .client(let grant)) where grant.checks: break
+        case (.token, .client(let grant)) where grant.checks: try grant.requireCurrent()
         case (.token, .client), (.key, .client):
             throw HeraldError(
                 .forbidden,
@@ -160,20 +161,24 @@ package struct Access: Sendable {
             throw .unauthorized("creating checks needs the server API key (create-checks: key)")
         }
         guard let allowedTargets, !principal.isServer else { return }
-        let target: String
+        var targets: [(host: String, port: Int)] = []
         switch spec.parameters {
-        case .http(let url, _, _, _):
-            guard let parsed = URLComponents(string: url), let host = parsed.host else { return }
-            target = "\(host.lowercased()):\(parsed.port ?? (parsed.scheme == "https" ? 443 : 80))"
-        case .tcp(let host, let port, _):
-            target = "\(host.lowercased()):\(port)"
-        case .delay, .external:
-            return
+        case .http(let url, _, _, _): targets += Self.target(of: url).map { [$0] } ?? []
+        case .tcp(let host, let port, _): targets.append((host.lowercased(), port))
+        case .delay, .external: break
         }
-        let host = String(target[..<(target.lastIndex(of: ":") ?? target.endIndex)])
-        guard allowedTargets.matches(target) || allowedTargets.matches(host) else {
-            throw HeraldError(.forbidden, "\(target) is not in check-allowed-targets")
+        // The callback is a request Herald makes too.
+        if let callback = spec.callbackURL { targets += Self.target(of: callback).map { [$0] } ?? [] }
+        for (host, port) in targets where !allowedTargets.matches("\(host):\(port)") && !allowedTargets.matches(host) {
+            throw HeraldError(.forbidden, "\(host):\(port) is not in check-allowed-targets")
         }
+    }
+
+    /// The host (lowercased) and port a URL reaches; nil when it has no host (the SSRF guard
+    /// refuses it anyway).
+    private static func target(of url: String) -> (host: String, port: Int)? {
+        guard let parsed = URLComponents(string: url), let host = parsed.host else { return nil }
+        return (host.lowercased(), parsed.port ?? (parsed.scheme?.lowercased() == "https" ? 443 : 80))
     }
 
     /// What a new check remembers of its creator, and the cancel capability (returned once,

@@ -38,14 +38,41 @@ package struct Network: Sendable, Hashable, CustomStringConvertible {
         return true
     }
 
-    /// The address's bytes (4 or 16), or nil when it is not an address.
+    /// The address's bytes (4 or 16; an IPv4-mapped IPv6 address, as a dual-stack socket
+    /// reports IPv4 peers, as its 4), or nil when it is not an address.
     static func parse(_ text: some StringProtocol) -> [UInt8]? {
         let text = String(text)
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
         var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
+        guard inet_pton(AF_INET6, text, &v6) == 1 else { return nil }
+        let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+        let mapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+        return mapped ? Array(bytes[12...]) : bytes
+    }
+
+    /// A forwarded hop's address: `1.2.3.4`, `1.2.3.4:5555`, `[2001:db8::1]:5555` or an IPv6
+    /// address; nil when it is none of these.
+    static func hop(_ text: some StringProtocol) -> String? {
+        let text = String(text)
+        if parse(text) != nil { return text }
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            let inner = String(text[text.index(after: text.startIndex)..<close])
+            return parse(inner) != nil ? inner : nil
+        }
+        if let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon {
+            let host = String(text[..<colon])
+            return parse(host) != nil && Int(text[text.index(after: colon)...]) != nil ? host : nil
+        }
         return nil
+    }
+
+    /// What limits count one client by: an IPv4 address, or an IPv6 address's /64 (one
+    /// subscriber's usual allocation: otherwise a single host could be 2^64 clients).
+    package static func clientKey(_ address: String) -> String {
+        guard let bytes = parse(address) else { return address }
+        guard bytes.count == 16 else { return bytes.map(String.init).joined(separator: ".") }
+        return bytes[0..<8].map { String($0, radix: 16) }.joined(separator: ":") + "::/64"
     }
 }
 
@@ -60,15 +87,22 @@ package struct ClientAddresses: Sendable {
 
     /// The client's address: the peer's, unless the peer is a trusted proxy; then the
     /// right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the ones
-    /// left of it are whatever the client wrote, and are not believed).
+    /// left of it are whatever the client wrote, and are not believed). A hop that is not an
+    /// address ends the walk at the last proxy passed: nothing left of it is believed either.
     package func client(peer: String?, forwardedFor: String?) -> String? {
         guard let peer, isTrusted(peer), let forwardedFor else { return peer }
-        let hops = forwardedFor.split(separator: ",").map {
-            String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
-        }
-        for hop in hops.reversed() where Network.parse(hop) != nil {
+        var closest = peer
+        for text in forwardedFor.split(separator: ",").reversed() {
+            guard let hop = Network.hop(text.trimmingCharacters(in: " \t")) else { return closest }
             if !isTrusted(hop) { return hop }
+            closest = hop
         }
-        return peer
+        return closest
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
     }
 }

@@ -33,7 +33,7 @@ package struct ClientLimits: Sendable {
     package func take(_ kind: Kind, by principal: Principal, address: String?) throws(HeraldError) {
         if principal.isServer { return }
         guard let limiter = limiters[kind] else { return }
-        let client = principal.subject.map { "sub:" + $0 } ?? "ip:" + (address ?? "unknown")
+        let client = principal.subject.map { "sub:" + $0 } ?? "ip:" + (address.map(Network.clientKey) ?? "unknown")
         if let wait = limiter.take(client) {
             let seconds = Int(wait.components.seconds)
             throw HeraldError(

@@ -12,7 +12,7 @@ package struct ClientGrant: Sendable, Hashable {
     package var publish: PatternSet
     /// `checks: true`: the client may create checks.
     package var checks: Bool
-    /// `admin: true`: the client may read what the server API key reads (the dashboard).
+    /// `admin: true`: read, for the dashboard to come (issue 19); it grants nothing today.
     package var admin: Bool
     /// When what the token opened ends: its `exp` plus the leeway.
     package var expires: Timestamp
@@ -35,6 +35,16 @@ package struct ClientGrant: Sendable, Hashable {
         self.checks = checks
         self.admin = admin
         self.expires = expires
+    }
+}
+
+extension ClientGrant {
+    /// Refuses a grant past its expiry (and leeway): a check beside every timer, so no race
+    /// with one, and no clock step, lets a token act after it.
+    package func requireCurrent(now: Timestamp = .now()) throws(HeraldError) {
+        guard now.millisecondsSince1970 < expires.millisecondsSince1970 else {
+            throw HeraldError(.tokenExpired, "the token expired at \(exp.rfc3339)")
+        }
     }
 }
 
@@ -119,6 +129,11 @@ package struct TokenVerifier: Sendable {
             throw .tokenInvalid("the token is malformed")
         }
         guard let exp = claims.exp else { throw .tokenInvalid("the token has no exp claim; exp is required") }
+        // Seconds, as RFC 7519 says; an issuer sending milliseconds or nanoseconds would overflow.
+        let ceiling = 100_000_000_000.0  // the year 5138
+        guard exp.value.timeIntervalSince1970.magnitude < ceiling,
+            (claims.nbf?.value.timeIntervalSince1970.magnitude ?? 0) < ceiling
+        else { throw .tokenInvalid("exp or nbf is not a time in seconds since 1970") }
         let skew = leeway.milliseconds
         let expires = Timestamp(millisecondsSince1970: Int64(exp.value.timeIntervalSince1970 * 1000))
         guard now.millisecondsSince1970 < expires.millisecondsSince1970 + skew else {
@@ -210,9 +225,27 @@ struct KeySet: Sendable {
     let kids: Set<String>
 
     init(json: String) async throws {
-        let document = try JSONDecoder().decode(JWKS.self, from: Data(json.utf8))
+        var document = try JSONDecoder().decode(JWKS.self, from: Data(json.utf8))
+        for index in document.keys.indices where document.keys[index].algorithm == nil {
+            document.keys[index].algorithm = try Self.algorithm(of: document.keys[index])
+        }
         kids = Set(document.keys.compactMap { $0.keyIdentifier?.string })
         keys = try await JWTKeyCollection().add(jwks: document)
+    }
+
+    /// The one algorithm a key without `alg` verifies. Left open, jwt-kit would build the key's
+    /// verifier from the first token's header and keep it, so one forged header (PS256 on an
+    /// RS256 key) would lock every real token out.
+    static func algorithm(of key: JWK) throws -> JWK.Algorithm {
+        let members = try JSONDecoder().decode([String: String?].self, from: try JSONEncoder().encode(key))
+        switch (members["kty"] ?? nil, members["crv"] ?? nil) {
+        case ("RSA", _): return .rs256
+        case ("EC", "P-256"): return .es256
+        case ("EC", "P-384"): return .es384
+        case ("EC", "P-521"): return .es512
+        case ("OKP", "Ed25519"): return .eddsa
+        default: throw HeraldError.invalid("a JWKS key without alg is of a type Herald cannot tell the algorithm of")
+        }
     }
 
     func knows(_ kid: String?) -> Bool { kid.map(kids.contains) ?? (kids.count == 1) }

@@ -102,7 +102,7 @@ public struct HeraldClient: Sendable {
         var request = HTTPClientRequest(url: url + path)
         request.method = .init(rawValue: method)
         request.headers = headers
-        if let credential = (authorized ? apiKey : nil) ?? token {
+        if let credential = apiKey ?? token {
             request.headers.add(name: "Authorization", value: "Bearer \(credential)")
         }
         if let body {
@@ -141,7 +141,7 @@ public struct HeraldClient: Sendable {
             heartbeat: timing.heartbeat,
             pollWait: timing.pollWait,
             logger: logger,
-            token: token
+            token: apiKey ?? token
         )
         let task = Task { [timing] in
             var follower = Follower(channels: channels)

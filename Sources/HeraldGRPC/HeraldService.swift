@@ -318,7 +318,8 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         let host = peer[peer.index(after: colon)..<last]
         return access.limits.addresses.client(
             peer: String(host.hasPrefix("[") && host.hasSuffix("]") ? host.dropFirst().dropLast() : host),
-            forwardedFor: metadata[stringValues: "x-forwarded-for"].first(where: { _ in true })
+            // Every field, in order: a proxy may add its own rather than append to the client's.
+            forwardedFor: Array(metadata[stringValues: "x-forwarded-for"]).joined(separator: ",").nilIfEmpty
         )
     }
 
@@ -341,4 +342,8 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
             group.cancelAll()
         }
     }
+}
+
+extension String {
+    fileprivate var nilIfEmpty: String? { isEmpty ? nil : self }
 }

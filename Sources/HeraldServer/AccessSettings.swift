@@ -33,8 +33,12 @@ package struct AccessSettings: Sendable {
 
     /// Whether `host` is a loopback address: only this machine's clients reach it.
     static func isLoopback(_ host: String) -> Bool {
-        ["::1", "[::1]", "localhost"].contains(host) || host.hasPrefix("127.")
+        if host == "localhost" { return true }
+        let address = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        return Self.loopback.contains { $0.contains(address) }
     }
+
+    private static let loopback = [Network("127.0.0.0/8")!, Network("::1/128")!]
 
     /// The rate limits in force: as set; unset ones are off on a loopback address and, on a
     /// public one, 10 creates, 100 publishes, 200 WebSocket ops and 50 connections a second.

@@ -108,6 +108,9 @@ package enum ConfigurationLoader {
             c,
             v throws(ConfigurationError) in
             let origins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            guard !origins.isEmpty else {
+                throw ConfigurationError(message: "allowed-origins must name at least one origin, or *")
+            }
             c.http.allowedOrigins = origins.contains("*") ? nil : origins
             c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
         },
@@ -436,9 +439,9 @@ package enum ConfigurationLoader {
 
     /// A rate per second: a non-negative number (0 turns the limit off).
     private static func rate(_ text: String, _ name: String) throws(ConfigurationError) -> Double {
-        guard let value = Double(text), value.isFinite, (0...1_000_000).contains(value) else {
+        guard let value = Double(text), value == 0 || (0.01...1_000_000).contains(value) else {
             throw ConfigurationError(
-                message: "\(name) must be a number of events per second, 0 to 1000000, not '\(text)'"
+                message: "\(name) must be 0 (off) or a number per second from 0.01 to 1000000, not '\(text)'"
             )
         }
         return value

@@ -50,8 +50,9 @@ final class ConnectionLimit: Sendable {
     }
 
     /// Counts a new connection from `address` in; the refusal when a bound is reached.
-    func admit(_ address: String?) -> Refusal? {
-        if let address, !exempt.isTrusted(address) {
+    func admit(_ peer: String?) -> Refusal? {
+        let address = peer.map(Network.clientKey)
+        if let peer, let address, !exempt.isTrusted(peer) {
             if let wait = connects?.take(address) { return .tooFast(retryAfter: Int(wait.components.seconds)) }
             if let perAddress {
                 let admitted = byAddress.withLock { counts -> Bool in
@@ -64,14 +65,15 @@ final class ConnectionLimit: Sendable {
         }
         if open.wrappingAdd(1, ordering: .relaxed).newValue <= maximum { return nil }
         open.wrappingSubtract(1, ordering: .relaxed)
-        release(address, total: false)
+        release(peer, total: false)
         return .full
     }
 
-    /// Counts a closed connection from `address` out.
-    func release(_ address: String?, total: Bool = true) {
+    /// Counts a closed connection from `peer` out.
+    func release(_ peer: String?, total: Bool = true) {
         if total { open.wrappingSubtract(1, ordering: .relaxed) }
-        guard perAddress != nil, let address, !exempt.isTrusted(address) else { return }
+        guard perAddress != nil, let peer, !exempt.isTrusted(peer) else { return }
+        let address = Network.clientKey(peer)
         byAddress.withLock { counts in
             let left = counts[address, default: 1] - 1
             counts[address] = left > 0 ? left : nil

@@ -354,13 +354,21 @@ package struct HeraldServer: Sendable {
     }
 
     /// Fetches `token-jwks-url` (at most 1 MiB, within 10 s).
+    /// Redirects are not followed: one from https to http would carry the keys in the clear.
     @Sendable static func fetchKeySet(_ url: String) async throws -> String {
-        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
+        let response = try await keySetClient.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
         guard response.status == .ok else {
             throw HeraldError(.unavailable, "token-jwks-url answered \(response.status)")
         }
         return String(buffer: try await response.body.collect(upTo: 1 << 20))
     }
+
+    /// The client of ``fetchKeySet(_:)``: the shared event loops, no redirects; it lives as
+    /// long as the process.
+    static let keySetClient = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: HTTPClient.Configuration(redirectConfiguration: .disallow)
+    )
 
     /// The kernel's boot id, which tells a restart of Herald from a restart of the machine.
     static func bootID() -> String? {

@@ -281,13 +281,7 @@ final class WebSocketSession: Sendable {
 
     /// Makes `principal` the connection's, with a timer for its expiry.
     private func adopt(_ principal: Principal) {
-        let timer = principal.expires.map { expires in
-            Task { [weak self] in
-                try? await Task.sleep(until: expires.instant)
-                guard !Task.isCancelled else { return }
-                self?.expire()
-            }
-        }
+        let timer = principal.expires.map(timer(for:))
         let previous = state.withLock { state in
             defer {
                 state.principal = principal
@@ -303,9 +297,12 @@ final class WebSocketSession: Sendable {
     /// subscribe from its positions.
     private func expire() {
         let wasCurrent = state.withLock { state -> Bool in
-            guard let expires = state.principal.expires,
-                expires.millisecondsSince1970 <= Timestamp.now().millisecondsSince1970
-            else { return false }
+            guard let expires = state.principal.expires else { return false }
+            guard expires.millisecondsSince1970 <= Timestamp.now().millisecondsSince1970 else {
+                // The wall clock stepped back while the monotonic one slept: look again later.
+                state.expiryTimer = timer(for: expires)
+                return false
+            }
             state.principal = .anonymous
             return true
         }
@@ -315,6 +312,15 @@ final class WebSocketSession: Sendable {
             return isOpen ? nil : HeraldError(.tokenExpired, "the token expired")
         })
         send(ServerFrame.expired(stopped.map(\.0)))
+    }
+
+    /// A task that calls ``expire()`` at `expires`, unless cancelled first.
+    private func timer(for expires: Timestamp) -> Task<Void, Never> {
+        Task { [weak self] in
+            try? await Task.sleep(until: expires.instant)
+            guard !Task.isCancelled else { return }
+            self?.expire()
+        }
     }
 
     /// Stops the subscriptions `refusal` refuses, as `unsubscribe` does but silently.
@@ -341,6 +347,13 @@ final class WebSocketSession: Sendable {
             }
             if state.subscriptions.count >= maximum {
                 return OpError("too_many_subscriptions", "at most \(maximum) channels per connection")
+            }
+            // Again under the lock: the token may have expired, or been replaced, since the op
+            // was read, and a subscription registered after `expire()` ran would outlive it.
+            do throws(HeraldError) {
+                try access.authorizeRead(channel, by: state.principal)
+            } catch {
+                return OpError(error)
             }
             // Registered under the lock before it runs, so its own end finds it.
             state.nextID += 1

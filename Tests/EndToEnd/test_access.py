@@ -579,3 +579,31 @@ def test_keys_from_a_jwks_url_are_fetched_once_and_again_for_a_new_kid(make_hera
             assert len(fetches) == 2
     finally:
         server.shutdown()
+
+
+def test_a_forged_header_cannot_lock_a_jwks_key_to_another_algorithm(make_herald, tmp_path):
+    """A JWKS key without `alg` (as some issuers publish them) verifies its key type's one
+    algorithm: an anonymous token whose header names another (PS256 on an RSA key) is refused
+    and changes nothing for the real RS256 tokens after it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    import base64
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.pop("alg", None)
+    jwk["kid"] = "rsa-1"
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    herald = make_herald(config={"token-jwks-file": str(tmp_path / "jwks.json")})
+
+    def b64(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    forged = b64({"alg": "PS256", "kid": "rsa-1"}) + "." + b64({"exp": int(time.time()) + 60}) + ".AA"
+    real = jwt.encode({"exp": int(time.time()) + 60, "channels": ["orders"]}, key, algorithm="RS256",
+                      headers={"kid": "rsa-1"})
+    with herald.client() as api:
+        url = "/api/v1/channels/orders/events"
+        assert assert_problem(api.get(url, headers=bearer(forged)), 401)["code"] == "token-invalid"
+        assert api.get(url, headers=bearer(real)).status_code == 200
+        assert api.get(url, headers=bearer(forged)).status_code == 401
+        assert api.get(url, headers=bearer(real)).status_code == 200

@@ -198,6 +198,14 @@ private func refusal(_ verifier: TokenVerifier, _ token: String) async -> Herald
         #expect(await fetches.value == 1)
     }
 
+    @Test func anExpInMillisecondsOrNanosecondsIsInvalidNotACrash() async throws {
+        for exp in [Date().timeIntervalSince1970 * 1000, Date().timeIntervalSince1970 * 1e9] {
+            var odd = claims()
+            odd.exp = ExpirationClaim(value: Date(timeIntervalSince1970: exp))
+            #expect(await refusal(try await verifier(), try await hmacToken(odd))?.code == .tokenInvalid)
+        }
+    }
+
     @Test func aShortSecretIsRefused() async {
         await #expect(throws: HeraldError.self) { try await TokenVerifier(TokenKeys(secret: "short")) }
     }
@@ -247,7 +255,7 @@ private actor Counter {
                 channels: PatternSet(channels.compactMap(ChannelPattern.init)),
                 publish: PatternSet(publish.compactMap(ChannelPattern.init)),
                 checks: checks,
-                expires: .now()
+                expires: Timestamp(millisecondsSince1970: Timestamp.now().millisecondsSince1970 + 60_000)
             )
         )
     }
@@ -267,6 +275,16 @@ private actor Counter {
         #expect(
             code { () throws(HeraldError) in try access.authorizeRead(ChannelName("orders")!, by: .anonymous) } == nil
         )
+    }
+
+    @Test func anExpiredGrantIsRefusedWhateverItsTimersSay() async throws {
+        let access = Access(keys: keys, verifier: try await TokenVerifier(TokenKeys(secret: secret)))
+        let past = Principal.client(
+            ClientGrant(channels: PatternSet(list: "*")!, publish: PatternSet(list: "*")!, expires: .now())
+        )
+        let orders = ChannelName("orders")!
+        #expect(code { () throws(HeraldError) in try access.authorizeRead(orders, by: past) } == .tokenExpired)
+        #expect(code { () throws(HeraldError) in try access.authorizePublish(orders, by: past) } == .tokenExpired)
     }
 
     @Test func withATokenKeyChannelsArePrivateButCheckChannelsAreNot() async throws {

@@ -64,5 +64,19 @@ import Testing
         #expect(addresses.client(peer: "10.0.0.2", forwardedFor: "6.6.6.6, 1.2.3.4, 10.0.0.9") == "1.2.3.4")
         #expect(addresses.client(peer: "10.0.0.2", forwardedFor: "garbage") == "10.0.0.2")
         #expect(addresses.client(peer: "10.0.0.2", forwardedFor: nil) == "10.0.0.2")
+        // Hops with ports, as some proxies write them.
+        #expect(addresses.client(peer: "10.0.0.2", forwardedFor: "6.6.6.6, 1.2.3.4:5555") == "1.2.3.4")
+        #expect(addresses.client(peer: "10.0.0.2", forwardedFor: "[2001:db8::7]:443") == "2001:db8::7")
+        // A hop that is no address ends the walk: what the client wrote left of it is not believed.
+        #expect(addresses.client(peer: "10.0.0.2", forwardedFor: "6.6.6.6, junk, 10.0.0.3") == "10.0.0.3")
+        // A dual-stack socket reports IPv4 peers mapped into IPv6.
+        #expect(addresses.client(peer: "::ffff:10.0.0.2", forwardedFor: "1.2.3.4") == "1.2.3.4")
+    }
+
+    @Test func anIPv6ClientIsItsSlash64() {
+        #expect(Network.clientKey("2001:db8:1:2:aaaa::1") == Network.clientKey("2001:db8:1:2:bbbb::9"))
+        #expect(Network.clientKey("2001:db8:1:2::1") != Network.clientKey("2001:db8:1:3::1"))
+        #expect(Network.clientKey("::ffff:192.0.2.1") == Network.clientKey("192.0.2.1"))
+        #expect(Network.clientKey("192.0.2.1") != Network.clientKey("192.0.2.2"))
     }
 }

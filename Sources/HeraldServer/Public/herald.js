@@ -299,9 +299,9 @@
       this.link.authorize(
         (token) => {
           if (this.closedFlag) return;
-          const query = token ? "?access_token=" + encodeURIComponent(token) : "";
+          // The token goes in the `auth` op only, never in the URL, where logs keep it.
           this.request();
-          const socket = (this.socket = new Socket(this.link.base.replace(/^http/, "ws") + "/api/v1/ws" + query));
+          const socket = (this.socket = new Socket(this.link.base.replace(/^http/, "ws") + "/api/v1/ws"));
           socket.onopen = () => {
             // With a token, `auth` goes first: its answer (`authed`, or why not) comes before the pong.
             if (token) this.authenticate(this.link.auth.usable() || token);

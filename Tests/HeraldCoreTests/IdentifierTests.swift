@@ -9,6 +9,12 @@ import Testing
         for id in ids { #expect(CheckID(id) != nil && id.utf8.count == 22) }
     }
 
+    @Test func noCheckIDStartsWithADashThatACommandLineWouldTakeForAnOption() {
+        // One in 64 would, by chance: 10,000 ids miss it with probability 10^-68.
+        #expect(!(0..<10_000).contains { _ in CheckID.random().rawValue.hasPrefix("-") })
+        #expect(CheckID("-tLfknalnmFP9JEl2ZnE1A") != nil)  // ids made before stay valid
+    }
+
     @Test(arguments: ["", "abc", "rE22zp4hZharey9mUf6kq/", "rE22zp4hZharey9mUf6kqQQ", "../../../etc/passwd"])
     func malformedCheckIDsAreRefused(text: String) {
         #expect(CheckID(text) == nil)

@@ -105,7 +105,7 @@ package struct Access: Sendable {
     /// id is the capability), else a token whose `channels` grant it.
     /// - Throws: `.tokenRequired` for anonymous, `.channelForbidden` for a token without the grant.
     package func authorizeRead(_ channel: ChannelName, by principal: Principal) throws(HeraldError) {
-        if channel.isCheckChannel || publicChannels.matches(channel.rawValue) { return }
+        if isOpen(channel) { return }
         switch principal {
         case .server: return
         case .client(let grant):
@@ -116,6 +116,12 @@ package struct Access: Sendable {
         case .anonymous:
             throw HeraldError(.tokenRequired, "channel \(channel) is private: a token granting it is required")
         }
+    }
+
+    /// Whether anyone may read `channel`: a check's channel (its id is the capability), or one
+    /// `public-channels` lists.
+    package func isOpen(_ channel: ChannelName) -> Bool {
+        channel.isCheckChannel || publicChannels.matches(channel.rawValue)
     }
 
     /// Publishing to `channel`: the server, or a token whose `publish` grants it.

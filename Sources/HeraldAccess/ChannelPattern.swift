@@ -1,3 +1,5 @@
+internal import Foundation
+
 /// A channel name in which `*` matches any run of characters: `orders`, `user:42:*`, `*`.
 ///
 /// Patterns name what a client may read or publish (a token's `channels` and `publish` claims,
@@ -53,7 +55,7 @@ package struct PatternSet: Sendable, Hashable, CustomStringConvertible {
     package init?(list: String) {
         var patterns: [ChannelPattern] = []
         for item in list.split(separator: ",") {
-            let text = item.trimmingWhitespace()
+            let text = item.trimmingCharacters(in: .whitespaces)
             if text.isEmpty { continue }
             guard let pattern = ChannelPattern(text) else { return nil }
             patterns.append(pattern)
@@ -70,10 +72,4 @@ package struct PatternSet: Sendable, Hashable, CustomStringConvertible {
     package func matches(_ name: some StringProtocol) -> Bool { patterns.contains { $0.matches(name) } }
 
     package var description: String { patterns.isEmpty ? "none" : patterns.map(\.description).joined(separator: ",") }
-}
-
-extension Substring {
-    fileprivate func trimmingWhitespace() -> String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
 }

@@ -1,3 +1,5 @@
+internal import Foundation
+
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
@@ -93,16 +95,10 @@ package struct ClientAddresses: Sendable {
         guard let peer, isTrusted(peer), let forwardedFor else { return peer }
         var closest = peer
         for text in forwardedFor.split(separator: ",").reversed() {
-            guard let hop = Network.hop(text.trimmingCharacters(in: " \t")) else { return closest }
+            guard let hop = Network.hop(text.trimmingCharacters(in: .whitespaces)) else { return closest }
             if !isTrusted(hop) { return hop }
             closest = hop
         }
         return closest
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
     }
 }

@@ -1,3 +1,5 @@
+internal import Foundation
+
 /// The server API keys (`api-key`): one or several named keys, any of which has every right,
 /// so a key is rotated by adding the new one, moving clients over, then removing the old.
 package struct ServerKeys: Sendable {
@@ -13,7 +15,7 @@ package struct ServerKeys: Sendable {
     package init?(list: String) {
         var keys: [Key] = []
         for (index, item) in list.split(separator: ",").enumerated() {
-            let text = String(item).trimmingCharacters(in: " \t")
+            let text = item.trimmingCharacters(in: .whitespaces)
             var name = "key\(index + 1)"
             var key = text
             // `name=key` when what follows `=` could be a key; else the whole text is one
@@ -52,10 +54,4 @@ package func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
     var difference: UInt8 = 0
     for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
     return difference == 0
-}
-
-extension String {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
-    }
 }

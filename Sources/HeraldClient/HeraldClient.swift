@@ -85,7 +85,6 @@ public struct HeraldClient: Sendable {
             "POST",
             "/api/v1/channels/\(channel)/events",
             body: .object(["type": .string(type), "data": data]),
-            authorized: true,
             as: ChannelEvent.self
         )
     }
@@ -96,7 +95,6 @@ public struct HeraldClient: Sendable {
         _ path: String,
         body: HeraldJSON? = nil,
         headers: HTTPHeaders = [:],
-        authorized: Bool = false,
         as: T.Type
     ) async throws -> T {
         var request = HTTPClientRequest(url: url + path)

@@ -1,4 +1,5 @@
 internal import HTTPTypes
+internal import HeraldCore
 internal import HeraldHTTP
 internal import HummingbirdCore
 internal import Logging
@@ -60,34 +61,33 @@ struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
 
     /// The raw HTTP/1.1 answer to a connection past a bound: 503 past a cap, 429 past the rate.
     static func answer(to refusal: ConnectionLimit.Refusal, maximum: Int) -> String {
-        let problem: Problem
-        let retryAfter: Int
+        let error: HeraldError
         switch refusal {
         case .full:
-            retryAfter = 1
-            problem = Problem(
-                status: .serviceUnavailable,
-                code: "unavailable",
-                detail: "Herald holds \(maximum) connections, its max-connections; try again shortly"
+            error = HeraldError(
+                .unavailable,
+                "Herald holds \(maximum) connections, its max-connections; try again shortly",
+                retryAfter: 1
             )
         case .addressFull(let cap):
-            retryAfter = 1
-            problem = Problem(
-                status: .serviceUnavailable,
-                code: "unavailable",
-                detail: "this address holds \(cap) connections, the max-connections-per-ip; close one first"
+            error = HeraldError(
+                .unavailable,
+                "this address holds \(cap) connections, the max-connections-per-ip; close one first",
+                retryAfter: 1
             )
         case .tooFast(let seconds):
-            retryAfter = seconds
-            problem = Problem(
-                status: .tooManyRequests,
-                code: "rate-limited",
-                detail: "this address opens connections faster than rate-limit-connects; retry after \(seconds) s"
+            error = HeraldError(
+                .rateLimited,
+                "this address opens connections faster than rate-limit-connects; retry after \(seconds) s",
+                retryAfter: seconds
             )
         }
+        // The problem the router would render, written raw: no handler exists yet.
+        let problem = Problem(error)
         let body = problem.json
-        return "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n"
-            + "content-type: application/problem+json\r\nretry-after: \(retryAfter)\r\nconnection: close\r\n"
+        let fields = problem.headers.map { "\($0.name.canonicalName): \($0.value)\r\n" }.joined()
+        return "HTTP/1.1 \(problem.status.code) \(problem.status.reasonPhrase)\r\n" + fields
+            + "content-type: application/problem+json\r\nconnection: close\r\n"
             + "content-length: \(body.utf8.count)\r\n\r\n" + body
     }
 }

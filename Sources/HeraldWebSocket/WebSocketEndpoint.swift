@@ -1,9 +1,10 @@
-internal import Foundation
 package import HTTPTypes
 package import HeraldAccess
 internal import HeraldCore
 package import HeraldHTTP
 package import HeraldRunner
+internal import Hummingbird
+internal import HummingbirdCore
 package import HummingbirdWebSocket
 package import Logging
 internal import NIOCore
@@ -82,11 +83,7 @@ package final class WebSocketEndpoint: Service, Sendable {
     /// clients) or `?access_token=` (browsers cannot set headers on a WebSocket).
     package static func bearer(of request: HTTPRequest) -> String? {
         if let credential = Access.credential(authorization: request.headerFields[.authorization]) { return credential }
-        guard let query = request.path?.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
-        for pair in query.split(separator: "&") where pair.hasPrefix("access_token=") {
-            return String(pair.dropFirst("access_token=".count)).removingPercentEncoding
-        }
-        return nil
+        return request.path.flatMap { URI($0).queryParameters.get("access_token") }
     }
 
     /// Serves one upgraded connection until either side closes it.

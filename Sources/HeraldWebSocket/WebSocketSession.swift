@@ -308,8 +308,7 @@ final class WebSocketSession: Sendable {
         }
         guard wasCurrent else { return }
         let stopped = stop(where: { channel in
-            let isOpen = (try? access.authorizeRead(channel, by: .anonymous)) != nil
-            return isOpen ? nil : HeraldError(.tokenExpired, "the token expired")
+            access.isOpen(channel) ? nil : HeraldError(.tokenExpired, "the token expired")
         })
         send(ServerFrame.expired(stopped.map(\.0)))
     }

@@ -4,8 +4,6 @@ and with WebSocket blocked a private channel streams (SSE or XHR streaming, not 
 no gap and no duplicate. A page from an origin not in `allowed-origins` gets neither CORS nor
 a WebSocket. Real Chromium, real pages on their own local web servers."""
 
-import http.server
-import threading
 import time
 
 import jwt
@@ -13,29 +11,10 @@ import pytest
 
 from conftest import AUTH, wait_for
 from test_browser_client import publish
-from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
+from test_browser_jsonp import browser, page_server  # noqa: F401  (the Chromium fixture)
 
 SECRET = "cross-origin-secret-of-at-least-32-bytes"
 EVENTS = 30
-
-
-def page_server():
-    """A local web server for an empty page: its own origin (`localhost:<port>`)."""
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"<!doctype html><title>an application</title>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://localhost:{server.server_address[1]}"
 
 
 @pytest.fixture

@@ -46,9 +46,8 @@ def test_a_browser_long_polls_a_check_over_jsonp(browser, herald):
     assert answer["state"] == "done" and answer["result"] == {"html": "</script><b>"}
 
 
-@pytest.fixture
-def other_origin():
-    """A page served by another local web server: a different origin from Herald's."""
+def page_server():
+    """A local web server for an empty page: its own origin (`http://localhost:<port>`)."""
     import http.server
     import threading
 
@@ -66,7 +65,14 @@ def other_origin():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://localhost:{server.server_address[1]}/"
+    return server, f"http://localhost:{server.server_address[1]}"
+
+
+@pytest.fixture
+def other_origin():
+    """A page served by another local web server: a different origin from Herald's."""
+    server, origin = page_server()
+    yield origin + "/"
     server.shutdown()
 
 

@@ -60,8 +60,7 @@ extension Access {
     /// When `principal`'s reading of `channel` ends: its token's expiry, unless the channel is
     /// readable without it (public, a check's) or the principal is the server.
     package func readExpiry(_ channel: ChannelName, by principal: Principal) -> Timestamp? {
-        if channel.isCheckChannel || publicChannels.matches(channel.rawValue) { return nil }
-        return principal.expires
+        isOpen(channel) ? nil : principal.expires
     }
 }
 

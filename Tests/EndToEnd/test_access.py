@@ -328,6 +328,10 @@ def test_check_allowed_targets_limit_probes(make_herald):
         refused = create(api, {"kind": "tcp", "params": {"host": "127.0.0.1", "port": 22}})
         assert assert_problem(refused, 403, "check-allowed-targets")["code"] == "forbidden"
         assert create(api, {"kind": "tcp", "params": {"host": "127.0.0.1", "port": 1}}).status_code == 202
+        # A callback is a request Herald makes too.
+        with_callback = create(api, {"kind": "tcp", "params": {"host": "127.0.0.1", "port": 1},
+                                     "callback_url": "http://127.0.0.1:22/hook"})
+        assert assert_problem(with_callback, 403, "127.0.0.1:22")["code"] == "forbidden"
         # The server API key keeps every right.
         assert create(api, {"kind": "tcp", "params": {"host": "127.0.0.1", "port": 22}}, **AUTH).status_code == 202
 
@@ -480,6 +484,12 @@ def test_connection_caps_per_address_and_in_all(make_herald):
         assert other.get("/healthz").status_code == 200
     # The address's connections were counted out when they closed.
     assert wait_for(lambda: from_address(herald, "127.0.0.2").get("/healthz").status_code == 200)
+    # A trusted proxy carries many clients: the per-address cap does not apply to it.
+    proxied = make_herald(config={"max-connections-per-ip": 1, "trusted-proxies": "127.0.0.8"})
+    with from_address(proxied, "127.0.0.8").stream("GET", path, params={"format": "sse"}) as held:
+        assert held.status_code == 200
+        assert from_address(proxied, "127.0.0.8").get("/healthz").status_code == 200
+        assert from_address(proxied, "127.0.0.9").get("/healthz").status_code == 200
     capped = make_herald(config={"max-connections": 1})
     with from_address(capped, "127.0.0.4").stream("GET", path, params={"format": "sse"}) as held:
         assert held.status_code == 200
@@ -607,3 +617,40 @@ def test_a_forged_header_cannot_lock_a_jwks_key_to_another_algorithm(make_herald
         assert api.get(url, headers=bearer(real)).status_code == 200
         assert api.get(url, headers=bearer(forged)).status_code == 401
         assert api.get(url, headers=bearer(real)).status_code == 200
+
+
+def test_the_cli_waits_out_a_retry_after(tmp_path):
+    """HeraldClient (through `herald subscribe`) does not come back before a 429's Retry-After,
+    where its own backoff would start at a quarter of a second."""
+    import http.server
+    import threading
+
+    attempts = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            attempts.append(time.monotonic())
+            body = b'{"type":"urn:herald:problem:rate-limited","status":429,"code":"rate-limited"}'
+            self.send_response(429)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    subscriber = subprocess.Popen([BIN, "subscribe", "orders", "--url", f"http://127.0.0.1:{server.server_port}",
+                                   "--transport", "sse"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(7)
+    finally:
+        subscriber.kill()
+        subscriber.wait()
+        server.shutdown()
+    assert len(attempts) >= 2, attempts
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert min(gaps) >= 1.9, gaps

@@ -277,6 +277,19 @@ private actor Counter {
         )
     }
 
+    @Test func theServerRoutesTakeTheServerKeyOnlyNotAnAdminToken() {
+        let access = Access(keys: keys)
+        let admin = Principal.client(
+            ClientGrant(
+                admin: true,
+                expires: Timestamp(millisecondsSince1970: Timestamp.now().millisecondsSince1970 + 60_000)
+            )
+        )
+        #expect(code { () throws(HeraldError) in try access.requireServer(admin) } == .forbidden)
+        #expect(code { () throws(HeraldError) in try access.requireServer(.anonymous) } == .unauthorized)
+        #expect(code { () throws(HeraldError) in try access.requireServer(.server(key: "main")) } == nil)
+    }
+
     @Test func anExpiredGrantIsRefusedWhateverItsTimersSay() async throws {
         let access = Access(keys: keys, verifier: try await TokenVerifier(TokenKeys(secret: secret)))
         let past = Principal.client(

@@ -70,4 +70,10 @@ import Testing
             #expect(delay >= min(timing.backoffMax, timing.backoffInitial * (1 << min(attempt, 20))) * 0.5)
         }
     }
+
+    @Test func aRetryAfterIsTheLeastWait() {
+        let timing = HeraldClient.Timing()
+        #expect(HeraldClient.backoff(0, timing, at: .seconds(30)) == .seconds(30))
+        #expect(HeraldClient.backoff(40, timing, at: .seconds(1)) >= timing.backoffMax * 0.5)
+    }
 }

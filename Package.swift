@@ -76,16 +76,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What every store must do, run by each store's tests against a fresh store of its kind.
+        .target(name: "HeraldTesting", dependencies: ["HeraldStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "HeraldSQLiteTests",
-            dependencies: ["HeraldSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["HeraldSQLite", "HeraldTesting", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
 
         .target(
             name: "HeraldHub",
             dependencies: [
-                "HeraldCore",
+                "HeraldStore",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,13 +95,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "HeraldHubTests", dependencies: ["HeraldHub"], swiftSettings: swiftSettings),
+        .testTarget(name: "HeraldHubTests", dependencies: ["HeraldHub", "HeraldSQLite"], swiftSettings: swiftSettings),
+
+        // Reaching targets safely: the SSRF guard's resolver and HTTP clients pinned to the
+        // address it checked, for checks (HeraldRunner) and webhooks (HeraldHooks).
+        .target(
+            name: "HeraldNet",
+            dependencies: [
+                "HeraldCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
 
         .target(
             name: "HeraldRunner",
             dependencies: [
                 "HeraldStore",
                 "HeraldHub",
+                "HeraldNet",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -112,7 +128,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HeraldRunnerTests",
-            dependencies: ["HeraldRunner", "HeraldSQLite"],
+            dependencies: ["HeraldRunner", "HeraldNet", "HeraldSQLite"],
             swiftSettings: swiftSettings
         ),
 
@@ -120,6 +136,7 @@ let package = Package(
             name: "HeraldHTTP",
             dependencies: [
                 "HeraldAccess",
+                "HeraldNet",
                 "HeraldRunner",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -152,7 +169,8 @@ let package = Package(
         .target(
             name: "HeraldHooks",
             dependencies: [
-                "HeraldRunner",
+                "HeraldNet",
+                "HeraldStore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -174,6 +192,7 @@ let package = Package(
                 "HeraldGRPC",
                 "HeraldHTTP",
                 "HeraldHooks",
+                "HeraldNet",
                 "HeraldWebSocket",
                 "HeraldSQLite",
                 .product(name: "HummingbirdCore", package: "hummingbird"),

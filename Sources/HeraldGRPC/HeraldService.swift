@@ -2,10 +2,10 @@ internal import Foundation
 package import GRPCCore
 package import HeraldAccess
 internal import HeraldCore
-package import HeraldHTTP
+internal import HeraldHTTP
 package import HeraldHub
 package import HeraldRunner
-package import HeraldStore
+internal import HeraldStore
 package import Logging
 
 /// What the gRPC surface needs to know beyond the store and hub.
@@ -37,7 +37,7 @@ package struct GRPCConfiguration: Sendable {
 /// trailers `herald-epoch` and `herald-offset`, and with `UNAVAILABLE` when one write waits for
 /// the client to read for longer than `write-timeout` (``WriteWatch``).
 package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
-    let store: any Store
+    let events: EventLog
     let hub: Hub
     let checks: CheckService
     let follower: ChannelFollower
@@ -45,8 +45,10 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
     let configuration: GRPCConfiguration
     let logger: Logger
 
+    var store: any CheckStore { events.store }
+
     package init(
-        store: any Store,
+        events: EventLog,
         hub: Hub,
         checks: CheckService,
         follower: ChannelFollower,
@@ -54,7 +56,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
         configuration: GRPCConfiguration,
         logger: Logger
     ) {
-        self.store = store
+        self.events = events
         self.hub = hub
         self.checks = checks
         self.follower = follower
@@ -191,7 +193,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
                     throw HeraldError.invalid("data_json is not valid JSON: \(error)")
                 }
             }
-            let event = try await ChannelPublisher(store: store, hub: hub).publish(
+            let event = try await events.publish(
                 type: message.type,
                 data: data,
                 to: channel

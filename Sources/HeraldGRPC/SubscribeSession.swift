@@ -2,6 +2,7 @@ internal import GRPCCore
 internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHTTP
+internal import HeraldHub
 internal import Logging
 internal import Synchronization
 

@@ -1,6 +1,6 @@
 internal import AsyncHTTPClient
 internal import HeraldCore
-internal import HeraldRunner
+internal import HeraldNet
 internal import Synchronization
 
 /// Keep-alive for webhook targets: one pinned client (see `HTTPClient.pinned`) per host and

@@ -1,7 +1,7 @@
 internal import AsyncHTTPClient
 internal import Foundation
 internal import HeraldCore
-package import HeraldRunner
+package import HeraldNet
 package import HeraldStore
 package import Logging
 internal import NIOCore
@@ -18,7 +18,7 @@ internal import Synchronization
 /// Targets are isolated by ``CircuitBreakers``: a capped number in flight each, and an open
 /// circuit after consecutive failures, so dead or hanging targets do not hold healthy ones up.
 package final class WebhookDispatcher: Service, Sendable {
-    private let store: any WebhookStore
+    private let store: any DeliveryQueue
     private let resolver: TargetResolver
     private let configuration: WebhookConfiguration
     private let breakers: CircuitBreakers
@@ -30,7 +30,7 @@ package final class WebhookDispatcher: Service, Sendable {
     private let logger: Logger
 
     package init(
-        store: any WebhookStore,
+        store: any DeliveryQueue,
         resolver: TargetResolver,
         configuration: WebhookConfiguration,
         logger: Logger

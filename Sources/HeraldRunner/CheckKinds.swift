@@ -1,5 +1,6 @@
 internal import AsyncHTTPClient
 package import HeraldCore
+package import HeraldNet
 internal import HeraldStore
 internal import NIOCore
 internal import NIOHTTP1

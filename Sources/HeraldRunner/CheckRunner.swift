@@ -1,7 +1,8 @@
 internal import DequeModule
 package import HeraldCore
 package import HeraldHub
-package import HeraldStore
+package import HeraldNet
+internal import HeraldStore
 package import Logging
 internal import ServiceLifecycle
 internal import Synchronization
@@ -47,8 +48,8 @@ package final class CheckRunner: Service, Sendable {
         var mostQueued = 0
     }
 
-    private let store: any Store
-    private let hub: Hub
+    private let events: EventLog
+    private var store: any CheckStore { events.store }
     private let probe: NetworkProbe
     private let configuration: RunnerConfiguration
     private let logger: Logger
@@ -56,14 +57,12 @@ package final class CheckRunner: Service, Sendable {
     private let timers = DeadlineQueue<CheckID>()
 
     package init(
-        store: any Store,
-        hub: Hub,
+        events: EventLog,
         resolver: TargetResolver,
         configuration: RunnerConfiguration,
         logger: Logger = Logger(label: "herald.runner")
     ) {
-        self.store = store
-        self.hub = hub
+        self.events = events
         self.probe = NetworkProbe(resolver: resolver)
         self.configuration = configuration
         self.logger = logger
@@ -253,15 +252,13 @@ package final class CheckRunner: Service, Sendable {
 
     private func finish(_ id: CheckID, _ outcome: CheckOutcome) async {
         do {
-            let finish = try await store.finishCheck(
+            _ = try await events.finishCheck(
                 id,
                 as: outcome.state,
                 result: outcome.result,
                 error: outcome.error,
-                at: .now(),
                 requiring: .any
             )
-            if case .finished(_, let event) = finish { hub.publish(event) }
         } catch {
             logger.error(
                 "cannot record a check's outcome",

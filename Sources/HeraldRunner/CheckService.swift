@@ -1,6 +1,7 @@
 internal import Foundation
 package import HeraldCore
 package import HeraldHub
+package import HeraldNet
 package import HeraldStore
 
 /// Creating and cancelling a check, the same for every transport (HTTP, the WebSocket
@@ -8,17 +9,15 @@ package import HeraldStore
 ///
 /// Admission (the runner's queue bound) and the SSRF guard (on the check's target and on its
 /// `callback_url`, as for a subscription's target) run before anything is written; the
-/// check and its first event commit together; only then is the event published and the check
-/// handed to the runner.
+/// check and its first event commit together (through the ``EventLog``, which announces it);
+/// only then is the check handed to the runner.
 package struct CheckService: Sendable {
-    let store: any Store
-    let hub: Hub
+    let events: EventLog
     let runner: CheckRunner
     package let resolver: TargetResolver
 
-    package init(store: any Store, hub: Hub, runner: CheckRunner, resolver: TargetResolver) {
-        self.store = store
-        self.hub = hub
+    package init(events: EventLog, runner: CheckRunner, resolver: TargetResolver) {
+        self.events = events
         self.runner = runner
         self.resolver = resolver
     }
@@ -48,14 +47,11 @@ package struct CheckService: Sendable {
         if spec.callbackURL != nil && spec.callbackSecret == nil {
             spec.callbackSecret = WebhookSecret.generate()
         }
-        let creation = try await store.createCheck(
+        let creation = try await events.createCheck(
             Check(id: .random(), spec: spec, createdAt: .now(), owner: owner),
             idempotency: idempotency
         )
-        if let event = creation.event {
-            hub.publish(event)
-            runner.submit(creation.check)
-        }
+        if creation.isNew { runner.submit(creation.check) }
         return creation
     }
 
@@ -68,18 +64,8 @@ package struct CheckService: Sendable {
         error: JSONValue?,
         requiring condition: FinishCondition
     ) async throws -> CheckFinish {
-        let finish = try await store.finishCheck(
-            id,
-            as: state,
-            result: result,
-            error: error,
-            at: .now(),
-            requiring: condition
-        )
-        if case .finished(_, let event) = finish {
-            hub.publish(event)
-            runner.forget(id)
-        }
+        let finish = try await events.finishCheck(id, as: state, result: result, error: error, requiring: condition)
+        if case .finished = finish { runner.forget(id) }
         return finish
     }
 

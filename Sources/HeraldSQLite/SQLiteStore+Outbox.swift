@@ -32,7 +32,7 @@ extension SQLiteStore {
             callback = (check, url, secret)
         }
         guard subscribed || callback != nil else { return }
-        let payload = Self.payload(of: event)
+        let payload = Delivery.payload(of: event)
         if let (check, url, secret) = callback {
             let target = Delivery.target(of: url)
             // A parked target's new deliveries join its backlog instead of being claimed only
@@ -205,20 +205,10 @@ extension SQLiteStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)
                 """
         ).execute(arguments: [
-            "msg_" + timeOrderedToken(at: time), subscription, check, url, target ?? Delivery.target(of: url), secret,
+            Delivery.newID(at: time), subscription, check, url, target ?? Delivery.target(of: url), secret,
             type, eventTime.millisecondsSince1970, payload, (due ?? time).millisecondsSince1970,
             time.millisecondsSince1970, time.millisecondsSince1970,
         ])
-    }
-
-    /// The body of a delivery, per Standard Webhooks: `{"type", "timestamp", "data"}`, where
-    /// `data` is the event as every other transport carries it.
-    static func payload(of event: Event) -> String {
-        var writer = JSONWriter()
-        writer.string("type", event.type)
-        writer.string("timestamp", event.time.rfc3339)
-        writer.raw("data", event.json)
-        return writer.result
     }
 
     // MARK: The lag cap

@@ -1,6 +1,7 @@
 internal import Foundation
 internal import GRDB
 internal import HeraldCore
+internal import HeraldStore
 
 /// Runs: what keeps a position `(epoch, offset)` from ever naming two different events.
 ///

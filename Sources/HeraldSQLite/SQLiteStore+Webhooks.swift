@@ -493,7 +493,7 @@ extension SQLiteStore {
                     secret: subscription.secret,
                     type: event.type,
                     eventTime: event.time,
-                    payload: Self.payload(of: event),
+                    payload: Delivery.payload(of: event),
                     at: now,
                     db
                 )

@@ -14,15 +14,6 @@ package final class SQLiteStore: Store {
     let durability: Durability
     private let retention: RetentionConfiguration
 
-    /// How hard a commit is pushed to disk.
-    package enum Durability: String, Sendable, CaseIterable {
-        /// `synchronous=NORMAL`: a commit survives a crash or `kill -9` of Herald; an OS crash
-        /// or power loss may lose the last few commits (never corrupt the file).
-        case normal
-        /// `synchronous=FULL`: every commit is fsynced before it is acknowledged.
-        case full
-    }
-
     /// Opens (creating if needed) `herald.sqlite` in `directory` and migrates it.
     ///
     /// - Throws: ``HeraldError`` `.unavailable` when the directory or file cannot be used.
@@ -482,32 +473,23 @@ package final class SQLiteStore: Store {
     }
 
     private static func check(from row: Row) throws -> Check {
-        func json(_ column: String) throws -> JSONValue? {
-            guard let text: String = row[column] else { return nil }
-            return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
-        }
-        let idText: String = row["id"]
-        var request: [String: JSONValue] = ["kind": .string(row["kind"]), "params": try json("params") ?? .null]
-        if let url: String = row["callback_url"] { request["callback_url"] = .string(url) }
-        if let secret: String = row["callback_secret"] { request["callback_secret"] = .string(secret) }
-        guard let id = CheckID(idText), let state = CheckState(rawValue: row["state"]) else {
-            throw HeraldError(.internal, "stored check \(idText) is not valid")
-        }
-        if let events: String = row["callback_events"], request["callback_url"] != nil {
-            request["callback_events"] = .string(events)
-        }
-        var spec = try CheckSpec.validate(.object(request))
-        spec.callbackStopped = row["callback_stopped"]
-        var check = Check(id: id, spec: spec, createdAt: Timestamp(millisecondsSince1970: row["created_at"]))
-        check.state = state
-        check.result = try json("result")
-        check.error = try json("error")
-        check.version = row["version"]
-        check.updatedAt = Timestamp(millisecondsSince1970: row["updated_at"])
-        check.completedAt = (row["completed_at"] as Int64?).map(Timestamp.init(millisecondsSince1970:))
-        if let digest: String = row["cancel_digest"] {
-            check.owner = CheckOwner(subject: row["owner_subject"], cancelDigest: digest)
-        }
-        return check
+        try CheckRow(
+            id: row["id"],
+            kind: row["kind"],
+            params: row["params"],
+            state: row["state"],
+            result: row["result"],
+            error: row["error"],
+            version: row["version"],
+            createdAt: row["created_at"],
+            updatedAt: row["updated_at"],
+            completedAt: row["completed_at"],
+            callbackURL: row["callback_url"],
+            callbackSecret: row["callback_secret"],
+            callbackEvents: row["callback_events"] ?? "terminal",
+            callbackStopped: row["callback_stopped"],
+            ownerSubject: row["owner_subject"],
+            cancelDigest: row["cancel_digest"]
+        ).check()
     }
 }

@@ -5,7 +5,6 @@ internal import HeraldHTTP
 internal import HeraldHooks
 internal import HeraldHub
 internal import HeraldRunner
-internal import HeraldSQLite
 internal import HeraldStore
 internal import HeraldWebSocket
 internal import Logging
@@ -334,7 +333,7 @@ package enum ConfigurationLoader {
             c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
         },
         Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
-            guard let value = SQLiteStore.Durability(rawValue: v) else {
+            guard let value = Durability(rawValue: v) else {
                 throw ConfigurationError(message: "durability must be 'normal' or 'full'")
             }
             c.durability = value

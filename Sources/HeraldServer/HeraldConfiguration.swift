@@ -3,7 +3,6 @@ package import HeraldHTTP
 package import HeraldHooks
 package import HeraldHub
 package import HeraldRunner
-package import HeraldSQLite
 package import HeraldStore
 package import HeraldWebSocket
 package import Logging
@@ -24,7 +23,7 @@ package struct HeraldConfiguration: Sendable {
     /// The store (`--store`, `HERALD_STORE`, default `sqlite`).
     package var store: StoreKind = .sqlite
     /// How hard a commit is pushed to disk (`durability`, `HERALD_DURABILITY`, default `normal`).
-    package var durability: SQLiteStore.Durability = .normal
+    package var durability: Durability = .normal
     /// Whether checks and webhooks may reach non-public addresses
     /// (`--allow-private-targets`, `HERALD_ALLOW_PRIVATE_TARGETS`, default off).
     package var allowPrivateTargets = false

@@ -7,6 +7,7 @@ internal import HeraldGRPC
 internal import HeraldHTTP
 internal import HeraldHooks
 internal import HeraldHub
+internal import HeraldNet
 internal import HeraldRunner
 internal import HeraldSQLite
 internal import HeraldStore
@@ -98,14 +99,14 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.hub"),
             onPublish: { webhooks.wake() }
         )
+        let events = EventLog(store: store, broker: LocalBroker(hub: hub))
         let runner = CheckRunner(
-            store: store,
-            hub: hub,
+            events: events,
             resolver: resolver,
             configuration: configuration.runner,
             logger: logger.labelled("herald.runner")
         )
-        let checks = CheckService(store: store, hub: hub, runner: runner, resolver: resolver)
+        let checks = CheckService(events: events, runner: runner, resolver: resolver)
         let access = try await configuration.access.access(
             keys: configuration.serverKeys,
             host: configuration.host,
@@ -114,6 +115,7 @@ package struct HeraldServer: Sendable {
         )
         let api = HeraldAPI(
             store: store,
+            events: events,
             hub: hub,
             checks: checks,
             access: access,
@@ -121,7 +123,6 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.http")
         )
 
-        let publisher = ChannelPublisher(store: store, hub: hub)
         let follower = ChannelFollower(
             store: store,
             hub: hub,
@@ -131,14 +132,14 @@ package struct HeraldServer: Sendable {
         let webSocket = WebSocketEndpoint(
             follower: follower,
             checks: checks,
-            publisher: publisher,
+            events: events,
             access: access,
             configuration: configuration.webSocket,
             logger: logger.labelled("herald.ws")
         )
 
         let grpcService = HeraldService(
-            store: store,
+            events: events,
             hub: hub,
             checks: checks,
             follower: follower,

@@ -1,13 +1,44 @@
 package import HeraldCore
 
-/// Durable state: checks, channel logs, idempotency keys.
+/// Durable state: the channel logs, checks, webhook subscriptions and the delivery queue.
 ///
 /// Every write that belongs together is one transaction: a check's change and the event
 /// announcing it commit together or not at all, so a reader never sees one without the other
-/// and a crash never loses an acknowledged change. Implementations are safe to call from any
-/// task; reads never wait for a long write. Callers publish returned events to the hub only
-/// after the call returns, that is, after commit.
-package protocol Store: WebhookStore {
+/// and a crash never loses an acknowledged change; what an event causes of webhooks (a check's
+/// callback delivery, an entry of the webhook event log) commits with it too. Implementations
+/// are safe to call from any task; reads never wait for a long write. Events are announced
+/// only after the call returns, that is, after commit (see `EventLog` in HeraldHub).
+///
+/// Each part that a layer uses is a protocol of its own: ``ChannelLog`` for followers and
+/// publishers, ``CheckStore`` for the runner, ``SubscriptionStore`` and ``DeliveryQueue`` for
+/// webhooks.
+package protocol Store: ChannelLog, CheckStore, SubscriptionStore, DeliveryQueue {
+    /// Removes what is past its retention: events older than the history age, empty
+    /// channels, expired idempotency keys, and ended checks past their retention.
+    /// - Returns: how many rows were removed.
+    func prune(now: Timestamp) async throws -> Int
+
+    /// Succeeds when the store can serve reads and writes (for `/readyz`).
+    func ping() async throws
+}
+
+/// The channels' event logs: per channel, offsets that grow by one in commit order, under an
+/// epoch that changes only when history was lost.
+package protocol ChannelLog: Sendable {
+    /// Appends an event to `channel` with the channel's next offset, creating the channel
+    /// (with a fresh epoch) on first use, and trims the channel to the history bound.
+    func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event
+
+    /// Events of `channel` after `offset`, at most `limit`. See ``EventRead`` for `recovered`.
+    ///
+    /// `offset == nil` means "from now": no events, and `next` is the channel's last offset.
+    /// When the position is lost, a check channel answers with its latest event alone (its
+    /// current snapshot), any other channel with the oldest events it still keeps.
+    func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead
+}
+
+/// Checks, each with its own channel (`check:<id>`) whose events its changes append.
+package protocol CheckStore: Sendable {
     /// Creates `check` with its `check.created` event (offset 1 of a fresh channel).
     ///
     /// With an idempotency key already used by an identical request, returns that first
@@ -37,25 +68,6 @@ package protocol Store: WebhookStore {
         at time: Timestamp,
         requiring condition: FinishCondition
     ) async throws -> CheckFinish
-
-    /// Appends an event to `channel` with the channel's next offset, creating the channel
-    /// (with a fresh epoch) on first use, and trims the channel to the history bound.
-    func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event
-
-    /// Events of `channel` after `offset`, at most `limit`. See ``EventRead`` for `recovered`.
-    ///
-    /// `offset == nil` means "from now": no events, and `next` is the channel's last offset.
-    /// When the position is lost, a check channel answers with its latest event alone (its
-    /// current snapshot), any other channel with the oldest events it still keeps.
-    func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead
-
-    /// Removes what is past its retention: events older than the history age, empty
-    /// channels, expired idempotency keys, and ended checks past their retention.
-    /// - Returns: how many rows were removed.
-    func prune(now: Timestamp) async throws -> Int
-
-    /// Succeeds when the store can serve reads and writes (for `/readyz`).
-    func ping() async throws
 }
 
 /// A client's `Idempotency-Key` and a fingerprint of the request it came with.
@@ -168,6 +180,15 @@ package struct RetentionConfiguration: Sendable, Hashable {
         self.checkRetention = checkRetention
         self.idempotencyKeyLifetime = idempotencyKeyLifetime
     }
+}
+
+/// How hard a commit is pushed to disk (`durability`, `HERALD_DURABILITY`, default `normal`).
+package enum Durability: String, Sendable, CaseIterable {
+    /// A commit survives a crash or `kill -9` of Herald; an OS crash or power loss may lose the
+    /// last few commits, never corrupt the store (SQLite `synchronous=NORMAL`).
+    case normal
+    /// Every commit is on disk before it is acknowledged (SQLite `synchronous=FULL`).
+    case full
 }
 
 /// Where a page of processing checks ended; opaque to callers.

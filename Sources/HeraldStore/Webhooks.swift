@@ -147,6 +147,21 @@ package struct Delivery: Sendable, Hashable {
         self.updatedAt = updatedAt
     }
 
+    /// A new delivery's id (`msg_` and a time-ordered token): the `webhook-id` of its attempts.
+    package static func newID(at time: Timestamp) -> String {
+        "msg_" + timeOrderedToken(at: time)
+    }
+
+    /// The body of a delivery, per Standard Webhooks: `{"type", "timestamp", "data"}`, where
+    /// `data` is the event as every other transport carries it.
+    package static func payload(of event: Event) -> String {
+        var writer = JSONWriter()
+        writer.string("type", event.type)
+        writer.string("timestamp", event.time.rfc3339)
+        writer.raw("data", event.json)
+        return writer.result
+    }
+
     /// What isolation is keyed on: the scheme, host and port of a target URL
     /// (`https://example.com:443`), the default port filled in.
     package static func target(of url: String) -> String {
@@ -289,12 +304,12 @@ package struct DeliveryQuery: Sendable, Hashable {
     }
 }
 
-/// Webhook state: REST-hook subscriptions, the delivery outbox and its log.
+/// REST-hook subscriptions.
 ///
-/// What an event causes is written by the ``Store`` in the event's own transaction (a check
+/// What an event causes is written by the store in the event's own transaction (a check
 /// callback's delivery row, and an entry in the webhook event log that each subscription reads
 /// through its cursor), so a crash between the event and the POST loses nothing.
-package protocol WebhookStore: Sendable {
+package protocol SubscriptionStore: Sendable {
     func createSubscription(_ subscription: Subscription) async throws
     func subscription(_ id: String) async throws -> Subscription?
     /// Subscriptions oldest first, one page at a time (`cursor`: the previous page's last).
@@ -323,6 +338,11 @@ package protocol WebhookStore: Sendable {
     /// Deletes it and fails its pending deliveries. - Returns: whether it existed.
     func deleteSubscription(_ id: String, at time: Timestamp) async throws -> Bool
 
+}
+
+/// The webhook delivery queue: deliveries made from events, claimed under leases by the
+/// dispatcher, and their attempts.
+package protocol DeliveryQueue: Sendable {
     /// Pending deliveries due at `now`, at most `perTarget` of one target, those of the
     /// `healthy` targets first and then oldest first, each leased until `now + lease` (a
     /// crash while sending makes it due again then, with the same id). First, in the same
@@ -378,7 +398,7 @@ package protocol WebhookStore: Sendable {
     func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int?
 }
 
-extension WebhookStore {
+extension DeliveryQueue {
     /// Logs one attempt and applies its outcome (see ``recordAttempts(_:unparking:disableFailingBefore:at:)``).
     package func recordAttempt(
         _ attempt: DeliveryAttempt,

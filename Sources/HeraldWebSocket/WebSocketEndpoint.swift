@@ -2,6 +2,7 @@ package import HTTPTypes
 package import HeraldAccess
 internal import HeraldCore
 package import HeraldHTTP
+package import HeraldHub
 package import HeraldRunner
 internal import Hummingbird
 internal import HummingbirdCore
@@ -27,7 +28,7 @@ package final class WebSocketEndpoint: Service, Sendable {
 
     let follower: ChannelFollower
     let checks: CheckService
-    let publisher: ChannelPublisher
+    let events: EventLog
     let access: Access
     let configuration: WebSocketConfiguration
     let logger: Logger
@@ -36,14 +37,14 @@ package final class WebSocketEndpoint: Service, Sendable {
     package init(
         follower: ChannelFollower,
         checks: CheckService,
-        publisher: ChannelPublisher,
+        events: EventLog,
         access: Access,
         configuration: WebSocketConfiguration,
         logger: Logger
     ) {
         self.follower = follower
         self.checks = checks
-        self.publisher = publisher
+        self.events = events
         self.access = access
         self.configuration = configuration
         self.logger = logger
@@ -103,7 +104,7 @@ package final class WebSocketEndpoint: Service, Sendable {
             sink: sink,
             follower: follower,
             checks: checks,
-            publisher: publisher,
+            events: events,
             access: access,
             configuration: configuration,
             logger: logger,

@@ -1,6 +1,7 @@
 internal import HeraldAccess
 internal import HeraldCore
 internal import HeraldHTTP
+internal import HeraldHub
 internal import HeraldRunner
 internal import HeraldStore
 internal import Logging
@@ -53,7 +54,7 @@ final class WebSocketSession: Sendable {
     private let sink: AsyncStream<ByteBuffer>.Continuation
     private let follower: ChannelFollower
     private let checks: CheckService
-    private let publisher: ChannelPublisher
+    private let events: EventLog
     private let access: Access
     private let configuration: WebSocketConfiguration
     private let logger: Logger
@@ -64,7 +65,7 @@ final class WebSocketSession: Sendable {
         sink: AsyncStream<ByteBuffer>.Continuation,
         follower: ChannelFollower,
         checks: CheckService,
-        publisher: ChannelPublisher,
+        events: EventLog,
         access: Access,
         configuration: WebSocketConfiguration,
         logger: Logger,
@@ -74,7 +75,7 @@ final class WebSocketSession: Sendable {
         self.sink = sink
         self.follower = follower
         self.checks = checks
-        self.publisher = publisher
+        self.events = events
         self.access = access
         self.configuration = configuration
         self.logger = logger
@@ -183,7 +184,7 @@ final class WebSocketSession: Sendable {
             await answer(id: id, channel: channel) {
                 try access.authorizePublish(channel, by: principal)
                 try access.limits.take(.publishes, by: principal, address: address)
-                return ServerFrame.published(try await publisher.publish(type: type, data: data, to: channel), id: id)
+                return ServerFrame.published(try await events.publish(type: type, data: data, to: channel), id: id)
             }
         case .success(.unsubscribe(let channel)):
             // One critical section: the subscription goes, its subscribe is answered if it had

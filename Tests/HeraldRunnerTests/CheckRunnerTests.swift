@@ -1,6 +1,7 @@
 import Foundation
 import HeraldCore
 import HeraldHub
+import HeraldNet
 import HeraldSQLite
 import HeraldStore
 import Testing
@@ -15,8 +16,7 @@ import Testing
         let store = try SQLiteStore(directory: directory, retention: .init())
         let hub = Hub()
         let runner = CheckRunner(
-            store: store,
-            hub: hub,
+            events: EventLog(store: store, broker: LocalBroker(hub: hub)),
             resolver: TargetResolver(allowPrivateTargets: allowPrivate),
             configuration: .init()
         )
@@ -86,8 +86,7 @@ import Testing
     @Test func aCompletedExternalCheckLeavesNoTimerBehind() async throws {
         let (store, hub, runner) = try makeRunner()
         let service = CheckService(
-            store: store,
-            hub: hub,
+            events: EventLog(store: store, broker: LocalBroker(hub: hub)),
             runner: runner,
             resolver: TargetResolver(allowPrivateTargets: false)
         )
@@ -106,8 +105,7 @@ import Testing
     @Test func aBacklogLargerThanTheQueueIsResumedWithinIt() async throws {
         let (store, hub, _) = try makeRunner()
         let runner = CheckRunner(
-            store: store,
-            hub: hub,
+            events: EventLog(store: store, broker: LocalBroker(hub: hub)),
             resolver: TargetResolver(allowPrivateTargets: false),
             configuration: .init(maxConcurrentChecks: 2, maxQueuedChecks: 100)
         )
@@ -132,8 +130,7 @@ import Testing
     @Test func aFullQueueRefusesNetworkChecksOnly() throws {
         let (store, hub, _) = try makeRunner()
         let runner = CheckRunner(
-            store: store,
-            hub: hub,
+            events: EventLog(store: store, broker: LocalBroker(hub: hub)),
             resolver: TargetResolver(allowPrivateTargets: false),
             configuration: .init(maxConcurrentChecks: 1, maxQueuedChecks: 1)
         )

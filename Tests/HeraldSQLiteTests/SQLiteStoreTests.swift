@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import HeraldCore
 import HeraldStore
+import HeraldTesting
 import Testing
 
 @testable import HeraldSQLite
@@ -21,110 +22,24 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
 }
 
 @Suite struct SQLiteStoreTests {
-    @Test func creatingACheckWritesItsFirstEvent() async throws {
-        let (store, _) = try makeStore()
-        let check = delayCheck()
-        let creation = try await store.createCheck(check, idempotency: nil)
-        let event = try #require(creation.event)
-        #expect(event.offset == 1 && event.type == "check.created" && event.channel == check.id.channel)
-        #expect(try await store.check(check.id) == check)
-        let read = try await store.events(in: check.id.channel, after: 0, epoch: nil, limit: 10)
-        #expect(read.events == [event] && read.recovered && read.next == 1)
+    @Test(arguments: StoreConformance.logAndChecks)
+    func conformance(_ requirement: StoreConformance.Case<any ChannelLog & CheckStore>) async throws {
+        try await requirement.run { retention in try makeStore(retention).0 }
     }
 
-    @Test(arguments: [(SQLiteStore.Durability.normal, 1), (.full, 2)])
-    func theWriterCommitsWithTheChosenDurability(durability: SQLiteStore.Durability, synchronous: Int) async throws {
+    @Test(arguments: StoreConformance.webhooks)
+    func webhookConformance(_ requirement: StoreConformance.Case<any Store>) async throws {
+        try await requirement.run { retention in try makeStore(retention).0 }
+    }
+
+    @Test(arguments: [(Durability.normal, 1), (.full, 2)])
+    func theWriterCommitsWithTheChosenDurability(durability: Durability, synchronous: Int) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "herald-test-\(UUID().uuidString)"
         )
         let store = try SQLiteStore(directory: directory, retention: .init(), durability: durability)
         let setting = try await store.pool.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
         #expect(setting == synchronous)
-    }
-
-    @Test func anIdempotencyKeyReturnsTheFirstCheck() async throws {
-        let (store, _) = try makeStore()
-        let key = IdempotencyKey(key: "k1", fingerprint: "f")
-        let first = try await store.createCheck(delayCheck(), idempotency: key)
-        let second = try await store.createCheck(delayCheck(), idempotency: key)
-        #expect(second.check.id == first.check.id && !second.isNew)
-        await #expect(throws: HeraldError.self) {
-            try await store.createCheck(delayCheck(), idempotency: IdempotencyKey(key: "k1", fingerprint: "other"))
-        }
-    }
-
-    @Test func exactlyOneFinishWins() async throws {
-        let (store, _) = try makeStore()
-        let check = delayCheck()
-        _ = try await store.createCheck(check, idempotency: nil)
-        let results = try await withThrowingTaskGroup(of: Bool.self) { group in
-            for state in [CheckState.done, .failed, .canceled, .done] {
-                group.addTask {
-                    if case .finished = try await store.finishCheck(
-                        check.id,
-                        as: state,
-                        result: nil,
-                        error: nil,
-                        at: .now(),
-                        requiring: .any
-                    ) {
-                        return true
-                    }
-                    return false
-                }
-            }
-            return try await group.reduce(into: [Bool]()) { $0.append($1) }
-        }
-        #expect(results.filter { $0 }.count == 1)
-        let stored = try #require(try await store.check(check.id))
-        #expect(stored.version == 2 && stored.state.isTerminal && stored.completedAt != nil)
-    }
-
-    @Test func onlyExternalChecksAreCompletedByTheAPI() async throws {
-        let (store, _) = try makeStore()
-        let check = delayCheck()
-        _ = try await store.createCheck(check, idempotency: nil)
-        guard
-            case .wrongKind = try await store.finishCheck(
-                check.id,
-                as: .done,
-                result: nil,
-                error: nil,
-                at: .now(),
-                requiring: .externalKind
-            )
-        else {
-            Issue.record("a delay check was completed externally")
-            return
-        }
-    }
-
-    @Test func offsetsGrowByOneAndHistoryIsBounded() async throws {
-        let (store, _) = try makeStore(.init(maxEventsPerChannel: 3))
-        let channel = try #require(ChannelName("orders"))
-        var events: [Event] = []
-        for index in 1...5 {
-            events.append(try await store.append(type: "t", data: "\(index)", to: channel, at: .now()))
-        }
-        #expect(events.map(\.offset) == [1, 2, 3, 4, 5])
-        #expect(Set(events.map(\.epoch)).count == 1)
-        let kept = try await store.events(in: channel, after: 2, epoch: events[0].epoch, limit: 10)
-        #expect(kept.recovered && kept.events.map(\.offset) == [3, 4, 5])
-        let lost = try await store.events(in: channel, after: 1, epoch: events[0].epoch, limit: 10)
-        #expect(!lost.recovered && lost.events.map(\.offset) == [3, 4, 5] && lost.next == 5)
-        let otherEpoch = try await store.events(in: channel, after: 4, epoch: Epoch("stale"), limit: 10)
-        #expect(!otherEpoch.recovered)
-        let fromNow = try await store.events(in: channel, after: nil, epoch: nil, limit: 10)
-        #expect(fromNow.recovered && fromNow.events.isEmpty && fromNow.next == 5)
-    }
-
-    @Test func aLostPositionOnACheckChannelGetsTheSnapshot() async throws {
-        let (store, _) = try makeStore()
-        let check = delayCheck()
-        _ = try await store.createCheck(check, idempotency: nil)
-        _ = try await store.finishCheck(check.id, as: .done, result: .int(1), error: nil, at: .now(), requiring: .any)
-        let read = try await store.events(in: check.id.channel, after: 0, epoch: Epoch("gone"), limit: 10)
-        #expect(!read.recovered && read.events.map(\.offset) == [2] && read.events[0].type == "check.done")
     }
 
     @Test func pruningRemovesOldEventsAndEndedChecks() async throws {
@@ -211,49 +126,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         _ = try await store.prune(now: now.adding(milliseconds: 120_000))
         #expect(try await store.delivery(delivered.id) == nil)
         #expect(try await store.delivery(pending.id)?.0.state == .pending)
-    }
-
-    @Test func onlyTheCurrentLeaseDecidesAndADeliveredDeliveryStaysDelivered() async throws {
-        let (store, _) = try makeStore()
-        let now = Timestamp.now()
-        try await subscribe(store, [("sub_a", "https://a.test/")], at: now)
-        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let first = try #require(try await claim(store, at: now, lease: .seconds(5)).first)
-        // Its lease runs out (the attempt hangs); the delivery is claimed again.
-        let later = now.adding(milliseconds: 6_000)
-        let second = try #require(try await claim(store, at: later, lease: .seconds(5)).first)
-        #expect(second.id == first.id && second.lease == first.lease + 1)
-        func record(_ lease: Int64, _ outcome: DeliveryOutcome, at time: Timestamp) async throws {
-            let attempt = DeliveryAttempt(at: time, statusCode: 500, durationMilliseconds: 1, error: nil, snippet: nil)
-            try await store.recordAttempts(
-                [AttemptRecord(deliveryID: first.id, attempt: attempt, outcome: outcome, lease: lease)],
-                unparking: [],
-                disableFailingBefore: Timestamp(millisecondsSince1970: 0),
-                at: time
-            )
-        }
-        // The stale attempt's failure is logged but decides nothing: the delivery stays leased.
-        try await record(first.lease, .failed, at: later)
-        var stored = try #require(try await store.delivery(first.id))
-        #expect(stored.0.state == .pending && stored.0.attempts == 0 && stored.1.count == 1)
-        #expect(try await claim(store, at: later.adding(milliseconds: 1_000)).isEmpty)  // not twice in flight
-        // The current attempt succeeds; a late failure under either lease changes nothing.
-        try await record(second.lease, .delivered, at: later)
-        try await record(second.lease, .failed, at: later)
-        try await record(first.lease, .retry(at: later), at: later)
-        stored = try #require(try await store.delivery(first.id))
-        #expect(stored.0.state == .delivered && stored.0.attempts == 1 && stored.1.count == 4)
-    }
-
-    @Test func aRetryByHandWaitsForTheAttemptInFlight() async throws {
-        let (store, _) = try makeStore()
-        let now = Timestamp.now()
-        try await subscribe(store, [("sub_a", "https://a.test/")], at: now)
-        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let leased = try #require(try await claim(store, at: now, lease: .seconds(20)).first)
-        _ = try await store.retryDelivery(leased.id, at: now.adding(milliseconds: 1_000))
-        #expect(try await claim(store, at: now.adding(milliseconds: 2_000)).isEmpty)
-        #expect(try await claim(store, at: now.adding(milliseconds: 20_000)).map(\.id) == [leased.id])
     }
 
     @Test func aClaimTakesAFewOfATargetAndAParkedTargetIsPassedOver() async throws {
@@ -366,27 +238,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
                 "msg_\(SQLiteStore.claimScan + 51)", "msg_\(SQLiteStore.claimScan + 52)", "msg_1", "msg_2",
             ]
         )
-    }
-
-    @Test func aRotationSignsWithBothSecretsUntilTheOverlapEnds() async throws {
-        let (store, _) = try makeStore()
-        let now = Timestamp.now()
-        let (old, new) = (WebhookSecret.generate(), WebhookSecret.generate())
-        try await store.createSubscription(
-            Subscription(id: "sub_r", targetURL: "https://r.test/", event: "*", secret: old, createdAt: now)
-        )
-        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let rotated = try #require(try await store.rotateSecret("sub_r", to: new, overlap: .seconds(60), at: now))
-        #expect(rotated.signingSecrets(at: now) == [new, old])
-        #expect(rotated.signingSecrets(at: now.adding(milliseconds: 60_000)) == [new])
-        // The delivery was queued before the rotation: it is signed as the subscription is now.
-        let during = try await claim(store, at: now, lease: .zero)
-        #expect(during.map(\.secrets) == [[new, old]])
-        let after = try await claim(store, at: now.adding(milliseconds: 60_000), lease: .zero)
-        #expect(after.map(\.secrets) == [[new]])
-        // Rotating to the secret in use changes nothing.
-        let again = try await store.rotateSecret("sub_r", to: new, overlap: .zero, at: now)
-        #expect(again?.previousSecret == old && again?.signingSecrets(at: now) == [new, old])
     }
 
     @Test func aSubscriptionFailingTooLongIsDisabledWithItsPendingDeliveries() async throws {
@@ -603,24 +454,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await store.events(in: recent.channel, after: 0, epoch: nil, limit: 10).events == [recent])
     }
 
-    @Test func pagingWalksEveryCheckNewestFirst() async throws {
-        let (store, _) = try makeStore()
-        var ids: [CheckID] = []
-        for _ in 0..<7 {
-            let check = delayCheck()
-            ids.append(check.id)
-            _ = try await store.createCheck(check, idempotency: nil)
-        }
-        var seen: [CheckID] = []
-        var cursor: String?
-        repeat {
-            let page = try await store.checks(matching: CheckQuery(limit: 3, cursor: cursor))
-            seen += page.checks.map(\.id)
-            cursor = page.nextCursor
-        } while cursor != nil
-        #expect(seen == ids.reversed())
-    }
-
     @Test func aStoreWrittenByV2IsUpgradedWithItsQueuedDeliveries() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "herald-test-\(UUID().uuidString)"
@@ -659,22 +492,4 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await reopened.processingChecks(after: nil, limit: 10).checks.map(\.id) == [check.id])
     }
 
-    @Test func processingChecksComeInPagesOldestFirst() async throws {
-        let (store, _) = try makeStore()
-        var created: [CheckID] = []
-        for _ in 0..<7 {
-            let check = delayCheck()
-            _ = try await store.createCheck(check, idempotency: nil)
-            created.append(check.id)
-        }
-        var seen: [CheckID] = []
-        var cursor: ProcessingCursor?
-        repeat {
-            let page = try await store.processingChecks(after: cursor, limit: 3)
-            #expect(page.checks.count <= 3)
-            seen += page.checks.map(\.id)
-            cursor = page.next
-        } while cursor != nil
-        #expect(seen == created)
-    }
 }

@@ -38,7 +38,7 @@ extension HeraldAPI {
             throw HeraldError.invalid("\(unknown) is not a known field (known: data, type)")
         }
         guard case .string(let type)? = members["type"] else { throw HeraldError.invalid(Event.typeRule) }
-        let event = try await ChannelPublisher(store: store, hub: hub).publish(
+        let event = try await events.publish(
             type: type,
             data: members["data"] ?? .null,
             to: channel

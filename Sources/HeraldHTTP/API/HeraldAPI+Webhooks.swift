@@ -1,5 +1,6 @@
 internal import HTTPTypes
 internal import HeraldCore
+internal import HeraldNet
 internal import HeraldRunner
 internal import HeraldStore
 internal import Hummingbird

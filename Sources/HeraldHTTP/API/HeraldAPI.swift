@@ -9,10 +9,12 @@ package import Logging
 /// The REST API and the polling transports, registered on a Hummingbird router.
 ///
 /// Handlers are thin: validate everything first (so a rejected request writes nothing),
-/// call the ``Store``, publish what it committed to the ``Hub``, hand new checks to the
-/// ``CheckRunner``, and render. Each resource lives in its own file as an extension.
+/// read the ``Store`` or write through the ``EventLog`` (which announces what it committed),
+/// hand new checks to the ``CheckService``, and render. Each resource lives in its own file as
+/// an extension.
 package struct HeraldAPI: Sendable {
     let store: any Store
+    let events: EventLog
     let hub: Hub
     let checks: CheckService
     let access: Access
@@ -21,6 +23,7 @@ package struct HeraldAPI: Sendable {
 
     package init(
         store: any Store,
+        events: EventLog,
         hub: Hub,
         checks: CheckService,
         access: Access,
@@ -28,6 +31,7 @@ package struct HeraldAPI: Sendable {
         logger: Logger
     ) {
         self.store = store
+        self.events = events
         self.hub = hub
         self.checks = checks
         self.access = access

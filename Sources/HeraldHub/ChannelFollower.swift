@@ -1,5 +1,4 @@
 package import HeraldCore
-package import HeraldHub
 package import HeraldStore
 
 /// Follows one channel from a position for a streaming transport: the backlog from the store,
@@ -33,12 +32,12 @@ package struct ChannelFollower: Sendable {
         case expired
     }
 
-    package let store: any Store
+    package let store: any ChannelLog
     package let hub: Hub
     package let pageSize: Int
     package let heartbeat: Duration
 
-    package init(store: any Store, hub: Hub, pageSize: Int, heartbeat: Duration) {
+    package init(store: any ChannelLog, hub: Hub, pageSize: Int, heartbeat: Duration) {
         self.store = store
         self.hub = hub
         self.pageSize = pageSize

@@ -1,11 +1,10 @@
 import Foundation
 import HeraldCore
-import HeraldHub
 import HeraldSQLite
 import HeraldStore
 import Testing
 
-@testable import HeraldHTTP
+@testable import HeraldHub
 
 /// The follower never skips silently: a page that the store can no longer continue, and a
 /// live event of a new epoch, both produce the loss signal before what follows.

@@ -39,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -76,6 +77,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The store of a cluster: PostgreSQL through postgres-nio.
+        .target(
+            name: "HeraldPostgres",
+            dependencies: [
+                "HeraldStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HeraldPostgresTests",
+            dependencies: ["HeraldPostgres", "HeraldTesting", .product(name: "PostgresNIO", package: "postgres-nio")],
+            swiftSettings: swiftSettings
+        ),
+
         // What every store must do, run by each store's tests against a fresh store of its kind.
         .target(name: "HeraldTesting", dependencies: ["HeraldStore"], swiftSettings: swiftSettings),
         .testTarget(

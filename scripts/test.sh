@@ -15,6 +15,7 @@ command -v chromedriver >/dev/null || packages+=(chromium-driver)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || packages+=(nginx) # the hostile proxies of the herald.js tests
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/struct.proto ] || packages+=(libprotobuf-dev) # protoc's well-known types
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql) # the cluster's store
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${packages[*]}; run this script as root, or: sudo apt-get install -y ${packages[*]}" >&2
@@ -54,6 +55,13 @@ if ! scripts/generate-grpc.sh "$generated" >.build/generate-grpc.log 2>&1; then
 fi
 diff -ru Sources/HeraldGRPC/Generated "$generated"
 rm -rf "$generated"
+
+step "a throwaway PostgreSQL (scripts/throwaway-postgres.sh)"
+postgres_dir="$(mktemp -d /tmp/herald-postgres.XXXXXX)"
+trap 'scripts/throwaway-postgres.sh stop "$postgres_dir"' EXIT
+HERALD_TEST_POSTGRES="$(scripts/throwaway-postgres.sh start "$postgres_dir")"
+export HERALD_TEST_POSTGRES
+echo "$HERALD_TEST_POSTGRES"
 
 step "unit tests (swift test)"
 swift test --skip-build

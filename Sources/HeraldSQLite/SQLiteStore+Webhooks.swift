@@ -31,7 +31,7 @@ extension SQLiteStore {
     }
 
     package func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?) {
-        let after = try Self.sequence(of: cursor)
+        let after = try PageCursor.sequence(of: cursor)
         return try await pool.read { db in
             let rows = try Row.fetchAll(
                 db,

@@ -152,8 +152,7 @@ package final class SQLiteStore: Store {
     ) async throws -> CheckFinish {
         try await pool.write { db in
             guard let current = try Self.fetchCheck(db, id: id.rawValue) else { return .notFound }
-            if condition == .externalKind && current.spec.kind != .external { return .wrongKind(current) }
-            guard !current.state.isTerminal else { return .alreadyEnded(current) }
+            if let refusal = CheckFinish.refusal(of: current, requiring: condition) { return refusal }
             let next = current.finished(state, result: result, error: error, at: time)
             try db.execute(
                 sql: """
@@ -381,26 +380,18 @@ package final class SQLiteStore: Store {
         }
         if cursor != nil {
             conditions.append("seq < ?")
-            _ = arguments.append(contentsOf: [try sequence(of: cursor)])
+            _ = arguments.append(contentsOf: [try PageCursor.sequence(of: cursor)])
         }
         _ = arguments.append(contentsOf: [limit + 1])
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         return ("SELECT * FROM \(table) \(whereClause) ORDER BY seq DESC LIMIT ?", arguments)
     }
 
-    /// The `seq` a page cursor stands for (0 without one).
-    /// - Throws: ``HeraldError`` `.invalid` for a cursor Herald did not hand out.
-    static func sequence(of cursor: String?) throws -> Int64 {
-        guard let cursor else { return 0 }
-        guard let seq = Int64(cursor, radix: 36), seq > 0 else { throw HeraldError.invalid("cursor is not valid") }
-        return seq
-    }
-
     /// A page of `limit` rows fetched with `LIMIT limit + 1`, and the cursor of the next page
     /// (the last row's `seq` in base 36) when the extra row shows there is one.
     static func page(_ rows: [Row], limit: Int) -> (rows: ArraySlice<Row>, next: String?) {
         let page = rows.prefix(limit)
-        return (page, rows.count > limit ? page.last.map { String($0["seq"] as Int64, radix: 36) } : nil)
+        return (page, rows.count > limit ? page.last.map { PageCursor.cursor(after: $0["seq"]) } : nil)
     }
 
     private static func append(

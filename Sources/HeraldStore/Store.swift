@@ -118,12 +118,19 @@ package enum FinishCondition: Sendable {
     case externalKind
 }
 
-/// What ``Store/finishCheck(_:as:result:error:at:requiring:)`` did.
+/// What ``CheckStore/finishCheck(_:as:result:error:at:requiring:)`` did.
 package enum CheckFinish: Sendable {
     case finished(Check, Event)
     case alreadyEnded(Check)
     case wrongKind(Check)
     case notFound
+
+    /// Why `current` may not be finished under `condition`, or `nil` when it may: every
+    /// store decides the same way, on the check it read under its write lock.
+    package static func refusal(of current: Check, requiring condition: FinishCondition) -> CheckFinish? {
+        if condition == .externalKind && current.spec.kind != .external { return .wrongKind(current) }
+        return current.state.isTerminal ? .alreadyEnded(current) : nil
+    }
 }
 
 /// A filter and a page position for listing checks.
@@ -139,6 +146,24 @@ package struct CheckQuery: Sendable, Hashable {
         self.kind = kind
         self.limit = limit
         self.cursor = cursor
+    }
+}
+
+/// A page cursor as the API hands it out: a row's sequence number in base 36, opaque to clients.
+package enum PageCursor {
+    /// The cursor of the row numbered `sequence`.
+    package static func cursor(after sequence: Int64) -> String {
+        String(sequence, radix: 36)
+    }
+
+    /// The sequence number `cursor` stands for (0 without one).
+    /// - Throws: ``HeraldError`` `.invalid` for a cursor Herald did not hand out.
+    package static func sequence(of cursor: String?) throws -> Int64 {
+        guard let cursor else { return 0 }
+        guard let sequence = Int64(cursor, radix: 36), sequence > 0 else {
+            throw HeraldError.invalid("cursor is not valid")
+        }
+        return sequence
     }
 }
 

@@ -1,0 +1,138 @@
+package import HeraldCore
+internal import HeraldStore
+internal import PostgresNIO
+
+extension PostgresStore: ChannelLog {
+    package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
+        let maxEvents = retention.maxEventsPerChannel
+        return try await transaction { connection in
+            try await Self.append(
+                connection,
+                type: type,
+                data: data,
+                to: channel,
+                at: time,
+                maxEvents: maxEvents,
+                self.logger
+            )
+        }
+    }
+
+    /// Appends in the caller's transaction. The upsert locks the channel's row until commit, so
+    /// appends to one channel take their offsets, and commit, one after another, on any node.
+    static func append(
+        _ connection: PostgresConnection,
+        type: String,
+        data: String,
+        to channel: ChannelName,
+        at time: Timestamp,
+        maxEvents: Int?,
+        _ logger: Logger
+    ) async throws -> Event {
+        let rows = try await connection.query(
+            """
+            INSERT INTO channels (name, epoch, last_offset, updated_at)
+            VALUES (\(channel.rawValue), \(Epoch.random().rawValue), 1, \(time.millisecondsSince1970))
+            ON CONFLICT (name) DO UPDATE SET last_offset = channels.last_offset + 1, updated_at = EXCLUDED.updated_at
+            RETURNING epoch, last_offset
+            """,
+            logger: logger
+        )
+        var head: (String, Int64)?
+        for try await row in rows.decode((String, Int64).self) { head = row }
+        guard let (epoch, offset) = head else { throw HeraldError(.internal, "the channel upsert returned no row") }
+        try await connection.query(
+            """
+            INSERT INTO events (channel, "offset", type, time, data)
+            VALUES (\(channel.rawValue), \(offset), \(type), \(time.millisecondsSince1970), \(data))
+            """,
+            logger: logger
+        )
+        if let maxEvents, offset > Offset(maxEvents) {
+            try await connection.query(
+                "DELETE FROM events WHERE channel = \(channel.rawValue) AND \"offset\" <= \(offset - Offset(maxEvents))",
+                logger: logger
+            )
+        }
+        return Event(channel: channel, offset: offset, epoch: Epoch(epoch), type: type, time: time, data: data)
+    }
+
+    package func events(
+        in channel: ChannelName,
+        after offset: Offset?,
+        epoch: Epoch?,
+        limit: Int
+    ) async throws -> EventRead {
+        // Two statements, two snapshots: should the history be trimmed between them (the first
+        // event read is not the one after the position), the read starts over.
+        while true {
+            if let read = try await readEvents(in: channel, after: offset, epoch: epoch, limit: limit) { return read }
+        }
+    }
+
+    private func readEvents(
+        in channel: ChannelName,
+        after offset: Offset?,
+        epoch: Epoch?,
+        limit: Int
+    ) async throws -> EventRead? {
+        let rows = try await client.query(
+            """
+            SELECT epoch, last_offset, (SELECT MIN("offset") FROM events WHERE channel = name)
+            FROM channels WHERE name = \(channel.rawValue)
+            """,
+            logger: logger
+        )
+        var head: (String, Int64, Int64?)?
+        for try await row in rows.decode((String, Int64, Int64?).self) { head = row }
+        guard let (epochText, last, kept) = head else {
+            // No history yet: any position at 0 (or "now") is current; anything else is lost.
+            return EventRead(epoch: Epoch(""), recovered: (offset ?? 0) == 0, events: [], next: 0)
+        }
+        let current = Epoch(epochText)
+        guard let offset else { return EventRead(epoch: current, recovered: true, events: [], next: last) }
+        let first = kept ?? (last + 1)
+        if current.accepts(epoch) && offset >= first - 1 && offset <= last {
+            let events = try await fetchEvents(channel, epoch: current, after: offset, limit: limit)
+            if let event = events.first, event.offset != offset + 1 { return nil }
+            return EventRead(epoch: current, recovered: true, events: events, next: events.last?.offset ?? offset)
+        }
+        // The position is gone. A check channel's latest event carries the full check.
+        let events =
+            channel.isCheckChannel
+            ? try await fetchEvents(channel, epoch: current, after: last - 1, limit: 1)
+            : try await fetchEvents(channel, epoch: current, after: first - 1, limit: limit)
+        return EventRead(epoch: current, recovered: false, events: events, next: events.last?.offset ?? last)
+    }
+
+    private func fetchEvents(
+        _ channel: ChannelName,
+        epoch: Epoch,
+        after offset: Offset,
+        limit: Int
+    ) async throws
+        -> [Event]
+    {
+        let rows = try await client.query(
+            """
+            SELECT "offset", type, time, data FROM events
+            WHERE channel = \(channel.rawValue) AND "offset" > \(offset) ORDER BY "offset" LIMIT \(limit)
+            """,
+            logger: logger
+        )
+        var events: [Event] = []
+        for try await (offset, type, time, data) in rows.decode((Int64, String, Int64, String).self) {
+            events.append(
+                Event(
+                    channel: channel,
+                    offset: offset,
+                    epoch: epoch,
+                    type: type,
+                    time: Timestamp(millisecondsSince1970: time),
+                    data: data
+                )
+            )
+        }
+        return events
+    }
+}

@@ -1,0 +1,97 @@
+internal import HeraldCore
+package import HeraldStore
+package import Logging
+internal import NIOCore
+package import PostgresNIO
+
+/// The store of a cluster: every node's PostgreSQL connection pool on one database.
+///
+/// The database decides everything that must be decided once: a channel's next offset (its
+/// `channels` row is locked by the append, so offsets commit in order, with no gap and no
+/// duplicate, whichever node appends), which finish of a check wins, which node holds a lease.
+/// An answer is given only after its transaction committed. The pool (postgres-nio's
+/// `PostgresClient`) runs as long as ``run()`` does: start it before the first call.
+package final class PostgresStore: Sendable {
+    let client: PostgresClient
+    let retention: RetentionConfiguration
+    let logger: Logger
+
+    /// A pool on `configuration`, not yet connected (see ``run()``).
+    package init(configuration: PostgresClient.Configuration, retention: RetentionConfiguration, logger: Logger) {
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.retention = retention
+        self.logger = logger
+    }
+
+    /// Keeps the pool's connections until cancelled.
+    package func run() async {
+        await client.run()
+    }
+
+    /// Creates or upgrades the schema (see ``migrations``). Several nodes starting at once
+    /// take turns: each migration runs under a transaction-scoped advisory lock.
+    package func migrate() async throws {
+        try await client.withTransaction(logger: logger) { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
+            try await connection.query(
+                "CREATE TABLE IF NOT EXISTS herald_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)",
+                logger: logger
+            )
+            var applied: Set<Int> = []
+            for try await version in try await connection.query("SELECT version FROM herald_migrations", logger: logger)
+                .decode(Int.self)
+            {
+                applied.insert(version)
+            }
+            for (index, migration) in Self.migrations.enumerated() where !applied.contains(index + 1) {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query(
+                    """
+                    INSERT INTO herald_migrations (version, name, applied_at)
+                    VALUES (\(index + 1), \(migration.name), \(Timestamp.now().millisecondsSince1970))
+                    """,
+                    logger: logger
+                )
+            }
+        }
+    }
+
+    /// The advisory lock migrations are taken under (any constant; "herald" in ASCII).
+    static let migrationLock: Int64 = 0x68_6572_616c_64
+
+    /// Runs `body` in a transaction; a serialization failure or deadlock is retried.
+    func transaction<Value: Sendable>(
+        _ body: @Sendable (PostgresConnection) async throws -> Value
+    ) async throws -> Value {
+        var attempt = 0
+        while true {
+            do {
+                return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+            } catch let error as PostgresTransactionError {
+                attempt += 1
+                // Never after a failed COMMIT: it may have committed.
+                guard attempt < 5, let cause = error.closureError ?? error.beginError, Self.isRetryable(cause) else {
+                    throw Self.unwrap(error)
+                }
+            }
+        }
+    }
+
+    /// A deadlock or a serialization failure: the transaction may simply run again.
+    static func isRetryable(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError, let code = error.serverInfo?[.sqlState] else { return false }
+        return code == "40001" || code == "40P01"
+    }
+
+    /// The error a caller should see: Herald's own when the closure threw one.
+    static func unwrap(_ error: PostgresTransactionError) -> any Error {
+        if let herald = error.closureError as? HeraldError { return herald }
+        return error.closureError ?? error.beginError ?? error.commitError ?? error
+    }
+
+    package func ping() async throws {
+        try await client.query("SELECT 1", logger: logger)
+    }
+}

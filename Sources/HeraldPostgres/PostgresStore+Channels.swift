@@ -6,7 +6,7 @@ extension PostgresStore: ChannelLog {
     package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
         let maxEvents = retention.maxEventsPerChannel
         return try await transaction { connection in
-            try await Self.append(
+            let event = try await Self.append(
                 connection,
                 type: type,
                 data: data,
@@ -15,6 +15,8 @@ extension PostgresStore: ChannelLog {
                 maxEvents: maxEvents,
                 self.logger
             )
+            try await Self.enqueueDeliveries(for: event, of: nil, connection, self.logger)
+            return event
         }
     }
 

@@ -67,6 +67,7 @@ extension PostgresStore: CheckStore {
                 maxEvents: nil,
                 self.logger
             )
+            try await Self.enqueueDeliveries(for: event, of: check, connection, self.logger)
             return CheckCreation(check: check, event: event)
         }
     }
@@ -141,6 +142,7 @@ extension PostgresStore: CheckStore {
                 maxEvents: nil,
                 self.logger
             )
+            try await Self.enqueueDeliveries(for: event, of: next, connection, self.logger)
             return .finished(next, event)
         }
     }

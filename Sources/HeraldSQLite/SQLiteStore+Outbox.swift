@@ -91,7 +91,7 @@ extension SQLiteStore {
         // Should an attempt's record never come, it is looked at again after this long.
         let skipUntil = now.adding(milliseconds: 60_000).millisecondsSince1970
         for subscription in try fanOutCandidates(head: head, now: now, window: nil, limit: -1, db) where budget > 0 {
-            let window = healthy.contains(subscription.target) ? healthyWindow : 1
+            let window = subscription.window(healthy: healthy, healthyWindow: healthyWindow)
             guard subscription.fresh < window else {
                 try skip.execute(arguments: [skipUntil, subscription.id])
                 continue
@@ -134,13 +134,6 @@ extension SQLiteStore {
     /// The last entry of the webhook event log, if it has any.
     static func logHead(_ db: Database) throws -> Int64? {
         try Int64.fetchOne(try db.cachedStatement(sql: "SELECT MAX(seq) FROM webhook_events"))
-    }
-
-    struct FanOutCandidate {
-        var id, targetURL, target, event, secret: String
-        var cursor: Int64
-        /// Its deliveries not yet attempted.
-        var fresh: Int
     }
 
     /// The subscriptions behind the log's head, not skipped for now and not parked, oldest
@@ -214,22 +207,14 @@ extension SQLiteStore {
     // MARK: The lag cap
 
     package func disableLagging(beyond cap: LagCap, at now: Timestamp) async throws -> [LaggingSubscription] {
-        let oldestAllowed = now.adding(milliseconds: -cap.age.milliseconds)
-        return try await pool.write { db in
+        try await pool.write { db in
             let head = try Self.logHead(db) ?? 0
             var disabled: [LaggingSubscription] = []
             let active = try Row.fetchAll(db, sql: "SELECT id, cursor FROM subscriptions WHERE disabled_at IS NULL")
             for row in active {
                 let id: String = row["id"]
                 let lag = try Self.lag(of: id, cursor: row["cursor"], head: head, db)
-                let reason: Subscription.DisabledReason
-                if lag.events > cap.events {
-                    reason = .lagEvents
-                } else if let oldest = lag.oldest, oldest < oldestAllowed {
-                    reason = .lagAge
-                } else {
-                    continue
-                }
+                guard let reason = cap.reason(events: lag.events, oldest: lag.oldest, at: now) else { continue }
                 try db.execute(
                     sql: "UPDATE subscriptions SET disabled_at = ?, disabled_reason = ? WHERE id = ?",
                     arguments: [now.millisecondsSince1970, reason.rawValue, id]

@@ -353,13 +353,8 @@ extension SQLiteStore {
         guard delivery.state == .pending else { return }
         let current = record.lease.map { $0 == row["lease"] as Int64 } ?? true
         guard current || outcome == .delivered else { return }
-        let state: Delivery.State
-        var next: Int64?
-        switch outcome {
-        case .delivered: state = .delivered
-        case .retry(let time): (state, next) = (.pending, time.millisecondsSince1970)
-        case .failed, .gone: state = .failed
-        }
+        let (state, due) = outcome.next
+        let next = due?.millisecondsSince1970
         try db.cachedStatement(
             sql:
                 """

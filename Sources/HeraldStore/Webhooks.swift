@@ -264,6 +264,62 @@ package struct LagCap: Sendable, Hashable {
     }
 }
 
+extension LagCap {
+    /// Why a subscription with `events` waiting, the oldest at `oldest`, is past the cap at
+    /// `now`, or `nil` when it is within it.
+    package func reason(events: Int, oldest: Timestamp?, at now: Timestamp) -> Subscription.DisabledReason? {
+        if events > self.events { return .lagEvents }
+        if let oldest, oldest < now.adding(milliseconds: -age.milliseconds) { return .lagAge }
+        return nil
+    }
+}
+
+extension DeliveryOutcome {
+    /// The state a pending delivery takes after an attempt with this outcome, and when it is
+    /// due next (only a retry is).
+    package var next: (state: Delivery.State, due: Timestamp?) {
+        switch self {
+        case .delivered: (.delivered, nil)
+        case .retry(let time): (.pending, time)
+        case .failed, .gone: (.failed, nil)
+        }
+    }
+}
+
+/// A subscription the fan-out may make deliveries for: behind the webhook event log's head, not
+/// skipped for now, its target not parked.
+package struct FanOutCandidate: Sendable {
+    package var id, targetURL, target, event, secret: String
+    /// The last entry of the log it has read.
+    package var cursor: Int64
+    /// Its deliveries not yet attempted.
+    package var fresh: Int
+
+    package init(
+        id: String,
+        targetURL: String,
+        target: String,
+        event: String,
+        secret: String,
+        cursor: Int64,
+        fresh: Int
+    ) {
+        self.id = id
+        self.targetURL = targetURL
+        self.target = target
+        self.event = event
+        self.secret = secret
+        self.cursor = cursor
+        self.fresh = fresh
+    }
+
+    /// How many of its deliveries may wait unattempted: `healthyWindow` for a target known to
+    /// be healthy, one for any other (it is sent one delivery at a time).
+    package func window(healthy: Set<String>, healthyWindow: Int) -> Int {
+        healthy.contains(target) ? healthyWindow : 1
+    }
+}
+
 /// A subscription disabled for its lag, and what it was behind by.
 package struct LaggingSubscription: Sendable, Hashable {
     package var id: String

@@ -52,6 +52,15 @@ package enum StoreConformance {
         Case(name: "a retry by hand waits for the attempt in flight", body: aRetryByHandWaitsForTheAttemptInFlight),
         Case(name: "a rotation signs with both secrets until the overlap ends", body: aRotationSignsWithBothSecrets),
         Case(name: "a check's callback is queued with its terminal event", body: aCallbackIsQueuedWithItsEvent),
+        Case(name: "a subscription gets the events its pattern matches", body: aSubscriptionGetsWhatItMatches),
+        Case(name: "a claim takes preferred targets first and reaches many", body: aClaimTakesPreferredTargetsFirst),
+        Case(name: "a parked target's backlog waits until it is unparked", body: aParkedTargetWaits),
+        Case(name: "a subscription failing too long is disabled", body: aSubscriptionFailingTooLongIsDisabled),
+        Case(name: "a subscription past its lag cap is disabled with the reason", body: aLaggingSubscriptionIsDisabled),
+        Case(name: "a 410 deletes the subscription", body: aGoneTargetDeletesItsSubscription),
+        Case(name: "a replay queues what the subscription matched since", body: aReplayQueuesWhatItMatched),
+        Case(name: "pruning removes old events and ended checks", body: pruningRemovesOldEventsAndEndedChecks),
+        Case(name: "ended deliveries are pruned, pending ones stay", body: endedDeliveriesArePruned),
     ]
 
     // MARK: Checks
@@ -286,15 +295,30 @@ package enum StoreConformance {
         )
     }
 
-    static func claim(_ store: any Store, at now: Timestamp, lease: Duration = .seconds(5)) async throws -> [Delivery] {
-        try await store.claimDeliveries(
+    /// `claimDeliveries`, every subscribed target healthy unless `healthy` says otherwise.
+    static func claim(
+        _ store: any Store,
+        at now: Timestamp,
+        lease: Duration = .seconds(5),
+        limit: Int = 10,
+        window: Int = 100,
+        healthy: [String]? = nil
+    ) async throws -> [Delivery] {
+        let subscribed = try await store.subscriptions(limit: 1000, cursor: nil).items.map {
+            Delivery.target(of: $0.targetURL)
+        }
+        return try await store.claimDeliveries(
             now: now,
             lease: lease,
-            limit: 10,
+            limit: limit,
             perTarget: 10,
-            window: 100,
-            healthy: ["https://a.test:443", "https://r.test:443", "https://cb.test:443"]
+            window: window,
+            healthy: healthy ?? subscribed + ["https://cb.test:443"]
         )
+    }
+
+    static func deliver(_ store: any Store, _ delivery: Delivery, at now: Timestamp) async throws {
+        try await record(store, delivery, lease: delivery.lease, .delivered, at: now)
     }
 
     static func record(
@@ -414,5 +438,204 @@ package enum StoreConformance {
         #expect(claimed.first?.checkID == check.id.rawValue && claimed.first?.subscriptionID == nil)
         #expect(claimed.first?.eventType == "check.done" && claimed.first?.payload == Delivery.payload(of: event))
         #expect(claimed.first?.secrets == [spec.callbackSecret!])
+    }
+
+    static func aSubscriptionGetsWhatItMatches(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        for (id, pattern) in [("sub_all", "*"), ("sub_checks", "check.*"), ("sub_order", "order.paid")] {
+            try await store.createSubscription(
+                Subscription(id: id, targetURL: "https://\(id).test/", event: pattern, secret: "s", createdAt: now)
+            )
+        }
+        let channel = try #require(ChannelName("c"))
+        for type in ["order.paid", "order.paidx", "check.done", "checkdone"] {
+            _ = try await store.append(type: type, data: "1", to: channel, at: now)
+        }
+        let claimed = try await claim(store, at: now, limit: 100)
+        func types(_ id: String) -> [String] { claimed.filter { $0.subscriptionID == id }.map(\.eventType).sorted() }
+        #expect(types("sub_all") == ["check.done", "checkdone", "order.paid", "order.paidx"])
+        #expect(types("sub_checks") == ["check.done"])
+        #expect(types("sub_order") == ["order.paid"])
+    }
+
+    static func aClaimTakesPreferredTargetsFirst(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        try await subscribe(store, "sub_a", "https://a.test/", at: now)
+        try await subscribe(store, "sub_b", "https://b.test/", at: now)
+        let channel = try #require(ChannelName("c"))
+        for n in 0..<3 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
+        func claim(limit: Int, perTarget: Int, healthy: [String]) async throws -> [String?] {
+            try await store.claimDeliveries(
+                now: now,
+                lease: .seconds(20),
+                limit: limit,
+                perTarget: perTarget,
+                window: 100,
+                healthy: healthy
+            ).map(\.subscriptionID)
+        }
+        // sub_a's deliveries are as old, but b.test is preferred (a healthy target).
+        #expect(try await claim(limit: 1, perTarget: 10, healthy: ["https://b.test:443"]) == ["sub_b"])
+        // The cap per target applies before the limit: a claim of two reaches both targets.
+        #expect(Set(try await claim(limit: 2, perTarget: 1, healthy: [])) == ["sub_a", "sub_b"])
+        // a.test is not known healthy, so it is sent one at a time: one row for its three events.
+        let rows = { (id: String) in try await store.deliveries(matching: .init(subscriptionID: id)).items.count }
+        #expect(try await rows("sub_a") == 1)
+        #expect(try await rows("sub_b") == 3)
+    }
+
+    static func aParkedTargetWaits(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        try await subscribe(store, "sub_a", "https://a.test/", at: now)
+        let channel = try #require(ChannelName("c"))
+        _ = try await store.append(type: "t", data: "1", to: channel, at: now)
+        let first = try await claim(store, at: now, lease: .seconds(1))
+        #expect(first.count == 1)
+        // Its target is parked for a minute: the claimed one is held, and the backlog waits.
+        let until = now.adding(milliseconds: 60_000)
+        try await store.holdDeliveries(
+            [(first[0].id, until)],
+            parking: [("https://a.test:443", until)],
+            at: now
+        )
+        _ = try await store.append(type: "t", data: "2", to: channel, at: now)
+        #expect(try await claim(store, at: now.adding(milliseconds: 2_000)).isEmpty)
+        #expect(try await store.nextDeliveryDue(now: now.adding(milliseconds: 2_000), window: 100) == until)
+        // Unparked (its attempt in flight ended), everything parked is due at once.
+        let later = now.adding(milliseconds: 3_000)
+        try await store.recordAttempts([], unparking: ["https://a.test:443"], disableFailingBefore: later, at: later)
+        let due = try await claim(store, at: later)
+        #expect(due.count == 2 && Set(due.map(\.id)).contains(first[0].id))
+    }
+
+    static func aSubscriptionFailingTooLongIsDisabled(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let start = Timestamp.now()
+        try await subscribe(store, "sub_d", "https://d.test/", at: start)
+        let channel = try #require(ChannelName("c"))
+        _ = try await store.append(type: "t", data: "1", to: channel, at: start)
+        _ = try await store.append(type: "t", data: "2", to: channel, at: start)
+        let claimed = try await claim(store, at: start)
+        #expect(claimed.count == 2)
+        func fail(_ delivery: Delivery, at time: Timestamp) async throws {
+            let attempt = DeliveryAttempt(at: time, statusCode: 500, durationMilliseconds: 1, error: nil, snippet: nil)
+            try await store.recordAttempt(
+                attempt,
+                of: delivery.id,
+                outcome: .retry(at: time.adding(milliseconds: 1000)),
+                disableFailingBefore: time.adding(milliseconds: -5000)
+            )
+        }
+        try await fail(claimed[0], at: start)
+        #expect(try await store.subscription("sub_d")?.failingSince == start)
+        try await fail(claimed[0], at: start.adding(milliseconds: 6000))
+        #expect(try await store.subscription("sub_d")?.disabledAt != nil)
+        #expect(try await store.delivery(claimed[1].id)?.0.state == .failed)
+        // No new delivery while disabled; a PUT re-enables, from the log's head.
+        _ = try await store.append(type: "t", data: "3", to: channel, at: start)
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_d")).items.count == 2)
+        let enabled = try await store.updateSubscription(
+            "sub_d",
+            targetURL: "https://d2.test/",
+            event: "*",
+            secret: nil,
+            overlap: .zero,
+            at: start
+        )
+        #expect(enabled?.disabledAt == nil && enabled?.failingSince == nil)
+        _ = try await store.append(type: "t", data: "4", to: channel, at: start)
+        let next = try await claim(store, at: start)
+        #expect(next.count == 1 && next[0].payload.contains("\"data\":4") && next[0].target == "https://d2.test:443")
+    }
+
+    static func aLaggingSubscriptionIsDisabled(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        try await subscribe(store, "sub_slow", "https://slow.test/", at: now)
+        try await subscribe(store, "sub_ok", "https://ok.test/", at: now)
+        for n in 0..<6 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
+        // Two deliveries each; sub_ok's succeed and it reads on, sub_slow's stay pending.
+        for delivery in try await claim(store, at: now, limit: 100, window: 2) where delivery.subscriptionID == "sub_ok"
+        {
+            try await deliver(store, delivery, at: now)
+        }
+        _ = try await claim(store, at: now, limit: 100, window: 10)
+        // sub_slow: 4 entries past its cursor and 2 pending deliveries wait; sub_ok: 4 pending.
+        let cap = LagCap(events: 5, age: .seconds(60))
+        let disabled = try await store.disableLagging(beyond: cap, at: now)
+        #expect(disabled == [LaggingSubscription(id: "sub_slow", reason: .lagEvents, events: 6, oldest: now)])
+        #expect(try await store.subscription("sub_slow")?.disabledReason == .lagEvents)
+        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_slow", state: .pending)).items.isEmpty)
+        let aged = try await store.disableLagging(beyond: cap, at: now.adding(milliseconds: 61_000))
+        #expect(aged.map(\.id) == ["sub_ok"] && aged.map(\.reason) == [.lagAge])
+    }
+
+    static func aGoneTargetDeletesItsSubscription(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        try await subscribe(store, "sub_g", "https://g.test/", at: now)
+        let channel = try #require(ChannelName("c"))
+        _ = try await store.append(type: "t", data: "1", to: channel, at: now)
+        _ = try await store.append(type: "t", data: "2", to: channel, at: now)
+        let claimed = try await claim(store, at: now)
+        try await record(store, claimed[0], lease: claimed[0].lease, .gone, at: now)
+        #expect(try await store.subscription("sub_g") == nil)
+        #expect(try await store.delivery(claimed[1].id)?.0.state == .failed)
+        #expect(try await store.deleteSubscription("sub_g", at: now) == false)
+    }
+
+    static func aReplayQueuesWhatItMatched(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init())
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        _ = try await store.append(type: "order.paid", data: "1", to: channel, at: now.adding(milliseconds: -5_000))
+        _ = try await store.append(type: "order.paid", data: "2", to: channel, at: now)
+        _ = try await store.append(type: "other", data: "3", to: channel, at: now)
+        try await store.createSubscription(
+            Subscription(id: "sub_r", targetURL: "https://r.test/", event: "order.*", secret: "s", createdAt: now)
+        )
+        #expect(try await store.replay(subscription: "sub_r", since: now.adding(milliseconds: -1_000), at: now) == 1)
+        #expect(try await store.replay(subscription: "sub_none", since: now, at: now) == nil)
+        let claimed = try await claim(store, at: now)
+        #expect(claimed.map(\.eventType) == ["order.paid"] && claimed[0].payload.contains("\"data\":2"))
+    }
+
+    static func pruningRemovesOldEventsAndEndedChecks(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init(maxEventAge: .seconds(60), checkRetention: .seconds(60)))
+        let channel = try #require(ChannelName("old"))
+        _ = try await store.append(type: "t", data: "1", to: channel, at: .now())
+        let ended = delayCheck()
+        _ = try await store.createCheck(ended, idempotency: nil)
+        _ = try await store.finishCheck(ended.id, as: .done, result: nil, error: nil, at: .now(), requiring: .any)
+        let running = delayCheck()
+        _ = try await store.createCheck(running, idempotency: nil)
+        let removed = try await store.prune(now: Timestamp.now().adding(milliseconds: 120_000))
+        #expect(removed > 0)
+        #expect(try await store.check(ended.id) == nil)
+        #expect(try await store.check(running.id) != nil)
+        let read = try await store.events(in: channel, after: 0, epoch: nil, limit: 10)
+        #expect(read.events.isEmpty && read.epoch.rawValue.isEmpty)
+        let kept = try await store.events(in: running.id.channel, after: 0, epoch: nil, limit: 10)
+        #expect(kept.events.map(\.offset) == [1])
+    }
+
+    static func endedDeliveriesArePruned(_ makeStore: MakeStore<any Store>) async throws {
+        let store = try await makeStore(.init(checkRetention: .seconds(60)))
+        let now = Timestamp.now()
+        try await subscribe(store, "sub_a", "https://a.test/", at: now)
+        try await subscribe(store, "sub_b", "https://b.test/", at: now)
+        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
+        let claimed = try await claim(store, at: now)
+        #expect(claimed.count == 2)
+        let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
+        let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
+        try await deliver(store, delivered, at: now)
+        _ = try await store.prune(now: now.adding(milliseconds: 120_000))
+        #expect(try await store.delivery(delivered.id) == nil)
+        #expect(try await store.delivery(pending.id)?.0.state == .pending)
     }
 }

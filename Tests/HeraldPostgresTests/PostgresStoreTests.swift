@@ -65,6 +65,13 @@ private final class Stores: Sendable {
         try await requirement.run { retention in try await stores.make(retention) }
     }
 
+    @Test(arguments: StoreConformance.webhooks)
+    func webhookConformance(_ requirement: StoreConformance.Case<any Store>) async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        try await requirement.run { retention in try await stores.make(retention) }
+    }
+
     @Test func migratingTwiceChangesNothing() async throws {
         let stores = Stores()
         defer { stores.stop() }

@@ -42,23 +42,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(setting == synchronous)
     }
 
-    @Test func pruningRemovesOldEventsAndEndedChecks() async throws {
-        let (store, _) = try makeStore(.init(maxEventAge: .seconds(60), checkRetention: .seconds(60)))
-        let channel = try #require(ChannelName("old"))
-        _ = try await store.append(type: "t", data: "1", to: channel, at: .now())
-        let ended = delayCheck()
-        _ = try await store.createCheck(ended, idempotency: nil)
-        _ = try await store.finishCheck(ended.id, as: .done, result: nil, error: nil, at: .now(), requiring: .any)
-        let running = delayCheck()
-        _ = try await store.createCheck(running, idempotency: nil)
-        let removed = try await store.prune(now: Timestamp.now().adding(milliseconds: 120_000))
-        #expect(removed > 0)
-        #expect(try await store.check(ended.id) == nil)
-        #expect(try await store.check(running.id) != nil)
-        let read = try await store.events(in: channel, after: 0, epoch: nil, limit: 10)
-        #expect(read.events.isEmpty && read.epoch.rawValue.isEmpty)
-    }
-
     /// `claimDeliveries` with no preferred target.
     private func claim(
         _ store: SQLiteStore,
@@ -113,21 +96,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         }
     }
 
-    @Test func endedDeliveriesArePrunedWithEndedChecksAndPendingOnesStay() async throws {
-        let (store, _) = try makeStore(.init(checkRetention: .seconds(60)))
-        let now = Timestamp.now()
-        try await subscribe(store, [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")], at: now)
-        _ = try await store.append(type: "t", data: "1", to: try #require(ChannelName("c")), at: now)
-        let claimed = try await claim(store, at: now)
-        #expect(claimed.count == 2)
-        let delivered = try #require(claimed.first { $0.subscriptionID == "sub_a" })
-        let pending = try #require(claimed.first { $0.subscriptionID == "sub_b" })
-        try await deliver(store, delivered.id, at: now)
-        _ = try await store.prune(now: now.adding(milliseconds: 120_000))
-        #expect(try await store.delivery(delivered.id) == nil)
-        #expect(try await store.delivery(pending.id)?.0.state == .pending)
-    }
-
     @Test func aClaimTakesAFewOfATargetAndAParkedTargetIsPassedOver() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()
@@ -173,32 +141,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await claim(store, at: now).map(\.subscriptionID) == ["sub_busy"])
     }
 
-    @Test func aClaimTakesPreferredTargetsFirstAndReachesManyTargets() async throws {
-        let (store, _) = try makeStore()
-        let now = Timestamp.now()
-        try await subscribe(store, [("sub_a", "https://a.test/"), ("sub_b", "https://b.test/")], at: now)
-        let channel = try #require(ChannelName("c"))
-        for n in 0..<3 { _ = try await store.append(type: "t", data: "\(n)", to: channel, at: now) }
-        func claim(limit: Int, perTarget: Int, healthy: [String]) async throws -> [String?] {
-            try await store.claimDeliveries(
-                now: now,
-                lease: .seconds(20),
-                limit: limit,
-                perTarget: perTarget,
-                window: 100,
-                healthy: healthy
-            ).map(\.subscriptionID)
-        }
-        // sub_a's deliveries are older, but b.test is preferred (a healthy target).
-        #expect(try await claim(limit: 1, perTarget: 10, healthy: ["https://b.test:443"]) == ["sub_b"])
-        // The cap per target applies before the limit: a claim of two reaches both targets.
-        #expect(Set(try await claim(limit: 2, perTarget: 1, healthy: [])) == ["sub_a", "sub_b"])
-        // a.test is not known healthy, so it is sent one at a time: one row for its three events.
-        let rows = { (id: String) in try await store.deliveries(matching: .init(subscriptionID: id)).items.count }
-        #expect(try await rows("sub_a") == 1)
-        #expect(try await rows("sub_b") == 3)
-    }
-
     @Test func aClaimOverALargeBacklogStillTakesAFewOfEachTargetPreferredFirst() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()
@@ -238,58 +180,6 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
                 "msg_\(SQLiteStore.claimScan + 51)", "msg_\(SQLiteStore.claimScan + 52)", "msg_1", "msg_2",
             ]
         )
-    }
-
-    @Test func aSubscriptionFailingTooLongIsDisabledWithItsPendingDeliveries() async throws {
-        let (store, _) = try makeStore()
-        let start = Timestamp.now()
-        try await store.createSubscription(
-            Subscription(
-                id: "sub_d",
-                targetURL: "https://d.test/",
-                event: "*",
-                secret: WebhookSecret.generate(),
-                createdAt: start
-            )
-        )
-        let channel = try #require(ChannelName("c"))
-        _ = try await store.append(type: "t", data: "1", to: channel, at: start)
-        _ = try await store.append(type: "t", data: "2", to: channel, at: start)
-        let (first, second) = try await {
-            let claimed = try await claim(store, at: start)
-            return (claimed[0], claimed[1])
-        }()
-        func fail(_ id: String, at time: Timestamp) async throws {
-            let attempt = DeliveryAttempt(at: time, statusCode: 500, durationMilliseconds: 1, error: nil, snippet: nil)
-            try await store.recordAttempt(
-                attempt,
-                of: id,
-                outcome: .retry(at: time.adding(milliseconds: 1000)),
-                disableFailingBefore: time.adding(milliseconds: -5000)
-            )
-        }
-        try await fail(first.id, at: start)
-        #expect(try await store.subscription("sub_d")?.failingSince == start)
-        try await fail(first.id, at: start.adding(milliseconds: 6000))
-        let disabled = try #require(try await store.subscription("sub_d"))
-        #expect(disabled.disabledAt != nil)
-        #expect(try await store.delivery(second.id)?.0.state == .failed)
-        // No new delivery while disabled; a PUT re-enables.
-        _ = try await store.append(type: "t", data: "3", to: channel, at: start)
-        #expect(try await store.deliveries(matching: .init(subscriptionID: "sub_d")).items.count == 2)
-        let enabled = try await store.updateSubscription(
-            "sub_d",
-            targetURL: "https://d2.test/",
-            event: "*",
-            secret: nil,
-            overlap: .zero,
-            at: start
-        )
-        #expect(enabled?.disabledAt == nil && enabled?.failingSince == nil)
-        // Re-enabled, it starts at the log's head: what came while it was disabled is for a replay.
-        _ = try await store.append(type: "t", data: "4", to: channel, at: start)
-        let next = try await claim(store, at: start)
-        #expect(next.count == 1 && next[0].payload.contains("\"data\":4"))
     }
 
     @Test func subscriptionsReadTheEventLogThroughAWindowAndParkedOnesCostNoRows() async throws {

@@ -88,9 +88,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A cluster of nodes on one PostgreSQL database: the broker that carries events between
+        // nodes, node heartbeats and leases.
+        .target(
+            name: "HeraldCluster",
+            dependencies: [
+                "HeraldHub",
+                "HeraldPostgres",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HeraldPostgresTests",
-            dependencies: ["HeraldPostgres", "HeraldTesting", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: [
+                "HeraldCluster", "HeraldPostgres", "HeraldTesting",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
 

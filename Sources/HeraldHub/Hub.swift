@@ -137,6 +137,30 @@ package final class Hub: Service, Sendable {
         state.withLock { $0.heads[channel] }
     }
 
+    /// Whether a long poll or a stream of this process waits for `channel`'s next event: what a
+    /// cluster's broker asks before it reads an event another node published.
+    package func isFollowed(_ channel: ChannelName) -> Bool {
+        state.withLock { $0.waiters[channel] != nil } || subscribers.isSubscribed(channel)
+    }
+
+    /// Every channel a long poll or a stream of this process waits on.
+    package var followedChannels: Set<ChannelName> {
+        Set(state.withLock { Array($0.waiters.keys) }).union(subscribers.channels)
+    }
+
+    /// Forgets the head of `channel` (another node moved it): the next reader asks the store.
+    ///
+    /// A broker forgets a head *before* it looks whether anyone follows the channel, so a reader
+    /// that registers after the look finds no head and reads the store.
+    package func forgetHead(of channel: ChannelName) {
+        state.withLock { _ = $0.heads.removeValue(forKey: channel) }
+    }
+
+    /// Forgets every head (notifications from other nodes may have been lost).
+    package func forgetHeads() {
+        state.withLock { $0.heads.removeAll() }
+    }
+
     /// Repeats `read` until it returns a value, waiting for an event on `channel` between
     /// reads, until `deadline`.
     ///

@@ -69,6 +69,14 @@ final class SubscriberRegistry: Sendable {
 
     var count: Int { state.withLock { $0.count } }
 
+    /// Whether a stream follows `channel`.
+    func isSubscribed(_ channel: ChannelName) -> Bool {
+        state.withLock { $0.channels[channel] != nil }
+    }
+
+    /// The channels streams follow.
+    var channels: [ChannelName] { state.withLock { Array($0.channels.keys) } }
+
     func subscribe(_ channel: ChannelName) -> Key {
         state.withLock { state in
             state.nextID += 1

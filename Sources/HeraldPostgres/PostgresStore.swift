@@ -95,3 +95,10 @@ package final class PostgresStore: Sendable {
         try await client.query("SELECT 1", logger: logger)
     }
 }
+
+extension PostgresStore {
+    /// Sends `payload` to every connection listening on `channel` (`pg_notify`).
+    package func notify(_ channel: String, _ payload: String) async throws {
+        try await client.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+    }
+}

@@ -1,5 +1,7 @@
 import Foundation
+import HeraldCluster
 import HeraldCore
+import HeraldHub
 import HeraldStore
 import HeraldTesting
 import Logging
@@ -32,25 +34,35 @@ private final class Stores: Sendable {
 
     /// A fresh store in a new schema, migrated and running.
     func make(_ retention: RetentionConfiguration) async throws -> PostgresStore {
-        let url = try serverURL()
+        try await open(try await makeSchema(), retention)
+    }
+
+    /// A new, empty schema's URL.
+    func makeSchema() async throws -> PostgresURL {
+        var url = try PostgresURL(try serverURL())
         let schema = "herald_test_\(UUID().uuidString.prefix(8).lowercased())"
-        let logger = Logger(label: "herald.test.postgres")
-        let admin = try PostgresStore(
-            configuration: .init(url: url),
-            retention: retention,
-            logger: logger
-        )
+        let admin = PostgresStore(configuration: url.client(connections: 1), retention: .init(), logger: Self.logger)
         let adminTask = Task { await admin.run() }
         defer { adminTask.cancel() }
         try await admin.client.query("CREATE SCHEMA \(unescaped: schema)")
-        var configuration = try PostgresClient.Configuration(url: url)
-        configuration.options.additionalStartupParameters.append(("search_path", schema))
-        configuration.options.maximumConnections = 8
-        let store = PostgresStore(configuration: configuration, retention: retention, logger: logger)
+        url.searchPath = schema
+        return url
+    }
+
+    /// A store on the schema of `url` (another node's, when it has one already), migrated and running.
+    func open(_ url: PostgresURL, _ retention: RetentionConfiguration = .init()) async throws -> PostgresStore {
+        let store = PostgresStore(configuration: url.client(connections: 8), retention: retention, logger: Self.logger)
         running.withLock { $0.append(Task { await store.run() }) }
         try await store.migrate()
         return store
     }
+
+    /// Runs `service` until the test ends.
+    func run(_ service: PostgresBroker) {
+        running.withLock { $0.append(Task { try? await service.run() }) }
+    }
+
+    static let logger = Logger(label: "herald.test.postgres")
 
     func stop() {
         for task in running.withLock({ $0 }) { task.cancel() }
@@ -72,6 +84,92 @@ private final class Stores: Sendable {
         try await requirement.run { retention in try await stores.make(retention) }
     }
 
+    /// Two nodes on one schema, each with its store, hub and broker, listening.
+    private func twoNodes(_ stores: Stores, backstop: Duration = .seconds(60)) async throws -> [Node] {
+        let url = try await stores.makeSchema()
+        var nodes: [Node] = []
+        for name in ["a", "b"] {
+            let store = try await stores.open(url)
+            let hub = Hub()
+            let broker = PostgresBroker(
+                store: store,
+                hub: hub,
+                node: name,
+                url: url,
+                backstop: backstop,
+                logger: Stores.logger
+            )
+            stores.run(broker)
+            while !broker.isListening { try await Task.sleep(for: .milliseconds(10)) }
+            nodes.append(Node(store: store, hub: hub, events: EventLog(store: store, broker: broker)))
+        }
+        return nodes
+    }
+
+    private struct Node {
+        var store: PostgresStore
+        var hub: Hub
+        var events: EventLog
+
+        /// The offsets a stream on this node gets from `channel` until it has `last`, once it follows.
+        func follow(_ channel: ChannelName, until last: Offset) async throws -> Task<[Offset], any Error> {
+            struct Done: Error {}
+            let follower = ChannelFollower(store: store, hub: hub, pageSize: 100, heartbeat: .seconds(30))
+            let task = Task {
+                var offsets: [Offset] = []
+                do {
+                    _ = try await follower.follow(channel, after: 0, epoch: nil) { item in
+                        guard case .events(let events) = item else { return }
+                        offsets += events.map(\.event.offset)
+                        if offsets.last == last { throw Done() }
+                    }
+                } catch is Done {}
+                return offsets
+            }
+            while !hub.isFollowed(channel) { try await Task.sleep(for: .milliseconds(5)) }
+            return task
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anEventPublishedOnOneNodeReachesTheOtherNodesFollowers() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let nodes = try await twoNodes(stores)
+        let channel = try #require(ChannelName("orders"))
+        let onA = try await nodes[0].follow(channel, until: 3)
+        let onB = try await nodes[1].follow(channel, until: 3)
+        for n in 1...3 { _ = try await nodes[0].events.publish(type: "t", data: .int(Int64(n)), to: channel) }
+        // Node a's stream gets each event from its hub; node b's hears of them, reads them, and
+        // fills any hole from the store: every event once, in order, on both.
+        #expect(try await onA.value == [1, 2, 3])
+        #expect(try await onB.value == [1, 2, 3])
+        // A long poll on b that is caught up wakes for the next event published on a.
+        let hub = nodes[1].hub
+        let woke = Task {
+            try await hub.wait(on: channel, until: .now.advanced(by: .seconds(20))) { event -> Offset? in
+                event?.event.offset
+            }
+        }
+        while !hub.isFollowed(channel) { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await nodes[0].events.publish(type: "t", data: .int(4), to: channel)
+        #expect(try await woke.value == 4)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anEventWhoseNotificationIsLostIsFoundByTheBackstop() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let nodes = try await twoNodes(stores, backstop: .milliseconds(300))
+        let channel = try #require(ChannelName("quiet"))
+        let onB = try await nodes[1].follow(channel, until: 1)
+        // Committed on a without any notification (as if it were lost).
+        _ = try await EventLog(store: nodes[0].store, broker: LocalBroker(hub: Hub())).publish(
+            type: "t",
+            data: .null,
+            to: channel
+        )
+        #expect(try await onB.value == [1])
+    }
+
     @Test func migratingTwiceChangesNothing() async throws {
         let stores = Stores()
         defer { stores.stop() }
@@ -83,14 +181,17 @@ private final class Stores: Sendable {
     }
 
     @Test func aURLNamesTheServer() throws {
-        let configuration = try PostgresClient.Configuration(
-            url: "postgres://herald:s%40cret@db.example:6543/events?sslmode=disable&search_path=tenant"
+        let url = try PostgresURL(
+            "postgres://herald:s%40cret@db.example:6543/events?sslmode=disable&search_path=tenant"
         )
+        let configuration = url.client(connections: 4)
         #expect(configuration.host == "db.example" && configuration.port == 6543)
         #expect(configuration.username == "herald" && configuration.password == "s@cret")
-        #expect(configuration.database == "events")
+        #expect(configuration.database == "events" && configuration.options.maximumConnections == 4)
         #expect(configuration.options.additionalStartupParameters.contains { $0 == ("search_path", "tenant") })
-        #expect(throws: HeraldError.self) { try PostgresClient.Configuration(url: "mysql://x@y/z") }
-        #expect(throws: HeraldError.self) { try PostgresClient.Configuration(url: "postgres://db.example/z") }
+        #expect(url.redacted == "postgres://herald@db.example:6543/events")
+        #expect(throws: HeraldError.self) { try PostgresURL("mysql://x@y/z") }
+        #expect(throws: HeraldError.self) { try PostgresURL("postgres://db.example/z") }
+        #expect(throws: HeraldError.self) { try PostgresURL("postgres://u@db.example/z?sslmode=verify-full") }
     }
 }

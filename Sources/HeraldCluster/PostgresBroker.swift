@@ -1,0 +1,231 @@
+package import HeraldCore
+package import HeraldHub
+package import HeraldPostgres
+package import Logging
+internal import PostgresNIO
+internal import ServiceLifecycle
+internal import Synchronization
+
+/// The broker of a cluster: an event this node committed goes to its own hub at once, and its
+/// position to the other nodes through PostgreSQL's `NOTIFY`; a node that hears of a position it
+/// has not seen reads the event from the store, if anyone there follows its channel.
+///
+/// The database decides, notifications only wake: they carry positions, never the event, and a
+/// lost one only delays. Positions are coalesced per channel and sent by one notifier task, a
+/// few `pg_notify` calls per batch rather than one per event (a `NOTIFY` takes a database-wide
+/// lock at commit). The listening connection is a dedicated one, apart from the pool; after
+/// every (re)connection the node forgets its channel heads and reads the latest event of every
+/// channel it follows, and a slow poll (`backstop`) does the same, so a notification lost with a
+/// connection, a PostgreSQL restart or a network cut costs at most one backstop period.
+package final class PostgresBroker: Broker, Service {
+    /// The `LISTEN`/`NOTIFY` channel.
+    static let notifyChannel = "herald_events"
+    /// Most channels one notifier pass names; past it, a pass tells every node to catch up.
+    static let maxPending = 10_000
+    /// A payload's limit is 8,000 bytes; leave room.
+    static let maxPayload = 7_000
+
+    private struct State {
+        /// The newest position per channel not yet sent to the other nodes.
+        var pending: [ChannelName: Position] = [:]
+        var overflowed = false
+        var listening = false
+    }
+
+    private struct Position: Sendable {
+        var epoch: Epoch
+        var offset: Offset
+    }
+
+    private let store: PostgresStore
+    private let hub: Hub
+    private let node: String
+    private let listenURL: PostgresURL
+    private let backstop: Duration
+    private let logger: Logger
+    private let onRemoteEvent: @Sendable () -> Void
+    private let state = Mutex(State())
+    private let doorbell: AsyncStream<Void>
+    private let ring: AsyncStream<Void>.Continuation
+
+    /// - Parameters:
+    ///   - node: this node's id; its own notifications are ignored.
+    ///   - onRemoteEvent: called when another node published (the webhook dispatcher's
+    ///     doorbell: the event's deliveries were committed with it).
+    package init(
+        store: PostgresStore,
+        hub: Hub,
+        node: String,
+        url: PostgresURL,
+        backstop: Duration = .seconds(2),
+        logger: Logger,
+        onRemoteEvent: @escaping @Sendable () -> Void = {}
+    ) {
+        self.store = store
+        self.hub = hub
+        self.node = node
+        self.listenURL = url
+        self.backstop = backstop
+        self.logger = logger
+        self.onRemoteEvent = onRemoteEvent
+        (doorbell, ring) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Whether the notification connection is listening (for `/readyz`).
+    package var isListening: Bool { state.withLock { $0.listening } }
+
+    package func publish(_ event: Event) {
+        hub.publish(event)
+        state.withLock { state in
+            if state.pending.count >= Self.maxPending && state.pending[event.channel] == nil {
+                state.overflowed = true
+            } else {
+                state.pending[event.channel] = Position(epoch: event.epoch, offset: event.offset)
+            }
+        }
+        ring.yield()
+    }
+
+    package func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.notify() }
+                group.addTask { await self.listen() }
+                group.addTask { await self.poll() }
+            }
+        }
+    }
+
+    // MARK: Sending
+
+    private func notify() async {
+        for await _ in doorbell {
+            let (pending, overflowed) = state.withLock { state in
+                defer { (state.pending, state.overflowed) = ([:], false) }
+                return (state.pending, state.overflowed)
+            }
+            let payloads = Self.payloads(node: node, pending.map { ($0.key, $0.value) }, everything: overflowed)
+            do {
+                for payload in payloads {
+                    try await store.notify(Self.notifyChannel, payload)
+                }
+            } catch {
+                // The other nodes' backstop finds these events; keep trying with the next ones.
+                logger.warning("cannot notify the other nodes", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    /// `node`, then one line per channel (`epoch offset channel`), in payloads of at most
+    /// ``maxPayload`` bytes; a line `*` alone asks every node to catch up everything.
+    private static func payloads(node: String, _ positions: [(ChannelName, Position)], everything: Bool) -> [String] {
+        var payloads: [String] = []
+        var current = node
+        if everything { current += "\n*" }
+        for (channel, position) in positions {
+            let line = "\n\(position.epoch.rawValue) \(position.offset) \(channel.rawValue)"
+            if current.utf8.count + line.utf8.count > maxPayload {
+                payloads.append(current)
+                current = node
+            }
+            current += line
+        }
+        if current != node { payloads.append(current) }
+        return payloads
+    }
+
+    // MARK: Receiving
+
+    private func listen() async {
+        var delay = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                let configuration = try listenURL.connection()
+                let connection = try await PostgresConnection.connect(
+                    configuration: configuration,
+                    id: 0,
+                    logger: logger
+                )
+                defer { Task { try? await connection.close() } }
+                try await connection.listen(on: Self.notifyChannel) { notifications in
+                    state.withLock { $0.listening = true }
+                    delay = .milliseconds(100)
+                    // Whatever was published while this node was not listening.
+                    await catchUpEverything()
+                    for try await notification in notifications {
+                        await receive(notification.payload)
+                    }
+                }
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning("the notification connection failed; reconnecting", metadata: ["error": "\(error)"])
+            }
+            state.withLock { $0.listening = false }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
+        state.withLock { $0.listening = false }
+    }
+
+    private func receive(_ payload: String) async {
+        var lines = payload.split(separator: "\n", omittingEmptySubsequences: true)[...]
+        guard let sender = lines.popFirst(), sender != node else { return }
+        onRemoteEvent()
+        var behind: [ChannelName] = []
+        for line in lines {
+            if line == "*" {
+                await catchUpEverything()
+                return
+            }
+            let fields = line.split(separator: " ", maxSplits: 2)
+            guard fields.count == 3, let offset = Offset(fields[1]), let channel = ChannelName(fields[2]) else {
+                continue
+            }
+            if let head = hub.head(of: channel), head.epoch.rawValue == fields[0], head.offset >= offset { continue }
+            // Forget first, then look: a reader that registers after the look reads the store.
+            hub.forgetHead(of: channel)
+            if hub.isFollowed(channel) { behind.append(channel) }
+        }
+        await announceLatest(behind, known: [:])
+    }
+
+    /// Reads the latest event of each channel and gives the hub those newer than `known` (the
+    /// heads before they were forgotten); followers fill any hole before it from the store.
+    private func announceLatest(_ channels: [ChannelName], known: [ChannelName: Hub.Head]) async {
+        var start = channels.startIndex
+        while start < channels.endIndex {
+            let end = channels.index(start, offsetBy: 500, limitedBy: channels.endIndex) ?? channels.endIndex
+            do {
+                for event in try await store.latestEvents(in: Array(channels[start..<end])) {
+                    if let head = known[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
+                        continue
+                    }
+                    hub.publish(event)
+                }
+            } catch {
+                logger.warning("cannot read the events other nodes published", metadata: ["error": "\(error)"])
+            }
+            start = end
+        }
+    }
+
+    /// Forgets every head and announces what changed on every channel followed here.
+    private func catchUpEverything() async {
+        let followed = hub.followedChannels
+        var known: [ChannelName: Hub.Head] = [:]
+        for channel in followed { known[channel] = hub.head(of: channel) }
+        hub.forgetHeads()
+        await announceLatest(Array(followed), known: known)
+        onRemoteEvent()
+    }
+
+    /// The backstop: every `backstop`, what a lost notification would have said.
+    private func poll() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: backstop)
+            if Task.isCancelled { return }
+            await catchUpEverything()
+        }
+    }
+}

@@ -223,10 +223,12 @@ let package = Package(
             name: "HeraldServer",
             dependencies: [
                 "HeraldAccess",
+                "HeraldCluster",
                 "HeraldGRPC",
                 "HeraldHTTP",
                 "HeraldHooks",
                 "HeraldNet",
+                "HeraldPostgres",
                 "HeraldWebSocket",
                 "HeraldSQLite",
                 .product(name: "HummingbirdCore", package: "hummingbird"),

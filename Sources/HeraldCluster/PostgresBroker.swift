@@ -18,8 +18,13 @@ internal import Synchronization
 /// channel it follows, and a slow poll (`backstop`) does the same, so a notification lost with a
 /// connection, a PostgreSQL restart or a network cut costs at most one backstop period.
 package final class PostgresBroker: Broker, Service {
-    /// The `LISTEN`/`NOTIFY` channel.
-    static let notifyChannel = "herald_events"
+    /// The `LISTEN`/`NOTIFY` channel of the nodes on `schema` (notifications are database-wide).
+    static func notifyChannel(schema: String?) -> String {
+        let suffix = (schema ?? "public").lowercased().filter {
+            $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_")
+        }
+        return String(("herald_events_" + suffix).prefix(63))
+    }
     /// Most channels one notifier pass names; past it, a pass tells every node to catch up.
     static let maxPending = 10_000
     /// A payload's limit is 8,000 bytes; leave room.
@@ -44,6 +49,7 @@ package final class PostgresBroker: Broker, Service {
     private let backstop: Duration
     private let logger: Logger
     private let onRemoteEvent: @Sendable () -> Void
+    private let channel: String
     private let state = Mutex(State())
     private let doorbell: AsyncStream<Void>
     private let ring: AsyncStream<Void>.Continuation
@@ -68,6 +74,7 @@ package final class PostgresBroker: Broker, Service {
         self.backstop = backstop
         self.logger = logger
         self.onRemoteEvent = onRemoteEvent
+        self.channel = Self.notifyChannel(schema: url.searchPath)
         (doorbell, ring) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -77,7 +84,11 @@ package final class PostgresBroker: Broker, Service {
     package func publish(_ event: Event) {
         hub.publish(event)
         state.withLock { state in
-            if state.pending.count >= Self.maxPending && state.pending[event.channel] == nil {
+            if let pending = state.pending[event.channel] {
+                // The newest of the epoch wins, whatever order the publishes came in.
+                if pending.epoch == event.epoch && pending.offset >= event.offset { return }
+                state.pending[event.channel] = Position(epoch: event.epoch, offset: event.offset)
+            } else if state.pending.count >= Self.maxPending {
                 state.overflowed = true
             } else {
                 state.pending[event.channel] = Position(epoch: event.epoch, offset: event.offset)
@@ -107,7 +118,7 @@ package final class PostgresBroker: Broker, Service {
             let payloads = Self.payloads(node: node, pending.map { ($0.key, $0.value) }, everything: overflowed)
             do {
                 for payload in payloads {
-                    try await store.notify(Self.notifyChannel, payload)
+                    try await store.notify(channel, payload)
                 }
             } catch {
                 // The other nodes' backstop finds these events; keep trying with the next ones.
@@ -148,7 +159,7 @@ package final class PostgresBroker: Broker, Service {
                     logger: logger
                 )
                 defer { Task { try? await connection.close() } }
-                try await connection.listen(on: Self.notifyChannel) { notifications in
+                try await connection.listen(on: channel) { notifications in
                     state.withLock { $0.listening = true }
                     delay = .milliseconds(100)
                     // Whatever was published while this node was not listening.
@@ -182,41 +193,46 @@ package final class PostgresBroker: Broker, Service {
             guard fields.count == 3, let offset = Offset(fields[1]), let channel = ChannelName(fields[2]) else {
                 continue
             }
-            if let head = hub.head(of: channel), head.epoch.rawValue == fields[0], head.offset >= offset { continue }
-            // Forget first, then look: a reader that registers after the look reads the store.
-            hub.forgetHead(of: channel)
+            let position = Hub.Head(epoch: Epoch(String(fields[0])), offset: offset)
+            if hub.head(of: channel) == position { continue }
+            // Note first, then look: a reader that registers after the look reads the store.
+            hub.noteHead(of: channel, position)
             if hub.isFollowed(channel) { behind.append(channel) }
         }
-        await announceLatest(behind, known: [:])
+        await announceLatest(behind, announced: [:])
     }
 
-    /// Reads the latest event of each channel and gives the hub those newer than `known` (the
-    /// heads before they were forgotten); followers fill any hole before it from the store.
-    private func announceLatest(_ channels: [ChannelName], known: [ChannelName: Hub.Head]) async {
+    /// Reads the latest event of each channel and gives the hub those it has not announced
+    /// (a head noted from a notification is not an announcement); followers fill any hole
+    /// before it from the store.
+    private func announceLatest(_ channels: [ChannelName], announced: [ChannelName: Hub.Head]) async {
         var start = channels.startIndex
         while start < channels.endIndex {
             let end = channels.index(start, offsetBy: 500, limitedBy: channels.endIndex) ?? channels.endIndex
             do {
                 for event in try await store.latestEvents(in: Array(channels[start..<end])) {
-                    if let head = known[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
+                    if let head = announced[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
                         continue
                     }
                     hub.publish(event)
                 }
             } catch {
+                // Their heads may have been noted: forget every head, so the backstop announces them.
+                hub.forgetHeads(except: [])
                 logger.warning("cannot read the events other nodes published", metadata: ["error": "\(error)"])
             }
             start = end
         }
     }
 
-    /// Forgets every head and announces what changed on every channel followed here.
+    /// What a lost notification would have said: the heads of channels nobody here follows are
+    /// forgotten, and every followed channel whose latest event is newer than its head is announced.
     private func catchUpEverything() async {
         let followed = hub.followedChannels
-        var known: [ChannelName: Hub.Head] = [:]
-        for channel in followed { known[channel] = hub.head(of: channel) }
-        hub.forgetHeads()
-        await announceLatest(Array(followed), known: known)
+        hub.forgetHeads(except: followed)
+        var heads: [ChannelName: Hub.Head] = [:]
+        for channel in followed { heads[channel] = hub.head(of: channel) }
+        await announceLatest(Array(followed), announced: heads)
         onRemoteEvent()
     }
 

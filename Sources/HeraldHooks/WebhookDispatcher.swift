@@ -28,13 +28,18 @@ package final class WebhookDispatcher: Service, Sendable {
     private let inFlight = Mutex(0)
     private let finished = Mutex(Finished())
     private let logger: Logger
+    /// Whether this process is the only one claiming deliveries (not a node of a cluster).
+    private let isAlone: Bool
 
+    /// - Parameter isAlone: `false` on a node of a cluster: the parks other nodes made stay.
     package init(
         store: any DeliveryQueue,
         resolver: TargetResolver,
         configuration: WebhookConfiguration,
-        logger: Logger
+        logger: Logger,
+        isAlone: Bool = true
     ) {
+        self.isAlone = isAlone
         self.store = store
         self.resolver = resolver
         self.configuration = configuration
@@ -51,8 +56,9 @@ package final class WebhookDispatcher: Service, Sendable {
 
     package func run() async throws {
         // Parks were made for attempts in flight and circuits of the process before this one.
+        // In a cluster, other nodes' parks are theirs: they end on their own.
         do {
-            try await store.unparkAll(at: .now())
+            if isAlone { try await store.unparkAll(at: .now()) }
         } catch {
             logger.warning("unparking targets at start failed", metadata: ["error": "\(error)"])
         }
@@ -92,6 +98,11 @@ package final class WebhookDispatcher: Service, Sendable {
                 } catch {
                     logger.warning("claiming deliveries failed", metadata: ["error": "\(error)"])
                     await doorbell.wait(upTo: .seconds(1))
+                    continue
+                }
+                if claimed.isEmpty {
+                    // Due, yet nothing claimed: another node holds those rows (a cluster).
+                    await doorbell.wait(upTo: .milliseconds(50))
                     continue
                 }
                 // What cannot go now goes back in one write: a delivery whose healthy target is

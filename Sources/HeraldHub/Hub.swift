@@ -32,6 +32,11 @@ package final class Hub: Service, Sendable {
     package struct Head: Sendable, Hashable {
         package var epoch: Epoch
         package var offset: Offset
+
+        package init(epoch: Epoch, offset: Offset) {
+            self.epoch = epoch
+            self.offset = offset
+        }
     }
 
     /// Most channel heads remembered: 100,000 × ~150 B ≈ 15 MB. Past it the map starts over,
@@ -148,17 +153,24 @@ package final class Hub: Service, Sendable {
         Set(state.withLock { Array($0.waiters.keys) }).union(subscribers.channels)
     }
 
-    /// Forgets the head of `channel` (another node moved it): the next reader asks the store.
+    /// Records that `channel` reached `head` (another node committed it), without announcing
+    /// an event: a caught-up reader behind it reads the store instead of waiting. The head only
+    /// moves forward within an epoch, so an older event announced later cannot move it back.
     ///
-    /// A broker forgets a head *before* it looks whether anyone follows the channel, so a reader
-    /// that registers after the look finds no head and reads the store.
-    package func forgetHead(of channel: ChannelName) {
-        state.withLock { _ = $0.heads.removeValue(forKey: channel) }
+    /// A broker notes a head *before* it looks whether anyone follows the channel, so a reader
+    /// that registers after the look sees the new head and reads the store.
+    package func noteHead(of channel: ChannelName, _ head: Head) {
+        state.withLock { state in
+            if let known = state.heads[channel], known.epoch == head.epoch, known.offset >= head.offset { return }
+            if state.heads.count >= Self.maxHeads { state.heads.removeAll(keepingCapacity: true) }
+            state.heads[channel] = head
+        }
     }
 
-    /// Forgets every head (notifications from other nodes may have been lost).
-    package func forgetHeads() {
-        state.withLock { $0.heads.removeAll() }
+    /// Forgets the heads of every channel but `kept` (notifications from other nodes may have
+    /// been lost): the next reader of one of them asks the store.
+    package func forgetHeads(except kept: Set<ChannelName>) {
+        state.withLock { state in state.heads = state.heads.filter { kept.contains($0.key) } }
     }
 
     /// Repeats `read` until it returns a value, waiting for an event on `channel` between

@@ -65,20 +65,21 @@ extension PostgresStore: ChannelLog {
         epoch: Epoch?,
         limit: Int
     ) async throws -> EventRead {
-        // Two statements, two snapshots: should the history be trimmed between them (the first
-        // event read is not the one after the position), the read starts over.
-        while true {
-            if let read = try await readEvents(in: channel, after: offset, epoch: epoch, limit: limit) { return read }
+        // The head and the events from one snapshot, as SQLite reads them.
+        try await snapshot { connection in
+            try await Self.readEvents(connection, in: channel, after: offset, epoch: epoch, limit: limit, self.logger)
         }
     }
 
-    private func readEvents(
+    private static func readEvents(
+        _ connection: PostgresConnection,
         in channel: ChannelName,
         after offset: Offset?,
         epoch: Epoch?,
-        limit: Int
-    ) async throws -> EventRead? {
-        let rows = try await client.query(
+        limit: Int,
+        _ logger: Logger
+    ) async throws -> EventRead {
+        let rows = try await connection.query(
             """
             SELECT epoch, last_offset, (SELECT MIN("offset") FROM events WHERE channel = name)
             FROM channels WHERE name = \(channel.rawValue)
@@ -95,27 +96,26 @@ extension PostgresStore: ChannelLog {
         guard let offset else { return EventRead(epoch: current, recovered: true, events: [], next: last) }
         let first = kept ?? (last + 1)
         if current.accepts(epoch) && offset >= first - 1 && offset <= last {
-            let events = try await fetchEvents(channel, epoch: current, after: offset, limit: limit)
-            if let event = events.first, event.offset != offset + 1 { return nil }
+            let events = try await fetchEvents(connection, channel, epoch: current, after: offset, limit: limit, logger)
             return EventRead(epoch: current, recovered: true, events: events, next: events.last?.offset ?? offset)
         }
         // The position is gone. A check channel's latest event carries the full check.
         let events =
             channel.isCheckChannel
-            ? try await fetchEvents(channel, epoch: current, after: last - 1, limit: 1)
-            : try await fetchEvents(channel, epoch: current, after: first - 1, limit: limit)
+            ? try await fetchEvents(connection, channel, epoch: current, after: last - 1, limit: 1, logger)
+            : try await fetchEvents(connection, channel, epoch: current, after: first - 1, limit: limit, logger)
         return EventRead(epoch: current, recovered: false, events: events, next: events.last?.offset ?? last)
     }
 
-    private func fetchEvents(
+    private static func fetchEvents(
+        _ connection: PostgresConnection,
         _ channel: ChannelName,
         epoch: Epoch,
         after offset: Offset,
-        limit: Int
-    ) async throws
-        -> [Event]
-    {
-        let rows = try await client.query(
+        limit: Int,
+        _ logger: Logger
+    ) async throws -> [Event] {
+        let rows = try await connection.query(
             """
             SELECT "offset", type, time, data FROM events
             WHERE channel = \(channel.rawValue) AND "offset" > \(offset) ORDER BY "offset" LIMIT \(limit)

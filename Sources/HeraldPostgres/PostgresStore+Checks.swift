@@ -9,6 +9,10 @@ extension PostgresStore: CheckStore {
         callback_secret, callback_events, callback_stopped, owner_subject, cancel_digest
         """
 
+    /// ``checkColumns``, each as `checks.<column>`.
+    static let qualifiedCheckColumns = checkColumns.split(separator: ",")
+        .map { "checks." + $0.filter { !$0.isWhitespace } }.joined(separator: ", ")
+
     package func createCheck(_ check: Check, idempotency: IdempotencyKey?) async throws -> CheckCreation {
         let keyLifetime = retention.idempotencyKeyLifetime.milliseconds
         return try await transaction { connection in
@@ -50,8 +54,8 @@ extension PostgresStore: CheckStore {
             let row = CheckRow(check)
             try await connection.query(
                 """
-                INSERT INTO checks (\(unescaped: Self.checkColumns))
-                VALUES (\(row.id), \(row.kind), \(row.params), \(row.state), \(row.result), \(row.error),
+                INSERT INTO checks (node, \(unescaped: Self.checkColumns))
+                VALUES (\(self.node), \(row.id), \(row.kind), \(row.params), \(row.state), \(row.result), \(row.error),
                         \(row.version), \(row.createdAt), \(row.updatedAt), \(row.completedAt), \(row.callbackURL),
                         \(row.callbackSecret), \(row.callbackEvents), \(row.callbackStopped), \(row.ownerSubject),
                         \(row.cancelDigest))
@@ -96,11 +100,13 @@ extension PostgresStore: CheckStore {
         return CheckPage(checks: page.map(\.check), nextCursor: next)
     }
 
+    /// The processing checks this node runs: those it created, and those it took over from a
+    /// node that stopped (``takeOverChecks(ownedByNodesSilentSince:limit:)``).
     package func processingChecks(after cursor: ProcessingCursor?, limit: Int) async throws -> ProcessingPage {
         let rows = try await client.query(
             """
             SELECT seq, \(unescaped: Self.checkColumns) FROM checks
-            WHERE state = 'processing' AND seq > \(cursor?.sequence ?? 0) ORDER BY seq LIMIT \(limit)
+            WHERE state = 'processing' AND node = \(node) AND seq > \(cursor?.sequence ?? 0) ORDER BY seq LIMIT \(limit)
             """,
             logger: logger
         )

@@ -19,7 +19,7 @@ extension PostgresStore: Store {
             [
                 """
                 WITH ended AS (SELECT id FROM checks WHERE state <> 'processing' AND completed_at < \(checkCutoff)
-                               ORDER BY completed_at LIMIT \(rows)),
+                               ORDER BY completed_at LIMIT \(rows) FOR UPDATE SKIP LOCKED),
                 channels_gone AS (DELETE FROM channels WHERE name IN (SELECT 'check:' || id FROM ended))
                 DELETE FROM checks WHERE id IN (SELECT id FROM ended)
                 """
@@ -28,29 +28,31 @@ extension PostgresStore: Store {
                 """
                 DELETE FROM events WHERE (channel, "offset") IN
                   (SELECT channel, "offset" FROM events WHERE time < \(eventCutoff) AND channel NOT LIKE 'check:%'
-                   ORDER BY time LIMIT \(rows))
+                   ORDER BY time LIMIT \(rows) FOR UPDATE SKIP LOCKED)
                 """
             ],
             [
                 """
-                DELETE FROM channels WHERE name IN
+                DELETE FROM channels WHERE updated_at < \(eventCutoff) AND name IN
                   (SELECT name FROM channels WHERE updated_at < \(eventCutoff) AND name NOT LIKE 'check:%'
                      AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
-                   ORDER BY updated_at LIMIT \(rows))
+                   ORDER BY updated_at LIMIT \(rows) FOR UPDATE SKIP LOCKED)
+                  AND NOT EXISTS (SELECT 1 FROM events WHERE events.channel = channels.name)
                 """
             ],
             [
                 """
-                DELETE FROM idempotency_keys WHERE key IN
-                  (SELECT key FROM idempotency_keys WHERE created_at < \(keyCutoff) ORDER BY created_at LIMIT \(rows))
+                DELETE FROM idempotency_keys WHERE created_at < \(keyCutoff) AND key IN
+                  (SELECT key FROM idempotency_keys WHERE created_at < \(keyCutoff) ORDER BY created_at LIMIT \(rows)
+                   FOR UPDATE SKIP LOCKED)
                 """
             ],
             // The delivery log is kept as long as ended checks are; pending deliveries stay.
             [
                 """
-                DELETE FROM deliveries WHERE seq IN
+                DELETE FROM deliveries WHERE state <> 'pending' AND updated_at < \(checkCutoff) AND seq IN
                   (SELECT seq FROM deliveries WHERE state <> 'pending' AND updated_at < \(checkCutoff)
-                   ORDER BY updated_at LIMIT \(rows))
+                   ORDER BY updated_at LIMIT \(rows) FOR UPDATE SKIP LOCKED)
                 """
             ],
             // The webhook event log is kept until every active subscription has read it.

@@ -147,5 +147,22 @@ extension PostgresStore {
                 "INSERT INTO webhook_log (head) VALUES (0)",
             ]
         ),
+        (
+            "v3: nodes, the node that runs each processing check, leases",
+            [
+                """
+                CREATE TABLE nodes (
+                    id text PRIMARY KEY,
+                    started_at bigint NOT NULL,
+                    heartbeat_at bigint NOT NULL,
+                    version text NOT NULL,
+                    address text NOT NULL
+                )
+                """,
+                "ALTER TABLE checks ADD COLUMN node text",
+                "CREATE INDEX checks_node ON checks (node, seq) WHERE state = 'processing'",
+                "CREATE TABLE leases (name text PRIMARY KEY, node text NOT NULL, until bigint NOT NULL)",
+            ]
+        ),
     ]
 }

@@ -1,3 +1,4 @@
+internal import Foundation
 internal import HeraldCore
 package import HeraldStore
 package import Logging
@@ -15,11 +16,23 @@ package final class PostgresStore: Sendable {
     let client: PostgresClient
     let retention: RetentionConfiguration
     let logger: Logger
+    /// This node's id: the checks it creates are its to run (see ``processingChecks(after:limit:)``).
+    package let node: String
+    /// The schema the tables live in, created by ``migrate()`` if missing (`nil`: the default).
+    let schema: String?
 
     /// A pool on `configuration`, not yet connected (see ``run()``).
-    package init(configuration: PostgresClient.Configuration, retention: RetentionConfiguration, logger: Logger) {
+    package init(
+        configuration: PostgresClient.Configuration,
+        retention: RetentionConfiguration,
+        node: String = "node",
+        schema: String? = nil,
+        logger: Logger
+    ) {
         self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.retention = retention
+        self.node = node
+        self.schema = schema
         self.logger = logger
     }
 
@@ -33,6 +46,10 @@ package final class PostgresStore: Sendable {
     package func migrate() async throws {
         try await client.withTransaction(logger: logger) { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
+            if let schema {
+                let quoted = "\"" + schema.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+                try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger)
+            }
             try await connection.query(
                 "CREATE TABLE IF NOT EXISTS herald_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)",
                 logger: logger
@@ -75,6 +92,22 @@ package final class PostgresStore: Sendable {
                 guard attempt < 5, let cause = error.closureError ?? error.beginError, Self.isRetryable(cause) else {
                     throw Self.unwrap(error)
                 }
+            }
+        }
+    }
+
+    /// Runs `body`, which only reads, on one snapshot (`REPEATABLE READ READ ONLY`): its
+    /// statements see the same committed state, whatever commits meanwhile.
+    func snapshot<Value: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> Value) async throws -> Value {
+        try await client.withConnection { connection in
+            try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: self.logger)
+            do {
+                let value = try await body(connection)
+                try await connection.query("COMMIT", logger: self.logger)
+                return value
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: self.logger)
+                throw error
             }
         }
     }

@@ -332,6 +332,19 @@ package enum ConfigurationLoader {
             let origins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
             c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
         },
+        Setting(name: "node-id", help: "this node's id in a cluster (default: node- and a random token)") {
+            c,
+            v throws(ConfigurationError) in
+            guard (1...64).contains(v.utf8.count), v.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+                throw ConfigurationError(message: "node-id must be 1 to 64 visible ASCII characters")
+            }
+            c.nodeID = v
+        },
+        Setting(name: "postgres-pool-size", help: "connections to PostgreSQL per node") {
+            c,
+            v throws(ConfigurationError) in
+            c.postgresPoolSize = try int(v, "postgres-pool-size", 1...1000)
+        },
         Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
             guard let value = Durability(rawValue: v) else {
                 throw ConfigurationError(message: "durability must be 'normal' or 'full'")

@@ -1,4 +1,5 @@
 package import HeraldAccess
+internal import HeraldCore
 package import HeraldHTTP
 package import HeraldHooks
 package import HeraldHub
@@ -6,6 +7,9 @@ package import HeraldRunner
 package import HeraldStore
 package import HeraldWebSocket
 package import Logging
+
+/// Herald's version, as `GET /api/v1/cluster` shows it for each node.
+package let heraldVersion = "0.17.0"
 
 /// Everything `herald serve` can be told, as a tree of slices; each component gets its own.
 ///
@@ -22,6 +26,12 @@ package struct HeraldConfiguration: Sendable {
     package var dataDirectory: String = "./.herald"
     /// The store (`--store`, `HERALD_STORE`, default `sqlite`).
     package var store: StoreKind = .sqlite
+    /// This node's id in a cluster (`node-id`, `HERALD_NODE_ID`; default `node-` and a random
+    /// token, new at every start).
+    package var nodeID = "node-" + randomToken(bytes: 6)
+    /// Connections to PostgreSQL per node (`postgres-pool-size`, `HERALD_POSTGRES_POOL_SIZE`,
+    /// default 16), besides the one that listens for notifications.
+    package var postgresPoolSize = 16
     /// How hard a commit is pushed to disk (`durability`, `HERALD_DURABILITY`, default `normal`).
     package var durability: Durability = .normal
     /// Whether checks and webhooks may reach non-public addresses

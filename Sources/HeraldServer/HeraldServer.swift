@@ -9,7 +9,6 @@ internal import HeraldHooks
 internal import HeraldHub
 internal import HeraldNet
 internal import HeraldRunner
-internal import HeraldSQLite
 internal import HeraldStore
 internal import HeraldWebSocket
 internal import Hummingbird
@@ -68,25 +67,8 @@ package struct HeraldServer: Sendable {
     ///
     /// - Throws: ``ConfigurationError`` with a one-line reason when Herald cannot start.
     package func run(onListening: @escaping @Sendable (_ url: String, _ grpcPort: Int?) -> Void) async throws {
-        if case .postgres = configuration.store {
-            throw ConfigurationError(message: "the postgres store is not available in this build; use --store sqlite")
-        }
-        let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
-        let lock = try DataDirectoryLock(directory: directory)
-        let store: SQLiteStore
-        do {
-            store = try SQLiteStore(
-                directory: directory,
-                retention: configuration.retention,
-                durability: configuration.durability
-            )
-            let start = try store.beginRun(bootID: Self.bootID())
-            if let reason = start.renewedEpochs {
-                logger.warning("every channel starts a new epoch: \(reason)")
-            }
-        } catch let error as HeraldError {
-            throw ConfigurationError(message: error.message)
-        }
+        let storage = try await Storage.open(configuration, logger: logger)
+        let store = storage.store
         let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
         let webhooks = WebhookDispatcher(
             store: store,
@@ -99,7 +81,8 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.hub"),
             onPublish: { webhooks.wake() }
         )
-        let events = EventLog(store: store, broker: LocalBroker(hub: hub))
+        let cluster = storage.broker(for: hub, logger: logger) { webhooks.wake() }
+        let events = EventLog(store: store, broker: cluster.broker)
         let runner = CheckRunner(
             events: events,
             resolver: resolver,
@@ -113,6 +96,7 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.access"),
             fetch: Self.fetchKeySet
         )
+        let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
         let api = HeraldAPI(
             store: store,
             events: events,
@@ -120,7 +104,9 @@ package struct HeraldServer: Sendable {
             checks: checks,
             access: access,
             configuration: configuration.http,
-            logger: logger.labelled("herald.http")
+            logger: logger.labelled("herald.http"),
+            isReady: cluster.isReady,
+            nodes: storage.nodesJSON(thisNode: configuration.nodeID, address: { readiness.url }, startedAt: .now())
         )
 
         let follower = ChannelFollower(
@@ -152,7 +138,6 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.grpc")
         )
         let grpcWeb = GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
-        let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
 
         let router = Router(context: HeraldRequestContext.self, options: .autoGenerateHeadEndpoints)
         api.register(on: router)
@@ -298,7 +283,12 @@ package struct HeraldServer: Sendable {
         )
         // Shut down last to first: WebSockets close, the hub ends every stream, gRPC stops
         // taking calls, HTTP drains, gRPC-Web (over HTTP) stops, then the workers.
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] =
+            cluster.services.map { .init(service: $0) }
+            + storage.clusterServices(runner: runner, address: { readiness.url }, logger: logger).map {
+                .init(service: $0)
+            }
+        services += [
             .init(service: runner),
             .init(service: webhooks),
             .init(
@@ -306,7 +296,8 @@ package struct HeraldServer: Sendable {
                     store: store,
                     logger: logger.labelled("herald.janitor"),
                     interval: configuration.retention.janitorInterval,
-                    lagCap: configuration.webhooks.lagCap
+                    lagCap: configuration.webhooks.lagCap,
+                    mayRun: storage.janitorTurn(interval: configuration.retention.janitorInterval)
                 )
             ),
             .init(service: GRPCWebEndpoint(transport: grpcWeb, service: grpcService)),
@@ -346,12 +337,7 @@ package struct HeraldServer: Sendable {
         } catch let error as IOError {
             throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
         }
-        do {
-            try await store.endRun()
-        } catch {
-            logger.error("the store could not record a clean stop", metadata: ["error": "\(error)"])
-        }
-        withExtendedLifetime(lock) {}
+        await storage.close(logger: logger)
     }
 
     /// Fetches `token-jwks-url` (at most 1 MiB, within 10 s).
@@ -424,11 +410,17 @@ struct Janitor: Service {
     let logger: Logger
     var interval: Duration
     var lagCap: LagCap
+    /// Whether this node runs the pass now (in a cluster, one node at a time does).
+    var mayRun: @Sendable () async -> Bool
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
+                    guard await mayRun() else {
+                        try? await Task.sleep(for: interval)
+                        continue
+                    }
                     for lagging in try await store.disableLagging(beyond: lagCap, at: .now()) {
                         logger.warning(
                             "webhook subscription disabled: it fell too far behind",
@@ -504,6 +496,9 @@ final class Readiness: Sendable {
     }
 
     func http(_ url: String) { update { $0.url = url } }
+
+    /// The HTTP base URL, once the port is bound.
+    var url: String { state.withLock { $0.url ?? "" } }
 
     func grpc(_ port: Int) { update { $0.grpcPort = port } }
 

@@ -20,6 +20,10 @@ package struct HeraldAPI: Sendable {
     let access: Access
     let configuration: HTTPConfiguration
     let logger: Logger
+    /// Whether the node is ready beyond its store (a cluster node: its notification connection).
+    let isReady: @Sendable () -> Bool
+    /// The cluster's nodes as JSON (`GET /api/v1/cluster`).
+    let nodes: @Sendable () async throws -> String
 
     package init(
         store: any Store,
@@ -28,8 +32,12 @@ package struct HeraldAPI: Sendable {
         checks: CheckService,
         access: Access,
         configuration: HTTPConfiguration,
-        logger: Logger
+        logger: Logger,
+        isReady: @escaping @Sendable () -> Bool = { true },
+        nodes: @escaping @Sendable () async throws -> String = { #"{"nodes":[]}"# }
     ) {
+        self.isReady = isReady
+        self.nodes = nodes
         self.store = store
         self.events = events
         self.hub = hub
@@ -53,7 +61,17 @@ package struct HeraldAPI: Sendable {
             } catch {
                 throw HeraldError(.unavailable, "the store is not reachable")
             }
+            guard isReady() else {
+                throw HeraldError(
+                    .unavailable,
+                    "the node does not hear from the other nodes yet (no notification connection)"
+                )
+            }
             return jsonResponse(.ok, #"{"status":"ready"}"#)
+        }
+        router.get("/api/v1/cluster") { request, _ in
+            try await requireServer(request)
+            return jsonResponse(.ok, try await nodes())
         }
     }
 

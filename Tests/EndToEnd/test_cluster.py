@@ -1,0 +1,165 @@
+"""A cluster: several `herald serve` nodes on one PostgreSQL database (HERALD_TEST_POSTGRES, which
+scripts/test.sh points at a throwaway server), each test in a schema of its own."""
+
+import asyncio
+import json
+import os
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+import websockets
+from httpx_sse import connect_sse
+
+from conftest import AUTH, create, wait_for
+from test_webhooks import Receiver
+
+
+@pytest.fixture
+def store_url():
+    url = os.environ.get("HERALD_TEST_POSTGRES")
+    if not url:
+        pytest.fail("HERALD_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway PostgreSQL "
+                    "(apt-get install -y postgresql)")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}search_path=cluster_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def cluster(make_herald, store_url):
+    """cluster(n, *args): n nodes on the test's schema, started one after another."""
+    def start(count, *args):
+        return [make_herald("--store", store_url, "--allow-private-targets", *args) for _ in range(count)]
+    return start
+
+
+def publish(node, channel, value):
+    response = httpx.post(f"{node.url}/api/v1/channels/{channel}/events", json={"type": "t", "data": value},
+                          headers=AUTH, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_an_event_published_on_one_node_reaches_every_transport_on_every_node(cluster):
+    a, b, c = cluster(3)
+    got = {}
+
+    def sse_on_b():
+        with httpx.Client(timeout=30) as client:
+            with connect_sse(client, "GET", f"{b.url}/api/v1/channels/orders/events?since=0") as source:
+                for event in source.iter_sse():
+                    if event.event != "heartbeat" and event.data:
+                        got["sse"] = json.loads(event.data)
+                        return
+
+    async def websocket_on_c(subscribed):
+        async with websockets.connect(c.url.replace("http://", "ws://") + "/api/v1/ws") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "channel": "orders", "since": 0, "id": 1}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                if frame.get("op") == "subscribed":
+                    subscribed.set()
+                elif "offset" in frame:
+                    got["ws"] = frame
+                    return
+
+    def long_poll_on_a():
+        response = httpx.get(f"{a.url}/api/v1/channels/orders/events?since=0&wait=20", timeout=30)
+        got["poll"] = response.json()["events"][0]
+
+    subscribed = threading.Event()
+    threads = [threading.Thread(target=sse_on_b), threading.Thread(target=long_poll_on_a),
+               threading.Thread(target=lambda: asyncio.run(websocket_on_c(subscribed)))]
+    for thread in threads:
+        thread.start()
+    assert subscribed.wait(20)
+    time.sleep(0.5)  # the SSE stream and the long poll are held by now
+    sent = publish(a, "orders", {"n": 1})
+    for thread in threads:
+        thread.join(30)
+    for transport in ("sse", "ws", "poll"):
+        assert got[transport]["offset"] == 1 and got[transport]["epoch"] == sent["epoch"], transport
+        assert got[transport]["data"] == {"n": 1}, transport
+
+
+def test_concurrent_publishers_on_every_node_get_offsets_one_to_n(cluster):
+    nodes = cluster(3)
+    offsets = []
+    lock = threading.Lock()
+
+    def publisher(node, start):
+        with httpx.Client(base_url=node.url, headers=AUTH, timeout=30) as client:
+            for n in range(40):
+                response = client.post("/api/v1/channels/busy/events", json={"type": "t", "data": start + n})
+                assert response.status_code == 201, response.text
+                with lock:
+                    offsets.append(response.json()["offset"])
+
+    threads = [threading.Thread(target=publisher, args=(node, index * 1000))
+               for index, node in enumerate(nodes) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(offsets) == list(range(1, 241))
+    # Every node reads the same history, in the same order.
+    histories = [httpx.get(f"{node.url}/api/v1/channels/busy/events?since=0", timeout=30).json()
+                 for node in nodes]
+    assert all(history == histories[0] for history in histories)
+    assert [event["offset"] for event in histories[0]["events"]] == list(range(1, 241))
+
+
+def test_a_check_whose_node_was_killed_is_finished_by_another(cluster):
+    a, b = cluster(2)
+    with a.client() as client:
+        created = create(client, {"kind": "delay", "params": {"ms": 1500, "outcome": "done"}})
+        assert created.status_code == 202
+    check = created.json()
+    a.kill9()
+    # b takes the check over once a has been silent for 10 s, and keeps its deadline.
+    def finished():
+        response = httpx.get(f"{b.url}/api/v1/checks/{check['id']}", timeout=10)
+        return response.json()["state"] == "done" and response.json()
+    done = wait_for(finished, timeout=40, interval=0.5)
+    assert done["version"] == 2
+
+
+def test_the_cluster_lists_its_nodes_and_each_is_ready(cluster):
+    nodes = cluster(2)
+    for node in nodes:
+        assert httpx.get(f"{node.url}/readyz", timeout=10).json() == {"status": "ready"}
+    def addresses():
+        listed = httpx.get(f"{nodes[0].url}/api/v1/cluster", headers=AUTH, timeout=10)
+        assert listed.status_code == 200
+        return sorted(node["address"] for node in listed.json()["nodes"])
+    # Each node beats every second, with its address once its port is bound.
+    wait_for(lambda: addresses() == sorted(node.url for node in nodes), timeout=10)
+    assert httpx.get(f"{nodes[0].url}/api/v1/cluster", timeout=10).status_code == 401
+
+
+def test_each_webhook_delivery_is_attempted_by_one_node(cluster):
+    receiver = Receiver()
+    try:
+        nodes = cluster(3, "--webhook-timeout", "5")
+        with nodes[0].client() as client:
+            response = client.post("/api/v1/subscription", headers=AUTH,
+                                   json={"target_url": receiver.url + "/all", "event": "*"})
+            assert response.status_code == 201, response.text
+
+        def publisher(node, start):
+            for n in range(100):
+                publish(node, "hooked", start + n)
+
+        threads = [threading.Thread(target=publisher, args=(node, index * 1000)) for index, node in enumerate(nodes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        wait_for(lambda: len({r[1]["webhook-id"] for r in receiver.to("/all")}) == 300, timeout=60)
+        time.sleep(1)
+        attempts = [r[1]["webhook-id"] for r in receiver.to("/all")]
+        assert len(attempts) == 300 and len(set(attempts)) == 300
+    finally:
+        receiver.close()

@@ -61,6 +61,7 @@ postgres_dir="$(mktemp -d /tmp/herald-postgres.XXXXXX)"
 trap 'scripts/throwaway-postgres.sh stop "$postgres_dir"' EXIT
 HERALD_TEST_POSTGRES="$(scripts/throwaway-postgres.sh start "$postgres_dir")"
 export HERALD_TEST_POSTGRES
+export HERALD_TEST_POSTGRES_DIR="$postgres_dir" # test_cluster.py restarts the server
 echo "$HERALD_TEST_POSTGRES"
 
 step "unit tests (swift test)"

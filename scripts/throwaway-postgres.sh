@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for the tests: `start DIR` runs initdb in DIR (as the `postgres`
 # user when run as root), starts the server on a free loopback port with its socket in DIR,
-# creates the database `herald` and prints its URL; `stop DIR` stops the server and removes DIR.
+# creates the database `herald` and prints its URL; `restart DIR` restarts it (the tests of a
+# cluster through a database restart); `stop DIR` stops the server and removes DIR.
 # Needs Debian's postgresql package (apt-get install -y postgresql).
 set -euo pipefail
 
@@ -31,13 +32,17 @@ start)
   echo "$port" >"$dir/port"
   echo "postgres://herald@127.0.0.1:$port/herald?sslmode=disable"
   ;;
+restart)
+  dir="$2"
+  as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -m fast restart >/dev/null
+  ;;
 stop)
   dir="$2"
   if [ -d "$dir/data" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; fi
   rm -rf "$dir"
   ;;
 *)
-  echo "usage: $0 start DIR | stop DIR" >&2
+  echo "usage: $0 start DIR | restart DIR | stop DIR" >&2
   exit 2
   ;;
 esac

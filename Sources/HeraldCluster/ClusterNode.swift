@@ -19,6 +19,7 @@ package struct ClusterNode: Service {
 
     package init(
         store: PostgresStore,
+        startedAt: Timestamp,
         version: String,
         address: @escaping @Sendable () -> String,
         heartbeat: Duration = .seconds(1),
@@ -27,7 +28,7 @@ package struct ClusterNode: Service {
         onTakeOver: @escaping @Sendable ([Check]) -> Void
     ) {
         self.store = store
-        self.startedAt = .now()
+        self.startedAt = startedAt
         self.version = version
         self.address = address
         self.heartbeat = heartbeat

@@ -32,14 +32,9 @@ package final class PostgresBroker: Broker, Service {
 
     private struct State {
         /// The newest position per channel not yet sent to the other nodes.
-        var pending: [ChannelName: Position] = [:]
+        var pending: [ChannelName: Hub.Head] = [:]
         var overflowed = false
         var listening = false
-    }
-
-    private struct Position: Sendable {
-        var epoch: Epoch
-        var offset: Offset
     }
 
     private let store: PostgresStore
@@ -84,14 +79,13 @@ package final class PostgresBroker: Broker, Service {
     package func publish(_ event: Event) {
         hub.publish(event)
         state.withLock { state in
-            if let pending = state.pending[event.channel] {
-                // The newest of the epoch wins, whatever order the publishes came in.
-                if pending.epoch == event.epoch && pending.offset >= event.offset { return }
-                state.pending[event.channel] = Position(epoch: event.epoch, offset: event.offset)
-            } else if state.pending.count >= Self.maxPending {
+            let pending = state.pending[event.channel]
+            // The newest of the epoch wins, whatever order the publishes came in.
+            if let pending, pending.epoch == event.epoch && pending.offset >= event.offset { return }
+            if pending == nil && state.pending.count >= Self.maxPending {
                 state.overflowed = true
             } else {
-                state.pending[event.channel] = Position(epoch: event.epoch, offset: event.offset)
+                state.pending[event.channel] = Hub.Head(epoch: event.epoch, offset: event.offset)
             }
         }
         ring.yield()
@@ -130,7 +124,7 @@ package final class PostgresBroker: Broker, Service {
 
     /// `node`, then one line per channel (`epoch offset channel`), in payloads of at most
     /// ``maxPayload`` bytes; a line `*` alone asks every node to catch up everything.
-    private static func payloads(node: String, _ positions: [(ChannelName, Position)], everything: Bool) -> [String] {
+    private static func payloads(node: String, _ positions: [(ChannelName, Hub.Head)], everything: Bool) -> [String] {
         var payloads: [String] = []
         var current = node
         if everything { current += "\n*" }

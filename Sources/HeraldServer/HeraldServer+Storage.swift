@@ -14,6 +14,8 @@ internal import ServiceLifecycle
 /// carries events to the hubs, the services a cluster node runs, and how the node stops.
 struct Storage {
     let store: any Store
+    /// When this node started, as `GET /api/v1/cluster` shows it.
+    let startedAt: Timestamp
     /// The embedded store and its locked data directory, or a cluster node's store.
     private let kind: Kind
 
@@ -39,7 +41,7 @@ struct Storage {
                 if let reason = start.renewedEpochs {
                     logger.warning("every channel starts a new epoch: \(reason)")
                 }
-                return Storage(store: store, kind: .sqlite(store, lock))
+                return Storage(store: store, startedAt: .now(), kind: .sqlite(store, lock))
             } catch let error as HeraldError {
                 throw ConfigurationError(message: error.message)
             }
@@ -57,18 +59,19 @@ struct Storage {
                 schema: url.searchPath,
                 logger: logger.labelled("herald.postgres")
             )
+            let startedAt = Timestamp.now()
             let pool = Task { await store.run() }
             await Task.yield()  // the pool runs before the first query asks it for a connection
             do {
                 try await store.migrate()
                 // Beat before serving: a check this node creates is never taken for a silent node's.
-                try await store.heartbeat(startedAt: .now(), version: heraldVersion, address: "")
+                try await store.heartbeat(startedAt: startedAt, version: heraldVersion, address: "")
             } catch {
                 pool.cancel()
                 throw ConfigurationError(message: "cannot use the PostgreSQL store at \(url.redacted): \(error)")
             }
             logger.info("node \(configuration.nodeID) of a cluster on \(url.redacted)")
-            return Storage(store: store, kind: .postgres(store, url, pool: pool))
+            return Storage(store: store, startedAt: startedAt, kind: .postgres(store, url, pool: pool))
         }
     }
 
@@ -107,6 +110,7 @@ struct Storage {
         return [
             ClusterNode(
                 store: store,
+                startedAt: startedAt,
                 version: heraldVersion,
                 address: address,
                 logger: logger.labelled("herald.cluster"),
@@ -123,13 +127,8 @@ struct Storage {
     }
 
     /// The nodes as `GET /api/v1/cluster` shows them: this process alone for SQLite.
-    func nodesJSON(
-        thisNode: String,
-        address: @escaping @Sendable () -> String,
-        startedAt: Timestamp
-    )
-        -> @Sendable () async throws -> String
-    {
+    func nodesJSON(thisNode: String, address: @escaping @Sendable () -> String) -> @Sendable () async throws -> String {
+        let startedAt = startedAt
         guard case .postgres(let store, _, _) = kind else {
             return {
                 Self.nodesJSON([

@@ -106,7 +106,7 @@ package struct HeraldServer: Sendable {
             configuration: configuration.http,
             logger: logger.labelled("herald.http"),
             isReady: cluster.isReady,
-            nodes: storage.nodesJSON(thisNode: configuration.nodeID, address: { readiness.url }, startedAt: .now())
+            nodes: storage.nodesJSON(thisNode: configuration.nodeID, address: { readiness.url })
         )
 
         let follower = ChannelFollower(

@@ -11,6 +11,26 @@ import Testing
         Event(channel: channel, offset: offset, epoch: Epoch("e"), type: "t", time: .now(), data: "null")
     }
 
+    @Test func aHeadNotedFromAnotherNodeNeverMovesBack() {
+        let hub = Hub()
+        hub.publish(event(5))
+        // Another node committed 7: the head moves without an announcement.
+        hub.noteHead(of: channel, .init(epoch: Epoch("e"), offset: 7))
+        #expect(hub.head(of: channel) == .init(epoch: Epoch("e"), offset: 7))
+        // A late, older event (this node's 6, or a stale note) leaves it there.
+        hub.publish(event(6))
+        hub.noteHead(of: channel, .init(epoch: Epoch("e"), offset: 6))
+        #expect(hub.head(of: channel)?.offset == 7)
+        // Another epoch replaces it.
+        hub.noteHead(of: channel, .init(epoch: Epoch("f"), offset: 1))
+        #expect(hub.head(of: channel) == .init(epoch: Epoch("f"), offset: 1))
+        // Forgetting keeps only the kept channels' heads.
+        let other = ChannelName("other")!
+        hub.noteHead(of: other, .init(epoch: Epoch("e"), offset: 1))
+        hub.forgetHeads(except: [channel])
+        #expect(hub.head(of: channel) != nil && hub.head(of: other) == nil)
+    }
+
     @Test func aWaiterIsWokenByThePublicationItself() async throws {
         let hub = Hub()
         let latest = Mutex<Offset>(0)

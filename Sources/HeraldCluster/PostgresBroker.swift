@@ -19,11 +19,17 @@ internal import Synchronization
 /// connection, a PostgreSQL restart or a network cut costs at most one backstop period.
 package final class PostgresBroker: Broker, Service {
     /// The `LISTEN`/`NOTIFY` channel of the nodes on `schema` (notifications are database-wide).
+    /// A schema whose name is not a plain identifier, or too long, gets a hash of its name too,
+    /// so two schemas never share a channel.
     static func notifyChannel(schema: String?) -> String {
-        let suffix = (schema ?? "public").lowercased().filter {
-            $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_")
-        }
-        return String(("herald_events_" + suffix).prefix(63))
+        let schema = schema ?? "public"
+        let plain = schema.filter { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "_") }
+        let name = "herald_events_" + plain
+        if plain == schema && name.utf8.count <= 63 { return name }
+        // FNV-1a: stable across processes and machines, unlike `hashValue`.
+        let hash = schema.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        let suffix = "_" + String(hash, radix: 16)
+        return String(name.prefix(63 - suffix.utf8.count)) + suffix
     }
     /// Most channels one notifier pass names; past it, a pass tells every node to catch up.
     static let maxPending = 10_000
@@ -124,7 +130,7 @@ package final class PostgresBroker: Broker, Service {
 
     /// `node`, then one line per channel (`epoch offset channel`), in payloads of at most
     /// ``maxPayload`` bytes; a line `*` alone asks every node to catch up everything.
-    private static func payloads(node: String, _ positions: [(ChannelName, Hub.Head)], everything: Bool) -> [String] {
+    static func payloads(node: String, _ positions: [(ChannelName, Hub.Head)], everything: Bool) -> [String] {
         var payloads: [String] = []
         var current = node
         if everything { current += "\n*" }

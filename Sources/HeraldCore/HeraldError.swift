@@ -65,3 +65,23 @@ package struct HeraldError: Error, Sendable, CustomStringConvertible {
     package static func unauthorized(_ message: String) -> HeraldError { HeraldError(.unauthorized, message) }
     package static func tokenInvalid(_ message: String) -> HeraldError { HeraldError(.tokenInvalid, message) }
 }
+
+/// A dependency's error that means one of Herald's codes: a lost database connection means
+/// `unavailable` (retry shortly), not `internal`. Every edge answers it as that code.
+package protocol HeraldErrorConvertible: Error {
+    /// The code this error means, or `nil` when it is internal after all.
+    var heraldError: HeraldError? { get }
+}
+
+extension HeraldError {
+    /// `error` as a ``HeraldError``: itself, or what a ``HeraldErrorConvertible`` means.
+    package init?(_ error: any Error) {
+        if let error = error as? HeraldError {
+            self = error
+        } else if let mapped = (error as? any HeraldErrorConvertible)?.heraldError {
+            self = mapped
+        } else {
+            return nil
+        }
+    }
+}

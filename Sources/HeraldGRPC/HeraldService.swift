@@ -301,6 +301,7 @@ package struct HeraldService: Herald_V1_Herald.ServiceProtocol {
             }
             throw RPCError(code: .cancelled, message: "the call was cancelled, or its deadline passed")
         } catch {
+            if let mapped = HeraldError(error) { throw RPCError(mapped) }
             logger.error("call failed", metadata: ["grpc.method": "\(context.descriptor.method)", "error": "\(error)"])
             throw RPCError(code: .internalError, message: "an internal error occurred")
         }

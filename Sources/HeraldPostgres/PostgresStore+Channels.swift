@@ -144,30 +144,32 @@ extension PostgresStore {
     /// another node tells it a channel moved.
     package func latestEvents(in channels: [ChannelName]) async throws -> [Event] {
         guard !channels.isEmpty else { return [] }
-        let rows = try await client.query(
-            """
-            SELECT channels.name, channels.epoch, events."offset", events.type, events.time, events.data
-            FROM channels JOIN events ON events.channel = channels.name AND events."offset" = channels.last_offset
-            WHERE channels.name = ANY(\(channels.map(\.rawValue)))
-            """,
-            logger: logger
-        )
-        var events: [Event] = []
-        for try await (name, epoch, offset, type, time, data) in rows.decode(
-            (String, String, Int64, String, Int64, String).self
-        ) {
-            guard let channel = ChannelName(name) else { continue }
-            events.append(
-                Event(
-                    channel: channel,
-                    offset: offset,
-                    epoch: Epoch(epoch),
-                    type: type,
-                    time: Timestamp(millisecondsSince1970: time),
-                    data: data
-                )
+        return try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT channels.name, channels.epoch, events."offset", events.type, events.time, events.data
+                FROM channels JOIN events ON events.channel = channels.name AND events."offset" = channels.last_offset
+                WHERE channels.name = ANY(\(channels.map(\.rawValue)))
+                """,
+                logger: self.logger
             )
+            var events: [Event] = []
+            for try await (name, epoch, offset, type, time, data) in rows.decode(
+                (String, String, Int64, String, Int64, String).self
+            ) {
+                guard let channel = ChannelName(name) else { continue }
+                events.append(
+                    Event(
+                        channel: channel,
+                        offset: offset,
+                        epoch: Epoch(epoch),
+                        type: type,
+                        time: Timestamp(millisecondsSince1970: time),
+                        data: data
+                    )
+                )
+            }
+            return events
         }
-        return events
     }
 }

@@ -77,42 +77,46 @@ extension PostgresStore: CheckStore {
     }
 
     package func check(_ id: CheckID) async throws -> Check? {
-        try await client.withConnection { connection in
+        try await withConnection { connection in
             try await Self.fetchCheck(connection, id: id.rawValue, self.logger)
         }
     }
 
     package func checks(matching query: CheckQuery) async throws -> CheckPage {
         let before = try PageCursor.sequence(of: query.cursor)
-        let rows = try await client.query(
-            """
-            SELECT seq, \(unescaped: Self.checkColumns) FROM checks
-            WHERE (\(query.state?.rawValue)::text IS NULL OR state = \(query.state?.rawValue))
-              AND (\(query.kind?.rawValue)::text IS NULL OR kind = \(query.kind?.rawValue))
-              AND (\(before) = 0 OR seq < \(before))
-            ORDER BY seq DESC LIMIT \(query.limit + 1)
-            """,
-            logger: logger
-        )
-        let found = try await Self.checks(in: rows)
-        let page = found.prefix(query.limit)
-        let next = found.count > query.limit ? page.last.map { PageCursor.cursor(after: $0.seq) } : nil
-        return CheckPage(checks: page.map(\.check), nextCursor: next)
+        return try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT seq, \(unescaped: Self.checkColumns) FROM checks
+                WHERE (\(query.state?.rawValue)::text IS NULL OR state = \(query.state?.rawValue))
+                  AND (\(query.kind?.rawValue)::text IS NULL OR kind = \(query.kind?.rawValue))
+                  AND (\(before) = 0 OR seq < \(before))
+                ORDER BY seq DESC LIMIT \(query.limit + 1)
+                """,
+                logger: self.logger
+            )
+            let found = try await Self.checks(in: rows)
+            let page = found.prefix(query.limit)
+            let next = found.count > query.limit ? page.last.map { PageCursor.cursor(after: $0.seq) } : nil
+            return CheckPage(checks: page.map(\.check), nextCursor: next)
+        }
     }
 
     /// The processing checks this node runs: those it created, and those it took over from a
     /// node that stopped (``takeOverChecks(ownedByNodesSilentSince:limit:)``).
     package func processingChecks(after cursor: ProcessingCursor?, limit: Int) async throws -> ProcessingPage {
-        let rows = try await client.query(
-            """
-            SELECT seq, \(unescaped: Self.checkColumns) FROM checks
-            WHERE state = 'processing' AND node = \(node) AND seq > \(cursor?.sequence ?? 0) ORDER BY seq LIMIT \(limit)
-            """,
-            logger: logger
-        )
-        let found = try await Self.checks(in: rows)
-        let next = found.count == limit ? found.last.map { ProcessingCursor(sequence: $0.seq) } : nil
-        return ProcessingPage(checks: found.map(\.check), next: next)
+        try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT seq, \(unescaped: Self.checkColumns) FROM checks
+                WHERE state = 'processing' AND node = \(self.node) AND seq > \(cursor?.sequence ?? 0) ORDER BY seq LIMIT \(limit)
+                """,
+                logger: self.logger
+            )
+            let found = try await Self.checks(in: rows)
+            let next = found.count == limit ? found.last.map { ProcessingCursor(sequence: $0.seq) } : nil
+            return ProcessingPage(checks: found.map(\.check), next: next)
+        }
     }
 
     package func finishCheck(

@@ -26,43 +26,48 @@ extension PostgresStore {
     /// Records that this node is alive now, by the database's clock (its row is made at the
     /// first beat; nodes silent for an hour are forgotten).
     package func heartbeat(startedAt: Timestamp, version: String, address: String) async throws {
-        try await client.query(
-            """
-            INSERT INTO nodes (id, started_at, heartbeat_at, version, address)
-            VALUES (\(node), \(startedAt.millisecondsSince1970), \(unescaped: databaseNow), \(version), \(address))
-            ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, address = EXCLUDED.address
-            """,
-            logger: logger
-        )
-        try await client.query(
-            "DELETE FROM nodes WHERE heartbeat_at < \(unescaped: databaseNow) - 3600000",
-            logger: logger
-        )
+        try await withConnection { connection in
+            try await connection.query(
+                """
+                INSERT INTO nodes (id, started_at, heartbeat_at, version, address)
+                VALUES (\(self.node), \(startedAt.millisecondsSince1970), \(unescaped: databaseNow), \(version), \(address))
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, address = EXCLUDED.address
+                """,
+                logger: self.logger
+            )
+            try await connection.query(
+                "DELETE FROM nodes WHERE heartbeat_at < \(unescaped: databaseNow) - 3600000",
+                logger: self.logger
+            )
+        }
     }
 
     /// The nodes that beat within `within`, oldest first.
     package func nodes(beatWithin within: Duration) async throws -> [NodeRecord] {
-        let rows = try await client.query(
-            """
-            SELECT id, started_at, heartbeat_at, version, address FROM nodes
-            WHERE heartbeat_at >= \(unescaped: databaseNow) - \(within.milliseconds) ORDER BY started_at, id
-            """,
-            logger: logger
-        )
-        var nodes: [NodeRecord] = []
-        for try await (id, started, beat, version, address) in rows.decode((String, Int64, Int64, String, String).self)
-        {
-            nodes.append(
-                NodeRecord(
-                    id: id,
-                    startedAt: Timestamp(millisecondsSince1970: started),
-                    heartbeatAt: Timestamp(millisecondsSince1970: beat),
-                    version: version,
-                    address: address
-                )
+        try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT id, started_at, heartbeat_at, version, address FROM nodes
+                WHERE heartbeat_at >= \(unescaped: databaseNow) - \(within.milliseconds) ORDER BY started_at, id
+                """,
+                logger: self.logger
             )
+            var nodes: [NodeRecord] = []
+            for try await (id, started, beat, version, address) in rows.decode(
+                (String, Int64, Int64, String, String).self
+            ) {
+                nodes.append(
+                    NodeRecord(
+                        id: id,
+                        startedAt: Timestamp(millisecondsSince1970: started),
+                        heartbeatAt: Timestamp(millisecondsSince1970: beat),
+                        version: version,
+                        address: address
+                    )
+                )
+            }
+            return nodes
         }
-        return nodes
     }
 
     /// Makes this node the runner of up to `limit` processing checks whose node has been silent
@@ -97,18 +102,20 @@ extension PostgresStore {
     /// Takes or renews the lease `name` for this node for `duration` (by the database's clock),
     /// unless another node holds it. - Returns: whether this node holds it.
     package func acquireLease(_ name: String, for duration: Duration) async throws -> Bool {
-        let rows = try await client.query(
-            """
-            INSERT INTO leases (name, node, until)
-            VALUES (\(name), \(node), \(unescaped: databaseNow) + \(duration.milliseconds))
-            ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until
-            WHERE leases.node = EXCLUDED.node OR leases.until < \(unescaped: databaseNow)
-            RETURNING node
-            """,
-            logger: logger
-        )
-        var held = false
-        for try await _ in rows.decode(String.self) { held = true }
-        return held
+        try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                INSERT INTO leases (name, node, until)
+                VALUES (\(name), \(self.node), \(unescaped: databaseNow) + \(duration.milliseconds))
+                ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until
+                WHERE leases.node = EXCLUDED.node OR leases.until < \(unescaped: databaseNow)
+                RETURNING node
+                """,
+                logger: self.logger
+            )
+            var held = false
+            for try await _ in rows.decode(String.self) { held = true }
+            return held
+        }
     }
 }

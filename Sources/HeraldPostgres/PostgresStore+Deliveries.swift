@@ -125,7 +125,7 @@ extension PostgresStore: DeliveryQueue {
     }
 
     package func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp? {
-        try await client.withConnection { connection in
+        try await withConnection { connection in
             let head = try await Self.logHead(connection, self.logger)
             if head > 0,
                 try await !Self.fanOutCandidates(
@@ -329,36 +329,41 @@ extension PostgresStore: DeliveryQueue {
 
     package func deliveries(matching query: DeliveryQuery) async throws -> (items: [Delivery], next: String?) {
         let before = try PageCursor.sequence(of: query.cursor)
-        let rows = try await client.query(
-            """
-            SELECT seq, \(unescaped: Self.deliveryColumns) FROM deliveries
-            WHERE (\(query.subscriptionID)::text IS NULL OR subscription_id = \(query.subscriptionID))
-              AND (\(query.checkID)::text IS NULL OR check_id = \(query.checkID))
-              AND (\(query.state?.rawValue)::text IS NULL OR state = \(query.state?.rawValue))
-              AND (\(before) = 0 OR seq < \(before))
-            ORDER BY seq DESC LIMIT \(query.limit + 1)
-            """,
-            logger: logger
-        )
-        var found: [(Int64, Delivery)] = []
-        for try await row in rows.decode(
-            (
-                Int64, String, String?, String?, String, String, String, String, String, String, Int, Int64?, Int64,
-                Int64, Int64
+        return try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT seq, \(unescaped: Self.deliveryColumns) FROM deliveries
+                WHERE (\(query.subscriptionID)::text IS NULL OR subscription_id = \(query.subscriptionID))
+                  AND (\(query.checkID)::text IS NULL OR check_id = \(query.checkID))
+                  AND (\(query.state?.rawValue)::text IS NULL OR state = \(query.state?.rawValue))
+                  AND (\(before) = 0 OR seq < \(before))
+                ORDER BY seq DESC LIMIT \(query.limit + 1)
+                """,
+                logger: self.logger
             )
-            .self
-        ) {
-            let delivery = try Self.delivery(
-                (row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11, row.12, row.13, row.14)
-            )
-            found.append((row.0, delivery))
+            var found: [(Int64, Delivery)] = []
+            for try await row in rows.decode(
+                (
+                    Int64, String, String?, String?, String, String, String, String, String, String, Int, Int64?, Int64,
+                    Int64, Int64
+                )
+                .self
+            ) {
+                let delivery = try Self.delivery(
+                    (
+                        row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11, row.12, row.13,
+                        row.14
+                    )
+                )
+                found.append((row.0, delivery))
+            }
+            let page = found.prefix(query.limit)
+            return (page.map(\.1), found.count > query.limit ? page.last.map { PageCursor.cursor(after: $0.0) } : nil)
         }
-        let page = found.prefix(query.limit)
-        return (page.map(\.1), found.count > query.limit ? page.last.map { PageCursor.cursor(after: $0.0) } : nil)
     }
 
     package func delivery(_ id: String) async throws -> (Delivery, [DeliveryAttempt])? {
-        try await client.withConnection { connection in
+        try await withConnection { connection in
             let rows = try await connection.query(
                 "SELECT \(unescaped: Self.deliveryColumns) FROM deliveries WHERE id = \(id)",
                 logger: self.logger
@@ -388,17 +393,19 @@ extension PostgresStore: DeliveryQueue {
 
     package func retryDelivery(_ id: String, at time: Timestamp) async throws -> Delivery? {
         // An attempt in flight keeps its lease: the retry comes after it, never beside it.
-        let rows = try await client.query(
-            """
-            UPDATE deliveries SET state = 'pending',
-              next_attempt_at = GREATEST(\(time.millisecondsSince1970), COALESCE(leased_until, 0)),
-              updated_at = \(time.millisecondsSince1970)
-            WHERE id = \(id)
-            RETURNING \(unescaped: Self.deliveryColumns)
-            """,
-            logger: logger
-        )
-        return try await Self.deliveries(in: rows).first
+        try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                UPDATE deliveries SET state = 'pending',
+                  next_attempt_at = GREATEST(\(time.millisecondsSince1970), COALESCE(leased_until, 0)),
+                  updated_at = \(time.millisecondsSince1970)
+                WHERE id = \(id)
+                RETURNING \(unescaped: Self.deliveryColumns)
+                """,
+                logger: self.logger
+            )
+            return try await Self.deliveries(in: rows).first
+        }
     }
 
     package func replay(subscription id: String, since time: Timestamp, at now: Timestamp) async throws -> Int? {

@@ -51,43 +51,49 @@ extension PostgresStore: SubscriptionStore {
 
     package func createSubscription(_ subscription: Subscription) async throws {
         // A new subscription starts at the log's head: it gets what is published from now on.
-        try await client.query(
-            """
-            INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at, cursor)
-            VALUES (\(subscription.id), \(subscription.targetURL), \(Delivery.target(of: subscription.targetURL)),
-                    \(subscription.event), \(subscription.secret), \(subscription.createdAt.millisecondsSince1970),
-                    \(subscription.updatedAt.millisecondsSince1970), (SELECT head FROM webhook_log))
-            """,
-            logger: logger
-        )
+        try await withConnection { connection in
+            try await connection.query(
+                """
+                INSERT INTO subscriptions (id, target_url, target, event, secret, created_at, updated_at, cursor)
+                VALUES (\(subscription.id), \(subscription.targetURL), \(Delivery.target(of: subscription.targetURL)),
+                        \(subscription.event), \(subscription.secret), \(subscription.createdAt.millisecondsSince1970),
+                        \(subscription.updatedAt.millisecondsSince1970), (SELECT head FROM webhook_log))
+                """,
+                logger: self.logger
+            )
+        }
     }
 
     package func subscription(_ id: String) async throws -> Subscription? {
-        try await client.withConnection { connection in try await Self.fetchSubscription(id, connection, self.logger) }
+        try await withConnection { connection in try await Self.fetchSubscription(id, connection, self.logger) }
     }
 
     package func subscriptions(limit: Int, cursor: String?) async throws -> (items: [Subscription], next: String?) {
         let after = try PageCursor.sequence(of: cursor)
-        let rows = try await client.query(
-            """
-            SELECT seq, \(unescaped: Self.subscriptionColumns) FROM subscriptions WHERE seq > \(after)
-            ORDER BY seq LIMIT \(limit + 1)
-            """,
-            logger: logger
-        )
-        var found: [(Int64, Subscription)] = []
-        for try await row in rows.decode(
-            (Int64, String, String, String, String, Int64, Int64, Int64?, String?, Int64?, String?, Int64?).self
-        ) {
-            found.append(
-                (
-                    row.0,
-                    Self.subscription((row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11))
-                )
+        return try await withConnection { connection in
+            let rows = try await connection.query(
+                """
+                SELECT seq, \(unescaped: Self.subscriptionColumns) FROM subscriptions WHERE seq > \(after)
+                ORDER BY seq LIMIT \(limit + 1)
+                """,
+                logger: self.logger
             )
+            var found: [(Int64, Subscription)] = []
+            for try await row in rows.decode(
+                (Int64, String, String, String, String, Int64, Int64, Int64?, String?, Int64?, String?, Int64?).self
+            ) {
+                found.append(
+                    (
+                        row.0,
+                        Self.subscription(
+                            (row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11)
+                        )
+                    )
+                )
+            }
+            let page = found.prefix(limit)
+            return (page.map(\.1), found.count > limit ? page.last.map { PageCursor.cursor(after: $0.0) } : nil)
         }
-        let page = found.prefix(limit)
-        return (page.map(\.1), found.count > limit ? page.last.map { PageCursor.cursor(after: $0.0) } : nil)
     }
 
     package func updateSubscription(

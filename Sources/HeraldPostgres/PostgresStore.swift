@@ -4,6 +4,7 @@ package import HeraldStore
 package import Logging
 internal import NIOCore
 package import PostgresNIO
+internal import Synchronization
 
 /// The store of a cluster: every node's PostgreSQL connection pool on one database.
 ///
@@ -29,7 +30,11 @@ package final class PostgresStore: Sendable {
         schema: String? = nil,
         logger: Logger
     ) {
-        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        // The pool tells every failed connection attempt at `info`, ten a second while the
+        // database is down: the outage is told by the requests' 503s and `/readyz` instead.
+        var background = logger
+        if background.logLevel > .debug { background.logLevel = .warning }
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: background)
         self.retention = retention
         self.node = node
         self.schema = schema
@@ -44,7 +49,11 @@ package final class PostgresStore: Sendable {
     /// Creates or upgrades the schema (see ``migrations``). Several nodes starting at once
     /// take turns: each migration runs under a transaction-scoped advisory lock.
     package func migrate() async throws {
-        try await client.withTransaction(logger: logger) { connection in
+        try await withConnection { connection in try await self.migrate(connection) }
+    }
+
+    private func migrate(_ connection: PostgresConnection) async throws {
+        try await connection.withTransaction(logger: logger) { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
             if let schema {
                 let quoted = "\"" + schema.replacingOccurrences(of: "\"", with: "\"\"") + "\""
@@ -85,7 +94,10 @@ package final class PostgresStore: Sendable {
         var attempt = 0
         while true {
             do {
-                return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+                return try await withConnection { connection in
+                    try await connection.withTransaction(logger: self.logger) { connection in try await body(connection)
+                    }
+                }
             } catch let error as PostgresTransactionError {
                 attempt += 1
                 // Never after a failed COMMIT: it may have committed.
@@ -99,7 +111,7 @@ package final class PostgresStore: Sendable {
     /// Runs `body`, which only reads, on one snapshot (`REPEATABLE READ READ ONLY`): its
     /// statements see the same committed state, whatever commits meanwhile.
     func snapshot<Value: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> Value) async throws -> Value {
-        try await client.withConnection { connection in
+        try await withConnection { connection in
             try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: self.logger)
             do {
                 let value = try await body(connection)
@@ -124,14 +136,72 @@ package final class PostgresStore: Sendable {
         return error.closureError ?? error.beginError ?? error.commitError ?? error
     }
 
+    /// How long a request waits for a pooled connection. The pool keeps trying a database that
+    /// is down; a request does not wait with it, it is answered `unavailable` (a 503).
+    static let leaseTimeout: Duration = .seconds(5)
+
+    /// Runs `body` on a pooled connection. Waiting longer than ``leaseTimeout`` for one (the
+    /// database is down, or every connection stays busy) throws `unavailable`, and `body` never runs.
+    @discardableResult func withConnection<Value: Sendable>(
+        _ body: @Sendable (PostgresConnection) async throws -> Value
+    ) async throws -> Value {
+        // The lease and the timer race for one state change: exactly one of them wins.
+        let lease = Lease()
+        return try await withoutActuallyEscaping(body) { body in
+            try await withThrowingTaskGroup(of: Value?.self) { group in
+                group.addTask {
+                    try await self.client.withConnection { connection in
+                        guard lease.take() else { throw Self.noConnection }
+                        return try await body(connection)
+                    }
+                }
+                group.addTask {
+                    try await Task.sleep(for: Self.leaseTimeout)
+                    return nil
+                }
+                while let next = try await group.next() {
+                    if let value = next {
+                        group.cancelAll()
+                        return value
+                    }
+                    if lease.expire() {
+                        group.cancelAll()
+                        throw Self.noConnection
+                    }
+                }
+                throw CancellationError()
+            }
+        }
+    }
+
+    static let noConnection = HeraldError(
+        .unavailable,
+        "no database connection within \(leaseTimeout); retry shortly",
+        retryAfter: 1
+    )
+
     package func ping() async throws {
-        try await client.query("SELECT 1", logger: logger)
+        try await withConnection { connection in try await connection.query("SELECT 1", logger: self.logger) }
     }
 }
 
 extension PostgresStore {
     /// Sends `payload` to every connection listening on `channel` (`pg_notify`).
     package func notify(_ channel: String, _ payload: String) async throws {
-        try await client.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+        try await withConnection { connection in
+            try await connection.query("SELECT pg_notify(\(channel), \(payload))", logger: self.logger)
+        }
     }
+}
+
+/// Whether a request got its connection before its wait ran out: taken once, by one side.
+private final class Lease: Sendable {
+    /// 0 waiting, 1 leased, 2 expired.
+    private let state = Atomic<UInt8>(0)
+
+    /// The connection came: true unless the wait ran out first.
+    func take() -> Bool { state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged }
+
+    /// The wait ran out: true unless the connection came first.
+    func expire() -> Bool { state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged }
 }

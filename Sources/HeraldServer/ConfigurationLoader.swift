@@ -332,7 +332,10 @@ package enum ConfigurationLoader {
             let origins = Set(v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
             c.webSocket.allowedOrigins = origins.contains("*") ? [] : origins
         },
-        Setting(name: "node-id", help: "this node's id in a cluster (default: node- and a random token)") {
+        Setting(
+            name: "node-id",
+            help: "this node's id in a cluster (default: kept in the data directory, made at first start)"
+        ) {
             c,
             v throws(ConfigurationError) in
             guard (1...64).contains(v.utf8.count), v.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {

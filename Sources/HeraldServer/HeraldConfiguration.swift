@@ -26,9 +26,9 @@ package struct HeraldConfiguration: Sendable {
     package var dataDirectory: String = "./.herald"
     /// The store (`--store`, `HERALD_STORE`, default `sqlite`).
     package var store: StoreKind = .sqlite
-    /// This node's id in a cluster (`node-id`, `HERALD_NODE_ID`; default `node-` and a random
-    /// token, new at every start).
-    package var nodeID = "node-" + randomToken(bytes: 6)
+    /// This node's id in a cluster (`node-id`, `HERALD_NODE_ID`; `nil`: the one kept in the data
+    /// directory, made at the first start, so a restarted node resumes its own checks at once).
+    package var nodeID: String?
     /// Connections to PostgreSQL per node (`postgres-pool-size`, `HERALD_POSTGRES_POOL_SIZE`,
     /// default 16), besides the one that listens for notifications.
     package var postgresPoolSize = 16

@@ -16,21 +16,25 @@ struct Storage {
     let store: any Store
     /// When this node started, as `GET /api/v1/cluster` shows it.
     let startedAt: Timestamp
+    /// This node's id in a cluster (`node-id`, or the data directory's).
+    let nodeID: String
     /// The embedded store and its locked data directory, or a cluster node's store.
     private let kind: Kind
 
     private enum Kind {
         case sqlite(SQLiteStore, DataDirectoryLock)
-        case postgres(PostgresStore, PostgresURL, pool: Task<Void, Never>)
+        case postgres(PostgresStore, PostgresURL, DataDirectoryLock, pool: Task<Void, Never>)
     }
 
     /// Opens the store. A PostgreSQL store's pool starts here, for the migrations.
     /// - Throws: ``ConfigurationError`` when the store cannot be used.
     static func open(_ configuration: HeraldConfiguration, logger: Logger) async throws -> Storage {
+        // Locked in a cluster too: the directory keeps the node's id, for one process at a time.
+        let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
+        let lock = try DataDirectoryLock(directory: directory)
+        let nodeID = try configuration.nodeID ?? Self.nodeID(in: directory)
         switch configuration.store {
         case .sqlite:
-            let directory = URL(fileURLWithPath: configuration.dataDirectory, isDirectory: true)
-            let lock = try DataDirectoryLock(directory: directory)
             do {
                 let store = try SQLiteStore(
                     directory: directory,
@@ -41,7 +45,7 @@ struct Storage {
                 if let reason = start.renewedEpochs {
                     logger.warning("every channel starts a new epoch: \(reason)")
                 }
-                return Storage(store: store, startedAt: .now(), kind: .sqlite(store, lock))
+                return Storage(store: store, startedAt: .now(), nodeID: nodeID, kind: .sqlite(store, lock))
             } catch let error as HeraldError {
                 throw ConfigurationError(message: error.message)
             }
@@ -55,7 +59,7 @@ struct Storage {
             let store = PostgresStore(
                 configuration: url.client(connections: configuration.postgresPoolSize),
                 retention: configuration.retention,
-                node: configuration.nodeID,
+                node: nodeID,
                 schema: url.searchPath,
                 logger: logger.labelled("herald.postgres")
             )
@@ -70,9 +74,31 @@ struct Storage {
                 pool.cancel()
                 throw ConfigurationError(message: "cannot use the PostgreSQL store at \(url.redacted): \(error)")
             }
-            logger.info("node \(configuration.nodeID) of a cluster on \(url.redacted)")
-            return Storage(store: store, startedAt: startedAt, kind: .postgres(store, url, pool: pool))
+            logger.info("node \(nodeID) of a cluster on \(url.redacted)")
+            return Storage(
+                store: store,
+                startedAt: startedAt,
+                nodeID: nodeID,
+                kind: .postgres(store, url, lock, pool: pool)
+            )
         }
+    }
+
+    /// The node id kept in `directory` (`node-id`), made at the first start.
+    private static func nodeID(in directory: URL) throws -> String {
+        let file = directory.appendingPathComponent("node-id")
+        if let kept = try? String(contentsOf: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+            !kept.isEmpty
+        {
+            return kept
+        }
+        let fresh = "node-" + randomToken(bytes: 6)
+        do {
+            try Data((fresh + "\n").utf8).write(to: file, options: .atomic)
+        } catch {
+            throw ConfigurationError(message: "cannot write \(file.path): \(error.localizedDescription)")
+        }
+        return fresh
     }
 
     /// The broker for `hub`, and the services it needs (none for one process).
@@ -85,7 +111,7 @@ struct Storage {
         switch kind {
         case .sqlite:
             return (LocalBroker(hub: hub), [], { true })
-        case .postgres(let store, let url, _):
+        case .postgres(let store, let url, _, _):
             let broker = PostgresBroker(
                 store: store,
                 hub: hub,
@@ -106,7 +132,7 @@ struct Storage {
     )
         -> [any Service]
     {
-        guard case .postgres(let store, _, _) = kind else { return [] }
+        guard case .postgres(let store, _, _, _) = kind else { return [] }
         return [
             ClusterNode(
                 store: store,
@@ -122,14 +148,14 @@ struct Storage {
     /// Whether this node may run the janitor now: always for one process; in a cluster, while it
     /// holds the janitor's lease (for three intervals, renewed at every pass).
     func janitorTurn(interval: Duration) -> @Sendable () async -> Bool {
-        guard case .postgres(let store, _, _) = kind else { return { true } }
+        guard case .postgres(let store, _, _, _) = kind else { return { true } }
         return { (try? await store.acquireLease("janitor", for: interval * 3)) ?? false }
     }
 
     /// The nodes as `GET /api/v1/cluster` shows them: this process alone for SQLite.
     func nodesJSON(thisNode: String, address: @escaping @Sendable () -> String) -> @Sendable () async throws -> String {
         let startedAt = startedAt
-        guard case .postgres(let store, _, _) = kind else {
+        guard case .postgres(let store, _, _, _) = kind else {
             return {
                 Self.nodesJSON([
                     NodeRecord(
@@ -177,8 +203,34 @@ struct Storage {
                 logger.error("the store could not record a clean stop", metadata: ["error": "\(error)"])
             }
             withExtendedLifetime(lock) {}
-        case .postgres(_, _, let pool):
+        case .postgres(_, _, let lock, let pool):
             pool.cancel()
+            withExtendedLifetime(lock) {}
         }
     }
+}
+
+/// An exclusive `flock` on `herald.lock` in the data directory, so two processes never share
+/// one SQLite store, or one cluster node's id, by mistake. The kernel releases it when the process ends, even by `kill -9`.
+final class DataDirectoryLock: Sendable {
+    private let descriptor: Int32
+
+    init(directory: URL) throws {
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw ConfigurationError(
+                message: "cannot create data directory \(directory.path): \(error.localizedDescription)"
+            )
+        }
+        let path = directory.appendingPathComponent("herald.lock").path
+        descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw ConfigurationError(message: "cannot open \(path)") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            throw ConfigurationError(message: "data directory \(directory.path) is in use by another herald process")
+        }
+    }
+
+    deinit { close(descriptor) }
 }

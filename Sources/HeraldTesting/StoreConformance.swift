@@ -1,4 +1,4 @@
-internal import HeraldCore
+package import HeraldCore
 package import HeraldStore
 internal import Testing
 
@@ -65,7 +65,7 @@ package enum StoreConformance {
 
     // MARK: Checks
 
-    static func delayCheck(_ milliseconds: Int64 = 100) -> Check {
+    package static func delayCheck(_ milliseconds: Int64 = 100) -> Check {
         Check(
             id: .random(),
             spec: CheckSpec(parameters: .delay(milliseconds: milliseconds, outcome: .done, result: nil)),

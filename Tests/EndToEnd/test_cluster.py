@@ -14,7 +14,7 @@ import pytest
 import websockets
 from httpx_sse import connect_sse
 
-from conftest import AUTH, ROOT, create, wait_for
+from conftest import AUTH, ROOT, assert_problem, create, wait_for
 from test_webhooks import Receiver
 
 
@@ -249,3 +249,24 @@ def test_events_published_while_postgresql_restarts_are_all_delivered_once_it_is
     offsets = [offset for _, offset in received if offset <= 10]
     assert offsets == list(range(1, 11))
     wait_for(lambda: httpx.get(f"{b.url}/readyz", timeout=10).status_code == 200, timeout=30)
+
+
+def test_while_postgresql_is_down_requests_get_503_and_nothing_is_half_written(cluster):
+    data_dir = os.environ.get("HERALD_TEST_POSTGRES_DIR")
+    if not data_dir:
+        pytest.fail("HERALD_TEST_POSTGRES_DIR is not set: scripts/test.sh sets it to the throwaway server's directory")
+    (a,) = cluster(1)
+    publish(a, "outage", 1)
+    script = str(ROOT / "scripts" / "throwaway-postgres.sh")
+    assert subprocess.run([script, "down", data_dir], capture_output=True, timeout=120).returncode == 0
+    try:
+        answer = httpx.post(f"{a.url}/api/v1/channels/outage/events", json={"type": "t", "data": 2}, headers=AUTH,
+                            timeout=60)
+        assert_problem(answer, 503)
+        assert answer.headers["retry-after"] == "1"
+        assert_problem(httpx.get(f"{a.url}/api/v1/channels/outage/events?since=0", timeout=60), 503)
+        assert httpx.get(f"{a.url}/readyz", timeout=60).status_code == 503
+    finally:
+        assert subprocess.run([script, "up", data_dir], capture_output=True, timeout=120).returncode == 0
+    wait_for(lambda: httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200, timeout=30)
+    assert publish(a, "outage", 3)["offset"] == 2  # the refused publish wrote nothing

@@ -50,8 +50,17 @@ private final class Stores: Sendable {
     }
 
     /// A store on the schema of `url` (another node's, when it has one already), migrated and running.
-    func open(_ url: PostgresURL, _ retention: RetentionConfiguration = .init()) async throws -> PostgresStore {
-        let store = PostgresStore(configuration: url.client(connections: 8), retention: retention, logger: Self.logger)
+    func open(
+        _ url: PostgresURL,
+        _ retention: RetentionConfiguration = .init(),
+        node: String = "node"
+    ) async throws -> PostgresStore {
+        let store = PostgresStore(
+            configuration: url.client(connections: 8),
+            retention: retention,
+            node: node,
+            logger: Self.logger
+        )
         running.withLock { $0.append(Task { await store.run() }) }
         try await store.migrate()
         return store
@@ -178,6 +187,70 @@ private final class Stores: Sendable {
         try await store.migrate()
         let read = try await store.events(in: event.channel, after: 0, epoch: nil, limit: 10)
         #expect(read.events == [event])
+    }
+
+    @Test func aLeaseHasOneHolderUntilItRunsOut() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let url = try await stores.makeSchema()
+        let a = try await stores.open(url, node: "a")
+        let b = try await stores.open(url, node: "b")
+        #expect(try await a.acquireLease("janitor", for: .milliseconds(300)))
+        #expect(try await !b.acquireLease("janitor", for: .seconds(10)))
+        #expect(try await a.acquireLease("janitor", for: .milliseconds(300)))  // its holder renews it
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await b.acquireLease("janitor", for: .seconds(10)))
+        #expect(try await !a.acquireLease("janitor", for: .seconds(10)))
+    }
+
+    @Test func nodesTakingOverAtOnceTakeEachOrphanedCheckOnce() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let url = try await stores.makeSchema()
+        // A node that created 40 checks and never beat (as if it died before its first beat).
+        let dead = try await stores.open(url, node: "dead")
+        var created: Set<CheckID> = []
+        for _ in 0..<40 {
+            created.insert(try await dead.createCheck(StoreConformance.delayCheck(), idempotency: nil).check.id)
+        }
+        let takers = [
+            try await stores.open(url, node: "b"), try await stores.open(url, node: "c"),
+            try await stores.open(url, node: "d"),
+        ]
+        for taker in takers { try await taker.heartbeat(startedAt: .now(), version: "test", address: "") }
+        let taken = try await withThrowingTaskGroup(of: [CheckID].self) { group in
+            for taker in takers {
+                group.addTask {
+                    var mine: [CheckID] = []
+                    while true {
+                        let batch = try await taker.takeOverChecks(silentFor: .seconds(10), limit: 3)
+                        if batch.isEmpty { return mine }
+                        mine += batch.map(\.id)
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(taken.flatMap { $0 }.count == 40)
+        #expect(Set(taken.flatMap { $0 }) == created)
+        // Taken checks now belong to a node that beats: nobody takes them again.
+        #expect(try await takers[0].takeOverChecks(silentFor: .seconds(10), limit: 100).isEmpty)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anUnreachableDatabaseIsUnavailableNotInternal() async throws {
+        var url = try PostgresURL(try serverURL())
+        url.port = 1  // nothing listens there
+        let store = PostgresStore(configuration: url.client(connections: 1), retention: .init(), logger: Stores.logger)
+        let pool = Task { await store.run() }
+        defer { pool.cancel() }
+        let channel = try #require(ChannelName("c"))
+        do {
+            _ = try await store.append(type: "t", data: "1", to: channel, at: .now())
+            Issue.record("an append to an unreachable database succeeded")
+        } catch {
+            let mapped = try #require(HeraldError(error), "\(error)")
+            #expect(mapped.code == .unavailable && mapped.retryAfter == 1)
+        }
     }
 
     @Test func aURLNamesTheServer() throws {

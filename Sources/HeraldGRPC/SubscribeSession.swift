@@ -21,18 +21,9 @@ internal import Synchronization
 /// subscription (at most `maxSubscriptions` are alive); a `subscribe` cancelled by an
 /// `unsubscribe` before it started is answered with the error `canceled`.
 final class SubscribeSession: Sendable {
-    private struct Subscription {
-        var id: UInt64
-        var task: Task<Void, Never>
-        /// The subscribe command's `request_id`, for its answer.
-        var requestID: UInt64
-        /// Whether `subscribed` was sent (else `unsubscribe` answers the subscribe).
-        var started = false
-    }
-
     private struct State {
-        var subscriptions: [ChannelName: Subscription] = [:]
-        var nextID: UInt64 = 0
+        /// Each channel's follower, with its subscribe command's `request_id`.
+        var subscriptions = SubscriptionTable<UInt64>()
         var commandsEnded = false
     }
 
@@ -101,7 +92,7 @@ final class SubscribeSession: Sendable {
             try await start(channel, after: position, epoch: epoch, requestID: requestID)
         case .unsubscribe(let unsubscribe)?:
             let removed = ChannelName(unsubscribe.channel).flatMap { channel in
-                state.withLock { $0.subscriptions.removeValue(forKey: channel) }
+                state.withLock { $0.subscriptions.remove(channel) }
             }
             guard let removed else {
                 return try await refuse("not_subscribed", "not subscribed to \(unsubscribe.channel)", requestID)
@@ -113,7 +104,7 @@ final class SubscribeSession: Sendable {
                 try await refuse(
                     "canceled",
                     "unsubscribed before the subscription to \(unsubscribe.channel) started",
-                    removed.requestID
+                    removed.request
                 )
             }
             finishIfIdle()
@@ -124,18 +115,11 @@ final class SubscribeSession: Sendable {
 
     private func start(_ channel: ChannelName, after position: Offset?, epoch: Epoch?, requestID: UInt64) async throws {
         let maximum = service.configuration.maxSubscriptions
-        let refusal = state.withLock { state -> (String, String)? in
-            if state.subscriptions[channel] != nil {
-                return ("already_subscribed", "already subscribed to \(channel); unsubscribe first")
+        let refusal = state.withLock { state -> (code: String, message: String)? in
+            if let refusal = state.subscriptions.refusal(channel, maximum: maximum, per: "call") { return refusal }
+            state.subscriptions.add(channel, request: requestID) { id in
+                Task { await self.follow(channel, id: id, after: position, epoch: epoch, requestID: requestID) }
             }
-            if state.subscriptions.count >= maximum {
-                return ("too_many_subscriptions", "at most \(maximum) channels per call")
-            }
-            // Registered under the lock before it runs, so its own end finds it.
-            state.nextID += 1
-            let id = state.nextID
-            let task = Task { await self.follow(channel, id: id, after: position, epoch: epoch, requestID: requestID) }
-            state.subscriptions[channel] = Subscription(id: id, task: task, requestID: requestID)
             return nil
         }
         if let (code, message) = refusal { try await refuse(code, message, requestID) }
@@ -145,11 +129,7 @@ final class SubscribeSession: Sendable {
     /// throws `CancellationError` otherwise. The first marks it started (answered), so an
     /// `unsubscribe` after it does not answer `canceled` too.
     private func send(_ response: Herald_V1_SubscribeResponse, of channel: ChannelName, id: UInt64) async throws {
-        let current = state.withLock { state -> Bool in
-            guard state.subscriptions[channel]?.id == id else { return false }
-            state.subscriptions[channel]?.started = true
-            return true
-        }
+        let current = state.withLock { $0.subscriptions.answer(channel, generation: id) }
         guard current else { throw CancellationError() }
         try await outbox.send(response)
     }
@@ -214,9 +194,7 @@ final class SubscribeSession: Sendable {
             let refusal = Self.refusal("internal", "the subscription to \(channel) failed", requestID)
             try? await send(refusal, of: channel, id: id)
         }
-        state.withLock { state in
-            if state.subscriptions[channel]?.id == id { state.subscriptions[channel] = nil }
-        }
+        state.withLock { $0.subscriptions.ended(channel, generation: id) }
         finishIfIdle()
     }
 
@@ -241,10 +219,7 @@ final class SubscribeSession: Sendable {
 
     /// Cancels every subscription and waits until each has left the hub.
     private func cancelAll() async {
-        let tasks = state.withLock { state in
-            defer { state.subscriptions.removeAll() }
-            return state.subscriptions.values.map(\.task)
-        }
+        let tasks = state.withLock { $0.subscriptions.removeAll() }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }

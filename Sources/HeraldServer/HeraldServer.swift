@@ -68,6 +68,68 @@ package struct HeraldServer: Sendable {
     /// - Throws: ``ConfigurationError`` with a one-line reason when Herald cannot start.
     package func run(onListening: @escaping @Sendable (_ url: String, _ grpcPort: Int?) -> Void) async throws {
         let storage = try await Storage.open(configuration, logger: logger)
+        let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
+        let parts = try await assemble(storage, readiness: readiness)
+        let connections = connectionLimit()
+        let host = configuration.host
+        let (server, scheme) = try httpServer(
+            webSocket: parts.webSocket,
+            access: parts.access,
+            connections: connections
+        )
+        let app = Application(
+            responder: StreamHeadResponder(try Self.router(api: parts.api, grpcWeb: parts.grpcWeb).buildResponder()),
+            server: server,
+            configuration: .init(
+                address: .hostname(host, port: configuration.port),
+                serverName: nil,
+                backlog: configuration.http.backlog
+            ),
+            onServerRunning: { [logger] channel in
+                logger.info("\(connections.summary)")
+                let port = channel.localAddress?.port ?? 0
+                let displayHost = host.contains(":") ? "[\(host)]" : host
+                readiness.http("\(scheme)://\(displayHost):\(port)")
+            },
+            logger: logger.labelled("herald.http")
+        )
+        var lifecycle = ServiceGroupConfiguration(
+            services: services(parts, storage: storage, app: app, readiness: readiness),
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger.labelled("herald.lifecycle")
+        )
+        // A client that stops reading must not hold SIGTERM forever: past shutdown-timeout
+        // every service is cancelled, and past five more seconds the process ends anyway.
+        lifecycle.maximumGracefulShutdownDuration = configuration.http.shutdownTimeout
+        lifecycle.maximumCancellationDuration = .seconds(5)
+        do {
+            try await ServiceGroup(configuration: lifecycle).run()
+        } catch let error as HeraldError where error.code == .unavailable {
+            throw ConfigurationError(message: error.message)
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): the address is in use")
+        } catch let error as IOError {
+            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
+        }
+        await storage.close(logger: logger)
+    }
+
+    /// Herald's parts, wired: one event log over the store and the broker, and every
+    /// transport over it.
+    struct Parts {
+        let hub: Hub
+        /// What the broker runs (a cluster node's notification connection; nothing alone).
+        let brokerServices: [any Service]
+        let runner: CheckRunner
+        let webhooks: WebhookDispatcher
+        let access: Access
+        let api: HeraldAPI
+        let webSocket: WebSocketEndpoint
+        let grpcService: HeraldService
+        let grpcWeb: GRPCWebTransport
+    }
+
+    private func assemble(_ storage: Storage, readiness: Readiness) async throws -> Parts {
         let store = storage.store
         let resolver = TargetResolver(allowPrivateTargets: configuration.allowPrivateTargets)
         let webhooks = WebhookDispatcher(
@@ -96,7 +158,6 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.access"),
             fetch: Self.fetchKeySet
         )
-        let readiness = Readiness(expectsGRPC: configuration.grpcPort != 0, announce: onListening)
         let api = HeraldAPI(
             store: store,
             events: events,
@@ -106,9 +167,8 @@ package struct HeraldServer: Sendable {
             configuration: configuration.http,
             logger: logger.labelled("herald.http"),
             isReady: cluster.isReady,
-            nodes: storage.nodesJSON(thisNode: configuration.nodeID, address: { readiness.url })
+            nodes: storage.nodesJSON(thisNode: storage.nodeID, address: { readiness.url })
         )
-
         let follower = ChannelFollower(
             store: store,
             hub: hub,
@@ -123,7 +183,6 @@ package struct HeraldServer: Sendable {
             configuration: configuration.webSocket,
             logger: logger.labelled("herald.ws")
         )
-
         let grpcService = HeraldService(
             events: events,
             hub: hub,
@@ -137,207 +196,62 @@ package struct HeraldServer: Sendable {
             ),
             logger: logger.labelled("herald.grpc")
         )
-        let grpcWeb = GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
+        return Parts(
+            hub: hub,
+            brokerServices: cluster.services,
+            runner: runner,
+            webhooks: webhooks,
+            access: access,
+            api: api,
+            webSocket: webSocket,
+            grpcService: grpcService,
+            grpcWeb: GRPCWebTransport(maxMessageBytes: configuration.http.maxBodyBytes)
+        )
+    }
 
-        let router = Router(context: HeraldRequestContext.self, options: .autoGenerateHeadEndpoints)
-        api.register(on: router)
-        grpcWeb.register(on: router)
-        // Reached by a plain GET; a refused upgrade is answered by UpgradeRefusalHandler.
-        router.get(RouterPath(WebSocketEndpoint.path)) { _, _ -> Response in
-            throw Problem(status: .upgradeRequired, code: "upgrade-required", detail: "connect with a WebSocket client")
-        }
-        // The public surface as files: the OpenAPI document, the gRPC service's proto, from
-        // which any language generates a client, a page calling it with gRPC-Web, the browser
-        // client (a classic script, its ES module face and its types) and the transport lab.
-        for (path, name, type) in [
-            ("/openapi.yaml", "openapi.yaml", "application/yaml"),
-            ("/api/v1/herald.proto", "herald.proto", "text/plain; charset=utf-8"),
-            ("/grpc-web", "grpc-web.html", "text/html; charset=utf-8"),
-            ("/grpc-web.js", "grpc-web.js", "text/javascript; charset=utf-8"),
-            ("/herald.js", "herald.js", "text/javascript; charset=utf-8"),
-            ("/herald.mjs", "herald.mjs", "text/javascript; charset=utf-8"),
-            ("/herald.d.ts", "herald.d.ts", "application/typescript; charset=utf-8"),
-            ("/lab", "lab.html", "text/html; charset=utf-8"),
-        ] {
-            let file = try Self.resource(name)
-            router.get(RouterPath(path)) { _, _ in
-                Response(
-                    status: .ok,
-                    headers: [.contentType: type, .cacheControl: "no-cache"],
-                    body: .init(byteBuffer: ByteBuffer(string: file))
-                )
-            }
-        }
-        router.answerUnservedMethods()
-
-        let connections = connectionLimit()
-        let host = configuration.host
-        let refusedUpgrades = RefusedUpgrades()
-        let idleTimeout = TimeAmount(configuration.http.idleTimeout)
-        let webSocketChannel = HTTP1WebSocketUpgradeChannel.Configuration(
-            http1: .init(
-                additionalChannelHandlers: [UpgradeRefusalHandler(refused: refusedUpgrades)],
-                idleTimeout: idleTimeout
-            ),
-            ws: .init(
-                // A frame as large as a message (deflate may grow one a little); larger: 1009.
-                maxFrameSize: configuration.webSocket.maxMessageBytes + 1024,
-                extensions: WebSocketEndpoint.extensions(maxMessageBytes: configuration.webSocket.maxMessageBytes),
-                autoPing: .enabled(timePeriod: configuration.http.heartbeat),
-                validateUTF8: true
-            )
-        )
-        let shieldLimits = HTTP1ShieldLimits(
-            headTimeout: TimeAmount(configuration.http.headTimeout),
-            minBodyBytesPerWindow: configuration.http.minBodyRate
-                * Int(configuration.http.headTimeout.components.seconds),
-            maxBodyBytes: configuration.http.maxBodyBytes,
-            maxHeaderFieldSize: webSocketChannel.http1.httpDecoder.maxHeaderFieldSize
-        )
-        let shouldUpgrade:
-            @Sendable (HTTPRequest, any Channel, Logger) throws -> ShouldUpgradeResult<
-                WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
-            > = { request, channel, _ in
-                if let problem = webSocket.refusal(for: request) {
-                    refusedUpgrades.record(problem, for: channel)
-                    return .dontUpgrade
-                }
-                let bearer = WebSocketEndpoint.bearer(of: request)
-                let address = access.limits.addresses.client(
-                    peer: channel.remoteAddress?.ipAddress,
-                    forwardedFor: request.headerFields[HTTPField.Name("X-Forwarded-For")!]
-                )
-                return .upgrade([:]) { inbound, outbound, _ in
-                    try await webSocket.serve(inbound, outbound, bearer: bearer, address: address)
-                }
-            }
-        let server: HTTPServerBuilder
-        let scheme: String
-        if let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
-            let context = try Self.tlsContext(certificatePath: certificatePath, keyPath: keyPath)
-            // Each HTTP/2 stream has its own write deadline: flow control stops a stream whose
-            // client does not read it while the connection, and its deadline, stays writable.
-            let writeTimeout = TimeAmount(configuration.http.writeTimeout)
-            let http2 = HTTP2ChannelConfiguration(
-                idleTimeout: configuration.http.idleTimeout,
-                streamConfiguration: .init(
-                    additionalChannelHandlers: [WriteDeadline(timeout: writeTimeout)],
-                    idleTimeout: idleTimeout
-                )
-            )
-            server = HTTPServerBuilder { responder in
-                GuardedChildChannel(
-                    inner: SecureHTTPChannel(
-                        context: context,
-                        http1: ShieldedHTTP1Channel(
-                            inner: HTTP1WebSocketUpgradeChannel(
-                                responder: responder,
-                                configuration: webSocketChannel,
-                                shouldUpgrade: shouldUpgrade
-                            ),
-                            limits: shieldLimits
-                        ),
-                        http2: HTTP2Channel(responder: responder, configuration: http2)
-                    ),
-                    idleTimeout: idleTimeout,
-                    limit: connections,
-                    writeTimeout: TimeAmount(configuration.http.writeTimeout),
-                    answersRefusals: false
-                )
-            }
-            scheme = "https"
-        } else {
-            server = HTTPServerBuilder { responder in
-                GuardedChildChannel(
-                    inner: ShieldedHTTP1Channel(
-                        inner: HTTP1WebSocketUpgradeChannel(
-                            responder: responder,
-                            configuration: webSocketChannel,
-                            shouldUpgrade: shouldUpgrade
-                        ),
-                        limits: shieldLimits
-                    ),
-                    idleTimeout: idleTimeout,
-                    limit: connections,
-                    writeTimeout: TimeAmount(configuration.http.writeTimeout),
-                    answersRefusals: true
-                )
-            }
-            scheme = "http"
-        }
-        let app = Application(
-            responder: StreamHeadResponder(router.buildResponder()),
-            server: server,
-            configuration: .init(
-                address: .hostname(host, port: configuration.port),
-                serverName: nil,
-                backlog: configuration.http.backlog
-            ),
-            onServerRunning: { [logger] channel in
-                logger.info("\(connections.summary)")
-                let port = channel.localAddress?.port ?? 0
-                let displayHost = host.contains(":") ? "[\(host)]" : host
-                readiness.http("\(scheme)://\(displayHost):\(port)")
-            },
-            logger: logger.labelled("herald.http")
-        )
-        // Shut down last to first: WebSockets close, the hub ends every stream, gRPC stops
-        // taking calls, HTTP drains, gRPC-Web (over HTTP) stops, then the workers.
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] =
-            cluster.services.map { .init(service: $0) }
-            + storage.clusterServices(runner: runner, address: { readiness.url }, logger: logger).map {
-                .init(service: $0)
-            }
+    /// Every service, in start order; shutdown runs last to first: WebSockets close, the hub
+    /// ends every stream, gRPC stops taking calls, HTTP drains, gRPC-Web (over HTTP) stops,
+    /// then the workers.
+    private func services(
+        _ parts: Parts,
+        storage: Storage,
+        app: some Service,
+        readiness: Readiness
+    ) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        var services: [any Service] = parts.brokerServices
+        services += storage.clusterServices(runner: parts.runner, address: { readiness.url }, logger: logger)
         services += [
-            .init(service: runner),
-            .init(service: webhooks),
-            .init(
-                service: Janitor(
-                    store: store,
-                    logger: logger.labelled("herald.janitor"),
-                    interval: configuration.retention.janitorInterval,
-                    lagCap: configuration.webhooks.lagCap,
-                    mayRun: storage.janitorTurn(interval: configuration.retention.janitorInterval)
-                )
+            parts.runner,
+            parts.webhooks,
+            Janitor(
+                store: storage.store,
+                logger: logger.labelled("herald.janitor"),
+                interval: configuration.retention.janitorInterval,
+                lagCap: configuration.webhooks.lagCap,
+                mayRun: storage.janitorTurn(interval: configuration.retention.janitorInterval)
             ),
-            .init(service: GRPCWebEndpoint(transport: grpcWeb, service: grpcService)),
-            .init(service: app),
+            GRPCWebEndpoint(transport: parts.grpcWeb, service: parts.grpcService),
+            app,
         ]
         if configuration.grpcPort != 0 {
-            let grpc = GRPCEndpoint(
-                service: grpcService,
-                host: host,
-                port: configuration.grpcPort,
-                tls: configuration.tlsCertificatePath.flatMap { certificate in
-                    configuration.tlsKeyPath.map { GRPCEndpoint.TLSFiles(certificatePath: certificate, keyPath: $0) }
-                },
-                keepalive: configuration.http.heartbeat,
-                maxMessageBytes: configuration.http.maxBodyBytes,
-                onListening: { port in readiness.grpc(port) }
+            services.append(
+                GRPCEndpoint(
+                    service: parts.grpcService,
+                    host: configuration.host,
+                    port: configuration.grpcPort,
+                    tls: configuration.tlsCertificatePath.flatMap { certificate in
+                        configuration.tlsKeyPath.map {
+                            GRPCEndpoint.TLSFiles(certificatePath: certificate, keyPath: $0)
+                        }
+                    },
+                    keepalive: configuration.http.heartbeat,
+                    maxMessageBytes: configuration.http.maxBodyBytes,
+                    onListening: { port in readiness.grpc(port) }
+                )
             )
-            services.append(.init(service: grpc))
         }
-        services += [.init(service: hub), .init(service: webSocket)]
-        var lifecycle = ServiceGroupConfiguration(
-            services: services,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger.labelled("herald.lifecycle")
-        )
-        // A client that stops reading must not hold SIGTERM forever: past shutdown-timeout
-        // every service is cancelled, and past five more seconds the process ends anyway.
-        lifecycle.maximumGracefulShutdownDuration = configuration.http.shutdownTimeout
-        lifecycle.maximumCancellationDuration = .seconds(5)
-        let group = ServiceGroup(configuration: lifecycle)
-        do {
-            try await group.run()
-        } catch let error as HeraldError where error.code == .unavailable {
-            throw ConfigurationError(message: error.message)
-        } catch let error as IOError where error.errnoCode == EADDRINUSE {
-            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): the address is in use")
-        } catch let error as IOError {
-            throw ConfigurationError(message: "cannot listen on \(host):\(configuration.port): \(error.description)")
-        }
-        await storage.close(logger: logger)
+        services += [parts.hub, parts.webSocket]
+        return services.map { .init(service: $0) }
     }
 
     /// Fetches `token-jwks-url` (at most 1 MiB, within 10 s).
@@ -403,112 +317,11 @@ package struct HeraldServer: Sendable {
     }
 }
 
-/// Removes what is past its retention, and disables the webhook subscriptions past their lag
-/// cap, every `janitor-interval` (a minute by default).
-struct Janitor: Service {
-    let store: any Store
-    let logger: Logger
-    var interval: Duration
-    var lagCap: LagCap
-    /// Whether this node runs the pass now (in a cluster, one node at a time does).
-    var mayRun: @Sendable () async -> Bool
-
-    func run() async throws {
-        await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                do {
-                    guard await mayRun() else {
-                        try? await Task.sleep(for: interval)
-                        continue
-                    }
-                    for lagging in try await store.disableLagging(beyond: lagCap, at: .now()) {
-                        logger.warning(
-                            "webhook subscription disabled: it fell too far behind",
-                            metadata: [
-                                "herald.subscription": "\(lagging.id)", "herald.reason": "\(lagging.reason.rawValue)",
-                                "herald.waiting": "\(lagging.events)",
-                                "herald.oldest": "\(lagging.oldest?.rfc3339 ?? "-")",
-                            ]
-                        )
-                    }
-                    let removed = try await store.prune(now: .now())
-                    if removed > 0 { logger.debug("pruned", metadata: ["herald.rows": "\(removed)"]) }
-                } catch is CancellationError {
-                    return
-                } catch {
-                    logger.warning("pruning failed", metadata: ["error": "\(error)"])
-                }
-                try? await Task.sleep(for: interval)
-            }
-        }
-    }
-}
-
-/// An exclusive `flock` on `herald.lock` in the data directory, so two processes never share
-/// one SQLite store by mistake. The kernel releases it when the process ends, even by `kill -9`.
-final class DataDirectoryLock: Sendable {
-    private let descriptor: Int32
-
-    init(directory: URL) throws {
-        do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        } catch {
-            throw ConfigurationError(
-                message: "cannot create data directory \(directory.path): \(error.localizedDescription)"
-            )
-        }
-        let path = directory.appendingPathComponent("herald.lock").path
-        descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else { throw ConfigurationError(message: "cannot open \(path)") }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            close(descriptor)
-            throw ConfigurationError(message: "data directory \(directory.path) is in use by another herald process")
-        }
-    }
-
-    deinit { close(descriptor) }
-}
-
 extension Logger {
     /// The same handler and level under another label.
     func labelled(_ label: String) -> Logger {
         var logger = Logger(label: label)
         logger.logLevel = logLevel
         return logger
-    }
-}
-
-/// Announces readiness once, when the HTTP port and (unless off) the gRPC port are bound.
-final class Readiness: Sendable {
-    private struct State {
-        var url: String?
-        var grpcPort: Int?
-        var isAnnounced = false
-    }
-
-    private let state = Mutex(State())
-    private let expectsGRPC: Bool
-    private let announce: @Sendable (String, Int?) -> Void
-
-    init(expectsGRPC: Bool, announce: @escaping @Sendable (String, Int?) -> Void) {
-        self.expectsGRPC = expectsGRPC
-        self.announce = announce
-    }
-
-    func http(_ url: String) { update { $0.url = url } }
-
-    /// The HTTP base URL, once the port is bound.
-    var url: String { state.withLock { $0.url ?? "" } }
-
-    func grpc(_ port: Int) { update { $0.grpcPort = port } }
-
-    private func update(_ change: (inout State) -> Void) {
-        let ready = state.withLock { state -> (String, Int?)? in
-            change(&state)
-            guard !state.isAnnounced, let url = state.url, !expectsGRPC || state.grpcPort != nil else { return nil }
-            state.isAnnounced = true
-            return (url, state.grpcPort)
-        }
-        if let (url, port) = ready { announce(url, port) }
     }
 }

@@ -26,18 +26,9 @@ final class WebSocketSession: Sendable {
         case restart
     }
 
-    private struct Subscription {
-        let id: UInt64
-        let task: Task<Void, Never>
-        /// The `id` of the subscribe op, for its answer.
-        let requestID: JSONValue?
-        /// Whether `subscribed` was queued (else `unsubscribe` answers the subscribe too).
-        var started = false
-    }
-
     private struct State {
-        var subscriptions: [ChannelName: Subscription] = [:]
-        var nextID: UInt64 = 0
+        /// Each channel's follower, with its subscribe op's `id`.
+        var subscriptions = SubscriptionTable<JSONValue?>()
         /// Follower tasks started and not yet ended (subscribed, or winding down).
         var liveFollowers = 0
         /// The op reader, waiting for a follower to end before it starts another.
@@ -125,9 +116,7 @@ final class WebSocketSession: Sendable {
     /// current one: after `unsubscribe` (or a newer `subscribe`) it sends nothing more.
     private func send(_ frame: ByteBuffer, of channel: ChannelName, generation: UInt64, offset: Offset = 0) -> Bool {
         enqueue(channel: channel, offset: offset) { state in
-            guard state.subscriptions[channel]?.id == generation else { return nil }
-            state.subscriptions[channel]?.started = true
-            return [frame]
+            state.subscriptions.answer(channel, generation: generation) ? [frame] : nil
         }
     }
 
@@ -191,12 +180,12 @@ final class WebSocketSession: Sendable {
             // not started, and `unsubscribed` is queued; nothing of it can follow.
             var task: Task<Void, Never>?
             let answered = enqueue(channel: channel, offset: 0) { state in
-                guard let subscription = state.subscriptions.removeValue(forKey: channel) else { return nil }
+                guard let subscription = state.subscriptions.remove(channel) else { return nil }
                 task = subscription.task
                 var frames: [String] = []
                 if !subscription.started {
                     let canceled = OpError("canceled", "unsubscribed before the subscription to \(channel) started")
-                    frames.append(ServerFrame.error(canceled, channel: channel, id: subscription.requestID))
+                    frames.append(ServerFrame.error(canceled, channel: channel, id: subscription.request))
                 }
                 frames.append(ServerFrame.simple("unsubscribed", channel: channel, id: id))
                 return frames.map { ByteBuffer(string: $0) }
@@ -228,11 +217,13 @@ final class WebSocketSession: Sendable {
     private func answer(id: JSONValue?, channel: ChannelName? = nil, _ body: () async throws -> String) async {
         do {
             send(try await body())
-        } catch let error as HeraldError {
-            send(ServerFrame.error(OpError(error), channel: channel, id: id))
         } catch {
-            logger.error("an op failed", metadata: ["error": "\(error)"])
-            send(ServerFrame.error(OpError("internal", "an internal error occurred"), channel: channel, id: id))
+            if let error = HeraldError(error) {
+                send(ServerFrame.error(OpError(error), channel: channel, id: id))
+            } else {
+                logger.error("an op failed", metadata: ["error": "\(error)"])
+                send(ServerFrame.error(OpError("internal", "an internal error occurred"), channel: channel, id: id))
+            }
         }
     }
 
@@ -325,28 +316,17 @@ final class WebSocketSession: Sendable {
 
     /// Stops the subscriptions `refusal` refuses, as `unsubscribe` does but silently.
     private func stop(where refusal: (ChannelName) -> HeraldError?) -> [(ChannelName, HeraldError)] {
-        let stopped = state.withLock { state -> [(ChannelName, HeraldError, Task<Void, Never>)] in
-            var stopped: [(ChannelName, HeraldError, Task<Void, Never>)] = []
-            for (channel, subscription) in state.subscriptions {
-                guard let error = refusal(channel) else { continue }
-                state.subscriptions[channel] = nil
-                stopped.append((channel, error, subscription.task))
-            }
-            return stopped
-        }
-        for (_, _, task) in stopped { task.cancel() }
-        return stopped.map { ($0.0, $0.1) }.sorted { $0.0.rawValue < $1.0.rawValue }
+        let stopped = state.withLock { $0.subscriptions.remove(where: refusal) }
+        for stop in stopped { stop.subscription.task.cancel() }
+        return stopped.map { ($0.channel, $0.reason) }
     }
 
     private func subscribe(_ channel: ChannelName, since: Offset?, epoch: Epoch?, id: JSONValue?) async {
         guard await followerSlot() else { return }
         let maximum = configuration.maxSubscriptions
         let refusal = state.withLock { state -> OpError? in
-            if state.subscriptions[channel] != nil {
-                return OpError("already_subscribed", "already subscribed to \(channel); unsubscribe first")
-            }
-            if state.subscriptions.count >= maximum {
-                return OpError("too_many_subscriptions", "at most \(maximum) channels per connection")
+            if let refusal = state.subscriptions.refusal(channel, maximum: maximum, per: "connection") {
+                return OpError(refusal.code, refusal.message)
             }
             // Again under the lock: the token may have expired, or been replaced, since the op
             // was read, and a subscription registered after `expire()` ran would outlive it.
@@ -355,12 +335,10 @@ final class WebSocketSession: Sendable {
             } catch {
                 return OpError(error)
             }
-            // Registered under the lock before it runs, so its own end finds it.
-            state.nextID += 1
+            state.subscriptions.add(channel, request: id) { generation in
+                Task { await self.follow(channel, generation: generation, since: since, epoch: epoch, id: id) }
+            }
             state.liveFollowers += 1
-            let generation = state.nextID
-            let task = Task { await self.follow(channel, generation: generation, since: since, epoch: epoch, id: id) }
-            state.subscriptions[channel] = Subscription(id: generation, task: task, requestID: id)
             return nil
         }
         if let refusal { send(ServerFrame.error(refusal, channel: channel, id: id)) }
@@ -427,7 +405,7 @@ final class WebSocketSession: Sendable {
             )
         }
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if state.subscriptions[channel]?.id == generation { state.subscriptions[channel] = nil }
+            state.subscriptions.ended(channel, generation: generation)
             state.liveFollowers -= 1
             defer { state.slotWaiter = nil }
             return state.slotWaiter
@@ -439,11 +417,10 @@ final class WebSocketSession: Sendable {
     func close() async {
         let tasks = state.withLock { state in
             defer {
-                state.subscriptions.removeAll()
                 state.expiryTimer?.cancel()
                 state.expiryTimer = nil
             }
-            return state.subscriptions.values.map(\.task)
+            return state.subscriptions.removeAll()
         }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }

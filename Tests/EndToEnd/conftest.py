@@ -1,5 +1,6 @@
 """Shared fixtures: a real `herald serve` process per test, on fresh ports and a fresh data directory."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -16,6 +17,17 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("HERALD_BIN", str(ROOT / ".build" / "debug" / "herald"))
 API_KEY = "e2e-test-key"
+# HERALD_TEST_STORE=postgres runs every node on PostgreSQL (HERALD_TEST_POSTGRES), one schema per
+# data directory, so a node restarted on its directory finds its data; scripts/test.sh runs a share
+# of the suite that way.
+ON_POSTGRES = os.environ.get("HERALD_TEST_STORE") == "postgres"
+
+
+def postgres_store(data_dir):
+    url = os.environ.get("HERALD_TEST_POSTGRES")
+    assert url, "HERALD_TEST_STORE=postgres needs HERALD_TEST_POSTGRES (scripts/test.sh starts a throwaway server)"
+    schema = "e2e_" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]
+    return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
 
 
 class Herald:
@@ -33,8 +45,9 @@ class Herald:
         self.output = []
 
     def command(self):
+        store = ["--store", postgres_store(self.data_dir)] if ON_POSTGRES and "--store" not in self.args else []
         return [BIN, "serve", "--port", "0", "--grpc-port", "0", "--data-dir", self.data_dir,
-                "--api-key", API_KEY, *self.args]
+                "--api-key", API_KEY, *store, *self.args]
 
     def start(self, timeout=60):
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}

@@ -36,7 +36,9 @@ def test_eventsource_receives_named_events_in_order(browser, herald):  # noqa: F
 
 def test_eventsource_stops_after_a_check_ends(browser, herald):  # noqa: F811
     with herald.client() as api:
-        check = api.post("/api/v1/checks", json={"kind": "delay", "params": {"ms": 300}}).json()
+        # Long enough to be processing when the page connects: a check already done when it
+        # connects is streamed as its snapshot alone (`check.done`), which is not under test here.
+        check = api.post("/api/v1/checks", json={"kind": "delay", "params": {"ms": 1500}}).json()
     browser.get(f"{herald.url}/healthz")
     result = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];

@@ -39,47 +39,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import httpx
+
+from benchlib import HeraldProcess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "bench-durability-key-0123456789"
 
 
-class Herald:
-    """One `herald serve` on a fresh data directory with the given durability."""
-
-    def __init__(self, binary, durability):
-        self.data = tempfile.mkdtemp(prefix=f"herald-durability-{durability}-")
-        config = pathlib.Path(self.data) / "config.json"
-        config.write_text(json.dumps({"durability": durability}))
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--port", "0", "--grpc-port", "0", "--data-dir", self.data + "/store",
-             "--api-key", KEY, "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("HERALD_")})
-        for line in self.proc.stdout:
-            if "listening on http://" in line:
-                self.url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
-                break
-        else:
-            raise RuntimeError(f"herald exited with {self.proc.wait()} before listening")
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-
-    def cpu_seconds(self):
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.data, ignore_errors=True)
+def herald(binary, durability):
+    """A fresh server with this durability, on a fresh data directory (so under the temp dir's disk)."""
+    return HeraldProcess(binary, KEY, ["--config", "{data}/config.json"], prefix=f"herald-durability-{durability}-",
+                         files={"config.json": json.dumps({"durability": durability})})
 
 
 async def publish_for(url, first, publishers, start_at, warmup, seconds):
@@ -155,18 +128,18 @@ def sqlite_commits_per_s(synchronous, seconds=2.0):
 
 
 def run_one(binary, mode, publishers, processes, seconds, warmup=2.0):
-    herald = Herald(binary, mode)
+    server = herald(binary, mode)
     processes = min(processes, publishers)
     try:
         start_at = time.time() + 1.0  # after the client processes are up
         shares = [publishers // processes + (p < publishers % processes) for p in range(processes)]
-        jobs = [(herald.url, sum(shares[:p]), shares[p], start_at, warmup, seconds) for p in range(processes)]
-        cpu_before = herald.cpu_seconds()
+        jobs = [(server.url, sum(shares[:p]), shares[p], start_at, warmup, seconds) for p in range(processes)]
+        cpu_before = server.cpu_seconds()
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             parts = pool.map(client_process, jobs)
-        cpu = herald.cpu_seconds() - cpu_before
+        cpu = server.cpu_seconds() - cpu_before
     finally:
-        herald.stop()
+        server.stop()
     total = sum(part[0] for part in parts)
     latencies = [ms for part in parts for ms in part[1]]
     client_cpu = sum(part[2] for part in parts)

@@ -184,6 +184,8 @@ package final class PostgresBroker: Broker, Service {
         guard let sender = lines.popFirst(), sender != node else { return }
         onRemoteEvent()
         var behind: [ChannelName] = []
+        var heads: [ChannelName: Hub.Head] = [:]
+        var ranges: [(ChannelName, Hub.Head)] = []
         for line in lines {
             if line == "*" {
                 await catchUpEverything()
@@ -194,27 +196,67 @@ package final class PostgresBroker: Broker, Service {
                 continue
             }
             let position = Hub.Head(epoch: Epoch(String(fields[0])), offset: offset)
-            if hub.head(of: channel) == position { continue }
+            let known = hub.head(of: channel)
+            if known == position { continue }
             // Note first, then look: a reader that registers after the look reads the store.
             hub.noteHead(of: channel, position)
-            if hub.isFollowed(channel) { behind.append(channel) }
+            guard hub.isFollowed(channel) else { continue }
+            if let known, known.epoch == position.epoch, known.offset < position.offset - 1,
+                position.offset - known.offset <= Self.maxRange
+            {
+                ranges.append((channel, known))
+            } else {
+                behind.append(channel)
+                heads[channel] = known
+            }
         }
-        await announceLatest(behind, announced: [:])
+        await announceLatest(behind, announced: heads)
+        for (channel, known) in ranges { await announce(channel, after: known) }
     }
 
-    /// Reads the latest event of each channel and gives the hub those it has not announced
-    /// (a head noted from a notification is not an announcement); followers fill any hole
-    /// before it from the store.
+    /// Most events a node reads to announce what another node published since the head it knew;
+    /// past it (or in another epoch) it announces the latest, and followers read the rest.
+    static let maxRange: Offset = 64
+
+    /// Announces the events of `channel` after `known`, in order: when several were published
+    /// between two notifications, the followers get them all from the hub, instead of each
+    /// reading the hole before the latest from the store.
+    private func announce(_ channel: ChannelName, after known: Hub.Head) async {
+        do {
+            let read = try await store.events(
+                in: channel,
+                after: known.offset,
+                epoch: known.epoch,
+                limit: Int(Self.maxRange)
+            )
+            // In another epoch now: its latest is enough, the followers reset from the store.
+            for event in read.recovered ? read.events : read.events.suffix(1) { hub.publish(event) }
+        } catch {
+            hub.forgetHeads(except: [])
+            logger.warning("cannot read the events other nodes published", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Reads the latest event of each channel and gives the hub those past what it had
+    /// (`announced`; a head noted from a notification is not an announcement). When more than
+    /// one event came since (published meanwhile), those are read and announced in order, so
+    /// the followers need not each read the hole from the store.
     private func announceLatest(_ channels: [ChannelName], announced: [ChannelName: Hub.Head]) async {
         var start = channels.startIndex
         while start < channels.endIndex {
             let end = channels.index(start, offsetBy: 500, limitedBy: channels.endIndex) ?? channels.endIndex
             do {
                 for event in try await store.latestEvents(in: Array(channels[start..<end])) {
-                    if let head = announced[event.channel], head.epoch == event.epoch, head.offset >= event.offset {
+                    guard let head = announced[event.channel], head.epoch == event.epoch else {
+                        hub.publish(event)
                         continue
                     }
-                    hub.publish(event)
+                    if head.offset >= event.offset { continue }
+                    if event.offset - head.offset > 1 && event.offset - head.offset <= Self.maxRange {
+                        await announce(event.channel, after: head)
+                    } else {
+                        hub.publish(event)
+                    }
                 }
             } catch {
                 // Their heads may have been noted: forget every head, so the backstop announces them.

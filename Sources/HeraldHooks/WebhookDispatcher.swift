@@ -80,9 +80,13 @@ package final class WebhookDispatcher: Service, Sendable {
                 let due = try? await store.nextDeliveryDue(now: .now(), window: configuration.fanOutWindow)
                 let free = min(configuration.maxInFlight - inFlight.withLock { $0 }, 256)
                 guard let due, due <= .now(), free > 0 else {
+                    let read = ContinuousClock.now
                     var pause = Self.pause(until: free > 0 ? due : nil)
                     if let next = admission.next { pause = min(pause, max(next, .milliseconds(50))) }
                     await doorbell.wait(upTo: pause)
+                    // In a cluster a read is a round trip to the database, and every event on
+                    // any node rings: wake-ups coalesce to one read per `clusterReadSpacing`.
+                    if !isAlone { try? await Task.sleep(until: read + Self.clusterReadSpacing) }
                     continue
                 }
                 let claimed: [Delivery]
@@ -153,6 +157,10 @@ package final class WebhookDispatcher: Service, Sendable {
             }
         }
     }
+
+    /// The least time between two empty reads of the queue on a node of a cluster: a delivery
+    /// waits at most this much more than on a single process.
+    static let clusterReadSpacing: Duration = .milliseconds(25)
 
     /// How long to sleep: until `due`, at most a second (a finished attempt or a new event
     /// rings earlier).

@@ -92,7 +92,13 @@ package struct ChannelFollower: Sendable {
                     wait = min(wait, left)
                 }
                 switch await subscription.next(heartbeat: wait) {
-                case .events(let batch):
+                case .events(var batch):
+                    // Concurrent publishers' announcements may come out of order; within one
+                    // batch (one epoch) order is restored here, so no store read fills a hole
+                    // whose event is right there.
+                    if batch.count > 1, batch.allSatisfy({ $0.event.epoch == batch[0].event.epoch }) {
+                        batch.sort { $0.event.offset < $1.event.offset }
+                    }
                     var out: [EncodedEvent] = []
                     for encoded in batch where !cursor.isEnded {
                         switch cursor.place(encoded.event) {

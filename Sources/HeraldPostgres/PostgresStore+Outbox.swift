@@ -46,12 +46,23 @@ extension PostgresStore {
                 logger
             )
         }
-        guard subscribed else { return }
+        if subscribed { try await logForSubscriptions(event, of: check, connection, logger) }
+    }
+
+    /// The webhook event log's next entry: `event`, which an active subscription matches. The
+    /// log's row stays locked until commit, so entries commit in the order of their numbers.
+    static func logForSubscriptions(
+        _ event: Event,
+        of check: Check?,
+        _ connection: PostgresConnection,
+        _ logger: Logger
+    ) async throws {
         try await connection.query(
             """
             WITH next AS (UPDATE webhook_log SET head = head + 1 RETURNING head)
             INSERT INTO webhook_events (seq, check_id, type, time, payload)
-            SELECT head, \(check?.id.rawValue), \(event.type), \(event.time.millisecondsSince1970), \(payload) FROM next
+            SELECT head, \(check?.id.rawValue), \(event.type), \(event.time.millisecondsSince1970),
+                   \(Delivery.payload(of: event)) FROM next
             """,
             logger: logger
         )

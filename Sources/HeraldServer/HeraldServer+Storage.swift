@@ -26,6 +26,12 @@ struct Storage {
         case postgres(PostgresStore, PostgresURL, DataDirectoryLock, pool: Task<Void, Never>)
     }
 
+    /// Whether this node shares its store with others (PostgreSQL).
+    var isCluster: Bool {
+        if case .postgres = kind { return true }
+        return false
+    }
+
     /// Opens the store. A PostgreSQL store's pool starts here, for the migrations.
     /// - Throws: ``ConfigurationError`` when the store cannot be used.
     static func open(_ configuration: HeraldConfiguration, logger: Logger) async throws -> Storage {

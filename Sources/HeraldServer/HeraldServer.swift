@@ -136,7 +136,8 @@ package struct HeraldServer: Sendable {
             store: store,
             resolver: resolver,
             configuration: configuration.webhooks,
-            logger: logger.labelled("herald.webhooks")
+            logger: logger.labelled("herald.webhooks"),
+            isAlone: !storage.isCluster
         )
         let hub = Hub(
             limits: configuration.streams,

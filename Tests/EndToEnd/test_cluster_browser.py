@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import AUTH, ROOT, wait_for
-from test_browser_client import STATE, free_port, received_all
+from test_browser_client import free_port, received_all
 from test_browser_jsonp import browser  # noqa: F401  (the Chromium fixture)
 from test_cluster import cluster, store_url  # noqa: F401  (the cluster fixtures)
 

@@ -71,15 +71,18 @@ step "end-to-end tests (pytest)"
 HERALD_BIN="$PWD/.build/debug/herald" .venv/bin/python -m pytest Tests/EndToEnd -q -p no:cacheprovider "$@"
 
 step "end-to-end tests again, every node on PostgreSQL (the store-facing share)"
-# Every suite whose tests read or write through the store, each node on the throwaway server
+# The suites whose tests read or write through the store, each node on the throwaway server
 # (HERALD_TEST_STORE=postgres: one schema per data directory, so a restarted node finds its
 # data). Left out, by name: SQLite's own tests (test_store.py; a restored SQLite file in
 # test_loss_signal.py), and test_sse.py's flood of 15,000 publishes, which takes five minutes
 # on PostgreSQL in a debug build and tests the hub's queue bound, the same on either store.
+# test_grpc.py and test_cli_client.py pass on PostgreSQL too (run by hand on 2026-12-07) but
+# stay out to keep the whole run under 40 minutes: they reach the store through the same
+# follower and services as the WebSocket and HTTP suites above.
 HERALD_TEST_STORE=postgres HERALD_BIN="$PWD/.build/debug/herald" .venv/bin/python -m pytest -q -p no:cacheprovider \
   Tests/EndToEnd/test_checks.py Tests/EndToEnd/test_long_polling.py Tests/EndToEnd/test_sse.py \
-  Tests/EndToEnd/test_streams.py Tests/EndToEnd/test_websocket.py Tests/EndToEnd/test_grpc.py \
-  Tests/EndToEnd/test_webhooks.py Tests/EndToEnd/test_runner.py Tests/EndToEnd/test_crash.py \
-  Tests/EndToEnd/test_loss_signal.py Tests/EndToEnd/test_cli_client.py Tests/EndToEnd/test_browser_streams.py \
+  Tests/EndToEnd/test_streams.py Tests/EndToEnd/test_websocket.py Tests/EndToEnd/test_webhooks.py \
+  Tests/EndToEnd/test_runner.py Tests/EndToEnd/test_crash.py Tests/EndToEnd/test_loss_signal.py \
+  Tests/EndToEnd/test_browser_streams.py \
   --deselect Tests/EndToEnd/test_sse.py::test_a_reader_that_never_reads_is_cut_off_and_server_memory_stays_bounded \
   --deselect Tests/EndToEnd/test_loss_signal.py::test_a_position_in_a_restored_store_is_not_recovered

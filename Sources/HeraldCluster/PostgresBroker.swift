@@ -185,7 +185,6 @@ package final class PostgresBroker: Broker, Service {
         onRemoteEvent()
         var behind: [ChannelName] = []
         var heads: [ChannelName: Hub.Head] = [:]
-        var ranges: [(ChannelName, Hub.Head)] = []
         for line in lines {
             if line == "*" {
                 await catchUpEverything()
@@ -201,17 +200,10 @@ package final class PostgresBroker: Broker, Service {
             // Note first, then look: a reader that registers after the look reads the store.
             hub.noteHead(of: channel, position)
             guard hub.isFollowed(channel) else { continue }
-            if let known, known.epoch == position.epoch, known.offset < position.offset - 1,
-                position.offset - known.offset <= Self.maxRange
-            {
-                ranges.append((channel, known))
-            } else {
-                behind.append(channel)
-                heads[channel] = known
-            }
+            behind.append(channel)
+            heads[channel] = known
         }
         await announceLatest(behind, announced: heads)
-        for (channel, known) in ranges { await announce(channel, after: known) }
     }
 
     /// Most events a node reads to announce what another node published since the head it knew;

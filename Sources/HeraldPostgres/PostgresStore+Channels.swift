@@ -3,43 +3,27 @@ internal import HeraldStore
 internal import PostgresNIO
 
 extension PostgresStore: ChannelLog {
-    /// A publish: the channel's next offset, the event, the history trimmed to its bound, and
-    /// whether a webhook subscription wants the event, in one statement (one round trip); the
-    /// webhook event log's entry, when one does, in a second, before the commit.
     package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
-        let maxEvents = Offset(retention.maxEventsPerChannel)
+        let maxEvents = retention.maxEventsPerChannel
         return try await transaction { connection in
-            let rows = try await connection.query(
-                """
-                WITH head AS (
-                  INSERT INTO channels (name, epoch, last_offset, updated_at)
-                  VALUES (\(channel.rawValue), \(Epoch.random().rawValue), 1, \(time.millisecondsSince1970))
-                  ON CONFLICT (name) DO UPDATE SET last_offset = channels.last_offset + 1, updated_at = EXCLUDED.updated_at
-                  RETURNING epoch, last_offset),
-                appended AS (
-                  INSERT INTO events (channel, "offset", type, time, data)
-                  SELECT \(channel.rawValue), last_offset, \(type), \(time.millisecondsSince1970), \(data) FROM head),
-                trimmed AS (
-                  DELETE FROM events
-                  WHERE channel = \(channel.rawValue) AND "offset" <= (SELECT last_offset FROM head) - \(maxEvents))
-                SELECT epoch, last_offset, EXISTS (SELECT 1 FROM subscriptions
-                  WHERE disabled_at IS NULL AND herald_event_matches(event, \(type))) FROM head
-                """,
-                logger: self.logger
+            let (event, subscribed) = try await Self.append(
+                connection,
+                type: type,
+                data: data,
+                to: channel,
+                at: time,
+                maxEvents: maxEvents,
+                self.logger
             )
-            var appended: (String, Int64, Bool)?
-            for try await row in rows.decode((String, Int64, Bool).self) { appended = row }
-            guard let (epoch, offset, subscribed) = appended else {
-                throw HeraldError(.internal, "the append returned no row")
-            }
-            let event = Event(channel: channel, offset: offset, epoch: Epoch(epoch), type: type, time: time, data: data)
-            if subscribed { try await Self.logForSubscriptions(event, of: nil, connection, self.logger) }
+            try await Self.enqueueDeliveries(for: event, of: nil, subscribed: subscribed, connection, self.logger)
             return event
         }
     }
 
-    /// Appends in the caller's transaction. The upsert locks the channel's row until commit, so
-    /// appends to one channel take their offsets, and commit, one after another, on any node.
+    /// Appends in the caller's transaction, in one statement (one round trip): the channel's
+    /// next offset, the event, the history trimmed to `maxEvents`, and whether an active webhook
+    /// subscription wants the event. The upsert locks the channel's row until commit, so appends
+    /// to one channel take their offsets, and commit, one after another, on any node.
     static func append(
         _ connection: PostgresConnection,
         type: String,
@@ -48,33 +32,33 @@ extension PostgresStore: ChannelLog {
         at time: Timestamp,
         maxEvents: Int?,
         _ logger: Logger
-    ) async throws -> Event {
+    ) async throws -> (event: Event, subscribed: Bool) {
+        let keep = maxEvents.map(Offset.init)  // nil: a check's channel keeps everything
         let rows = try await connection.query(
             """
-            INSERT INTO channels (name, epoch, last_offset, updated_at)
-            VALUES (\(channel.rawValue), \(Epoch.random().rawValue), 1, \(time.millisecondsSince1970))
-            ON CONFLICT (name) DO UPDATE SET last_offset = channels.last_offset + 1, updated_at = EXCLUDED.updated_at
-            RETURNING epoch, last_offset
+            WITH head AS (
+              INSERT INTO channels (name, epoch, last_offset, updated_at)
+              VALUES (\(channel.rawValue), \(Epoch.random().rawValue), 1, \(time.millisecondsSince1970))
+              ON CONFLICT (name) DO UPDATE SET last_offset = channels.last_offset + 1, updated_at = EXCLUDED.updated_at
+              RETURNING epoch, last_offset),
+            appended AS (
+              INSERT INTO events (channel, "offset", type, time, data)
+              SELECT \(channel.rawValue), last_offset, \(type), \(time.millisecondsSince1970), \(data) FROM head),
+            trimmed AS (
+              DELETE FROM events WHERE channel = \(channel.rawValue)
+                AND "offset" <= (SELECT last_offset FROM head) - \(keep))
+            SELECT epoch, last_offset, EXISTS (SELECT 1 FROM subscriptions
+              WHERE disabled_at IS NULL AND herald_event_matches(event, \(type))) FROM head
             """,
             logger: logger
         )
-        var head: (String, Int64)?
-        for try await row in rows.decode((String, Int64).self) { head = row }
-        guard let (epoch, offset) = head else { throw HeraldError(.internal, "the channel upsert returned no row") }
-        try await connection.query(
-            """
-            INSERT INTO events (channel, "offset", type, time, data)
-            VALUES (\(channel.rawValue), \(offset), \(type), \(time.millisecondsSince1970), \(data))
-            """,
-            logger: logger
-        )
-        if let maxEvents, offset > Offset(maxEvents) {
-            try await connection.query(
-                "DELETE FROM events WHERE channel = \(channel.rawValue) AND \"offset\" <= \(offset - Offset(maxEvents))",
-                logger: logger
-            )
+        var appended: (String, Int64, Bool)?
+        for try await row in rows.decode((String, Int64, Bool).self) { appended = row }
+        guard let (epoch, offset, subscribed) = appended else {
+            throw HeraldError(.internal, "the append returned no row")
         }
-        return Event(channel: channel, offset: offset, epoch: Epoch(epoch), type: type, time: time, data: data)
+        let event = Event(channel: channel, offset: offset, epoch: Epoch(epoch), type: type, time: time, data: data)
+        return (event, subscribed)
     }
 
     package func events(

@@ -62,7 +62,7 @@ extension PostgresStore: CheckStore {
                 """,
                 logger: self.logger
             )
-            let event = try await Self.append(
+            let (event, subscribed) = try await Self.append(
                 connection,
                 type: "check.created",
                 data: check.json,
@@ -71,7 +71,7 @@ extension PostgresStore: CheckStore {
                 maxEvents: nil,
                 self.logger
             )
-            try await Self.enqueueDeliveries(for: event, of: check, connection, self.logger)
+            try await Self.enqueueDeliveries(for: event, of: check, subscribed: subscribed, connection, self.logger)
             return CheckCreation(check: check, event: event)
         }
     }
@@ -143,7 +143,7 @@ extension PostgresStore: CheckStore {
                 """,
                 logger: self.logger
             )
-            let event = try await Self.append(
+            let (event, subscribed) = try await Self.append(
                 connection,
                 type: state.eventType,
                 data: next.json,
@@ -152,7 +152,7 @@ extension PostgresStore: CheckStore {
                 maxEvents: nil,
                 self.logger
             )
-            try await Self.enqueueDeliveries(for: event, of: next, connection, self.logger)
+            try await Self.enqueueDeliveries(for: event, of: next, subscribed: subscribed, connection, self.logger)
             return .finished(next, event)
         }
     }

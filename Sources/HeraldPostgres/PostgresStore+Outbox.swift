@@ -8,21 +8,15 @@ internal import PostgresNIO
 /// Across nodes, the fan-out of a subscription is done by whichever claim locks its row first
 /// (`FOR UPDATE SKIP LOCKED`), so no event becomes two deliveries.
 extension PostgresStore {
+    /// - Parameter subscribed: whether an active subscription matches the event (``append``
+    ///   says so in the statement that wrote it).
     static func enqueueDeliveries(
         for event: Event,
         of check: Check?,
+        subscribed: Bool,
         _ connection: PostgresConnection,
         _ logger: Logger
     ) async throws {
-        var subscribed = false
-        let matching = try await connection.query(
-            """
-            SELECT EXISTS (SELECT 1 FROM subscriptions
-                           WHERE disabled_at IS NULL AND herald_event_matches(event, \(event.type)))
-            """,
-            logger: logger
-        )
-        for try await exists in matching.decode(Bool.self) { subscribed = exists }
         let payload = Delivery.payload(of: event)
         if let check, let url = check.spec.callbackURL, let secret = check.spec.callbackSecret,
             check.spec.calls(check.state)
@@ -46,23 +40,13 @@ extension PostgresStore {
                 logger
             )
         }
-        if subscribed { try await logForSubscriptions(event, of: check, connection, logger) }
-    }
-
-    /// The webhook event log's next entry: `event`, which an active subscription matches. The
-    /// log's row stays locked until commit, so entries commit in the order of their numbers.
-    static func logForSubscriptions(
-        _ event: Event,
-        of check: Check?,
-        _ connection: PostgresConnection,
-        _ logger: Logger
-    ) async throws {
+        guard subscribed else { return }
+        // The log's row stays locked until commit, so entries commit in the order of their numbers.
         try await connection.query(
             """
             WITH next AS (UPDATE webhook_log SET head = head + 1 RETURNING head)
             INSERT INTO webhook_events (seq, check_id, type, time, payload)
-            SELECT head, \(check?.id.rawValue), \(event.type), \(event.time.millisecondsSince1970),
-                   \(Delivery.payload(of: event)) FROM next
+            SELECT head, \(check?.id.rawValue), \(event.type), \(event.time.millisecondsSince1970), \(payload) FROM next
             """,
             logger: logger
         )

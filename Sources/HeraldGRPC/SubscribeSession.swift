@@ -182,16 +182,20 @@ final class SubscribeSession: Sendable {
         } catch is CancellationError {
         } catch let error as RPCError {
             if !Task.isCancelled { outbox.fail(error) }
-        } catch let error as HeraldError {
-            // Only while it is still the current subscription, as every answer: an `unsubscribe`
-            // that removed it first answers the subscribe itself (`canceled`).
-            let code = error.code == .internal ? "internal" : error.code.opCode
-            try? await send(Self.refusal(code, error.message, requestID), of: channel, id: id)
         } catch {
-            if !Task.isCancelled {
-                service.logger.error("subscription failed", metadata: ["error": "\(error)"])
+            // A refusal, or a store that is down (`unavailable`: the client retries); anything
+            // else is a bug. Only while it is still the current subscription, as every answer:
+            // an `unsubscribe` that removed it first answers the subscribe itself (`canceled`).
+            let refusal: Herald_V1_SubscribeResponse
+            if let error = HeraldError(error) {
+                let code = error.code == .internal ? "internal" : error.code.opCode
+                refusal = Self.refusal(code, error.message, requestID)
+            } else {
+                if !Task.isCancelled {
+                    service.logger.error("subscription failed", metadata: ["error": "\(error)"])
+                }
+                refusal = Self.refusal("internal", "the subscription to \(channel) failed", requestID)
             }
-            let refusal = Self.refusal("internal", "the subscription to \(channel) failed", requestID)
             try? await send(refusal, of: channel, id: id)
         }
         state.withLock { $0.subscriptions.ended(channel, generation: id) }

@@ -395,14 +395,16 @@ final class WebSocketSession: Sendable {
             if case .slowConsumer = end { finish(.slowConsumer(channel: channel, offset: last)) }
         } catch is CancellationError {
         } catch {
-            logger.error("subscription failed", metadata: ["error": "\(error)"])
-            _ = self.send(
-                ByteBuffer(
-                    string: ServerFrame.error(OpError("internal", "the subscription failed"), channel: channel, id: id)
-                ),
-                of: channel,
-                generation: generation
-            )
+            // A store that is down is `unavailable` (the client retries); anything else a bug.
+            let opError: OpError
+            if let error = HeraldError(error) {
+                opError = OpError(error)
+            } else {
+                logger.error("subscription failed", metadata: ["error": "\(error)"])
+                opError = OpError("internal", "the subscription failed")
+            }
+            let frame = ByteBuffer(string: ServerFrame.error(opError, channel: channel, id: id))
+            _ = self.send(frame, of: channel, generation: generation)
         }
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.subscriptions.ended(channel, generation: generation)

@@ -9,12 +9,14 @@ import threading
 import time
 import uuid
 
+import grpc
 import httpx
 import pytest
 import websockets
 from httpx_sse import connect_sse
 
 from conftest import AUTH, ROOT, assert_problem, create, wait_for
+from test_grpc import Commands, free_port, pb  # noqa: F401  (pb: the generated gRPC client fixture)
 from test_webhooks import Receiver
 
 
@@ -251,12 +253,14 @@ def test_events_published_while_postgresql_restarts_are_all_delivered_once_it_is
     wait_for(lambda: httpx.get(f"{b.url}/readyz", timeout=10).status_code == 200, timeout=30)
 
 
-def test_while_postgresql_is_down_requests_get_503_and_nothing_is_half_written(cluster):
+def test_while_postgresql_is_down_requests_get_503_and_nothing_is_half_written(cluster, pb):
     data_dir = os.environ.get("HERALD_TEST_POSTGRES_DIR")
     if not data_dir:
         pytest.fail("HERALD_TEST_POSTGRES_DIR is not set: scripts/test.sh sets it to the throwaway server's directory")
-    (a,) = cluster(1)
+    (a,) = cluster(1, "--grpc-port", str(free_port()))
     publish(a, "outage", 1)
+    m, service = pb
+    stub = service.HeraldStub(grpc.insecure_channel(f"127.0.0.1:{a.grpc_port}"))
     script = str(ROOT / "scripts" / "throwaway-postgres.sh")
     assert subprocess.run([script, "down", data_dir], capture_output=True, timeout=120).returncode == 0
     try:
@@ -266,6 +270,22 @@ def test_while_postgresql_is_down_requests_get_503_and_nothing_is_half_written(c
         assert answer.headers["retry-after"] == "1"
         assert_problem(httpx.get(f"{a.url}/api/v1/channels/outage/events?since=0", timeout=60), 503)
         assert httpx.get(f"{a.url}/readyz", timeout=60).status_code == 503
+
+        # A subscription that cannot read its backlog is refused as `unavailable` (try again), not
+        # `internal`, on the WebSocket and on gRPC.
+        async def subscribe_over_websocket():
+            async with websockets.connect(a.url.replace("http://", "ws://") + "/api/v1/ws") as ws:
+                await ws.send(json.dumps({"op": "subscribe", "channel": "outage", "since": 0, "id": 1}))
+                return json.loads(await asyncio.wait_for(ws.recv(), 60))
+        frame = asyncio.run(subscribe_over_websocket())
+        assert (frame["op"], frame["code"], frame["channel"], frame["id"]) == ("error", "unavailable", "outage", 1)
+        assert frame["retry_after"] == 1
+        commands = Commands()
+        responses = stub.Subscribe(iter(commands), timeout=60)
+        commands.put(m.SubscribeRequest(subscribe=m.ChannelSubscribe(channel="outage", from_start=True), request_id=7))
+        refusal = next(responses).error
+        commands.close()
+        assert (refusal.code, refusal.request_id) == ("unavailable", 7)
     finally:
         assert subprocess.run([script, "up", data_dir], capture_output=True, timeout=120).returncode == 0
     wait_for(lambda: httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200, timeout=30)

@@ -168,6 +168,27 @@ def test_each_webhook_delivery_is_attempted_by_one_node(cluster):
         receiver.close()
 
 
+def test_a_node_that_starts_leaves_the_parks_of_the_other_nodes(cluster):
+    """A target not known to be healthy gets one attempt at a time: the second callback to it is
+    parked behind the first's attempt on A. Node B, started meanwhile, leaves that park alone (a
+    lone node lifts every park at start, as they were its previous process's), so the target
+    never sees two attempts at once."""
+    receiver = Receiver()
+    try:
+        (a,) = cluster(1, "--webhook-timeout", "10")
+        with a.client() as api:
+            for _ in range(2):
+                body = {"kind": "delay", "params": {"ms": 1}, "callback_url": receiver.url + "/slow"}
+                assert create(api, body).status_code == 202
+        wait_for(lambda: receiver.to("/slow"), timeout=20)
+        cluster(1, "--webhook-timeout", "10")
+        wait_for(lambda: len(receiver.to("/slow")) == 2, timeout=30)
+        first, second = (request[3] for request in receiver.to("/slow"))
+        assert second - first >= 4.5  # after the first attempt's 5 s, not beside it
+    finally:
+        receiver.close()
+
+
 def sse_offsets(node, channel, last_event_id, received, stop):
     """Reads `channel` over SSE from `node`, resuming after `last_event_id`, appending
     (id, offset) to `received` until `stop` is set or the connection breaks."""

@@ -35,6 +35,8 @@ class Receiver:
                 receiver.connections.append(self.client_address)
                 if self.path == "/hang":
                     time.sleep(6)  # past --webhook-timeout
+                if self.path == "/slow":
+                    time.sleep(5)  # within a --webhook-timeout of 10
                 if self.path == "/trickle":
                     return self.trickle()
                 script = receiver.scripts.get(self.path, [200])

@@ -2,6 +2,7 @@ import Foundation
 import HeraldCore
 import HeraldSQLite
 import HeraldStore
+import Synchronization
 import Testing
 
 @testable import HeraldHub
@@ -65,6 +66,46 @@ import Testing
         }
         let epoch = seen[0].epoch
         #expect(seen == [.event(epoch, 1), .event(epoch, 2), .reset(epoch, 12)] + (11...15).map { .event(epoch, $0) })
+    }
+
+    /// The real store, counting the reads a follower makes.
+    private final class CountingLog: ChannelLog {
+        let store: SQLiteStore
+        let reads = Mutex(0)
+        init(_ store: SQLiteStore) { self.store = store }
+        func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
+            try await store.append(type: type, data: data, to: channel, at: time)
+        }
+        func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead
+        {
+            reads.withLock { $0 += 1 }
+            return try await store.events(in: channel, after: offset, epoch: epoch, limit: limit)
+        }
+    }
+
+    @Test func eventsAnnouncedOutOfOrderInOneBatchAreReorderedWithoutAStoreRead() async throws {
+        let log = CountingLog(try makeStore())
+        let hub = Hub()
+        let channel = ChannelName("orders")!
+        let follower = ChannelFollower(store: log, hub: hub, pageSize: 100, heartbeat: .seconds(60))
+        var batches: [[Offset]] = []
+        await #expect(throws: Done.self) {
+            _ = try await follower.follow(channel, after: 0, epoch: nil) { item in
+                guard case .events(let events) = item else { return }
+                if batches.isEmpty {
+                    // Caught up (nothing yet): two publishers commit 1 and 2, and 2 is announced
+                    // first; both wait for the follower as one batch.
+                    let first = try await log.append(type: "t", data: "1", to: channel, at: .now())
+                    let second = try await log.append(type: "t", data: "2", to: channel, at: .now())
+                    hub.publish(second)
+                    hub.publish(first)
+                }
+                batches.append(events.map(\.event.offset))
+                if batches.count == 2 { throw Done() }
+            }
+        }
+        #expect(batches == [[], [1, 2]])
+        #expect(log.reads.withLock { $0 } == 1)  // the start's; no hole was read from the store
     }
 
     @Test func aLiveEventOfANewEpochIsAnnouncedNotDropped() async throws {

@@ -167,6 +167,37 @@ private final class Stores: Sendable {
         #expect(try await woke.value == 4)
     }
 
+    @Test(.timeLimit(.minutes(1))) func aNodeAnnouncesEveryEventSinceTheHeadItKnewInOrder() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let nodes = try await twoNodes(stores)
+        let channel = try #require(ChannelName("burst"))
+        let hub = nodes[1].hub
+        // What b's hub hands its subscribers, as they get it (no store read fills anything here).
+        let heard = Task {
+            try await hub.withSubscription(to: channel) { subscription in
+                var offsets: [Offset] = []
+                while offsets.last != 21 {
+                    guard case .events(let events) = await subscription.next(heartbeat: .seconds(30)) else { break }
+                    offsets += events.map(\.event.offset)
+                }
+                return offsets
+            }
+        }
+        while !hub.isFollowed(channel) { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await nodes[0].events.publish(type: "t", data: .null, to: channel)
+        while hub.head(of: channel)?.offset != 1 { try await Task.sleep(for: .milliseconds(5)) }
+        // Twenty at once: their notifications coalesce, yet b, knowing head 1, reads and announces
+        // every event after it, once each and in order, not only the latest of each notification.
+        try await withThrowingTaskGroup { group in
+            for _ in 2...21 {
+                group.addTask { _ = try await nodes[0].events.publish(type: "t", data: .null, to: channel) }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await heard.value == Array(1...21))
+    }
+
     @Test(.timeLimit(.minutes(1))) func anEventWhoseNotificationIsLostIsFoundByTheBackstop() async throws {
         let stores = Stores()
         defer { stores.stop() }

@@ -111,10 +111,13 @@ let package = Package(
         ),
 
         // What every store must do, run by each store's tests against a fresh store of its kind.
-        .target(name: "HeraldTesting", dependencies: ["HeraldStore"], swiftSettings: swiftSettings),
+        // (With HeraldHooks' policy, which the stores apply.)
+        .target(name: "HeraldTesting", dependencies: ["HeraldHooks", "HeraldStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "HeraldSQLiteTests",
-            dependencies: ["HeraldSQLite", "HeraldTesting", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "HeraldHooks", "HeraldSQLite", "HeraldTesting", .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             swiftSettings: swiftSettings
         ),
 

@@ -30,6 +30,7 @@ package final class WebhookDispatcher: Service, Sendable {
     private let logger: Logger
     /// Whether this process is the only one claiming deliveries (not a node of a cluster).
     private let isAlone: Bool
+    private let policy: WebhookPolicy
 
     /// - Parameter isAlone: `false` on a node of a cluster: the parks other nodes made stay.
     package init(
@@ -43,6 +44,7 @@ package final class WebhookDispatcher: Service, Sendable {
         self.store = store
         self.resolver = resolver
         self.configuration = configuration
+        self.policy = WebhookPolicy(disableAfter: configuration.disableAfter)
         self.breakers = CircuitBreakers(configuration: configuration)
         self.clients = PinnedClients(
             timeout: configuration.timeout,
@@ -206,9 +208,7 @@ package final class WebhookDispatcher: Service, Sendable {
                 try await store.recordAttempts(
                     batch.records,
                     unparking: batch.unparking,
-                    disableFailingBefore: Timestamp.now().adding(
-                        milliseconds: -configuration.disableAfter.milliseconds
-                    ),
+                    policy: policy,
                     at: .now()
                 )
             } catch is CancellationError {

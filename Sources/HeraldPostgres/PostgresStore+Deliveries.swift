@@ -154,24 +154,25 @@ extension PostgresStore: DeliveryQueue {
     package func recordAttempts(
         _ records: [AttemptRecord],
         unparking targets: [String],
-        disableFailingBefore cutoff: Timestamp,
+        policy: any AttemptPolicy,
         at now: Timestamp
     ) async throws {
         try await transaction { connection in
-            for record in records { try await self.recordAttempt(record, cutoff, connection) }
+            for record in records { try await self.recordAttempt(record, policy, connection) }
             for target in targets { try await Self.unparkTarget(target, at: now, connection, self.logger) }
         }
     }
 
+    /// Logs the attempt, then applies what `policy` makes of it. The delivery's row is locked,
+    /// then its subscription's (the order every write here takes them in).
     private func recordAttempt(
         _ record: AttemptRecord,
-        _ cutoff: Timestamp,
+        _ policy: any AttemptPolicy,
         _ connection: PostgresConnection
     )
         async throws
     {
-        let (attempt, id, outcome) = (record.attempt, record.deliveryID, record.outcome)
-        let at = attempt.at.millisecondsSince1970
+        let (attempt, id) = (record.attempt, record.deliveryID)
         let rows = try await connection.query(
             "SELECT \(unescaped: Self.deliveryColumns) FROM deliveries WHERE id = \(id) FOR UPDATE",
             logger: logger
@@ -180,56 +181,76 @@ extension PostgresStore: DeliveryQueue {
         try await connection.query(
             """
             INSERT INTO delivery_attempts (delivery_id, at, status_code, duration_ms, error, snippet)
-            VALUES (\(id), \(at), \(attempt.statusCode), \(attempt.durationMilliseconds), \(attempt.error),
-                    \(attempt.snippet))
+            VALUES (\(id), \(attempt.at.millisecondsSince1970), \(attempt.statusCode), \(attempt.durationMilliseconds),
+                    \(attempt.error), \(attempt.snippet))
             """,
             logger: logger
         )
-        // A delivered or failed delivery never changes again through an attempt; one made under
-        // an older lease changes it only by succeeding.
-        guard delivery.state == .pending else { return }
-        guard record.lease.map({ $0 == delivery.lease }) ?? true || outcome == .delivered else { return }
-        let (state, due) = outcome.next
-        try await connection.query(
-            """
-            UPDATE deliveries SET state = \(state.rawValue), attempts = attempts + 1,
-              next_attempt_at = \(due?.millisecondsSince1970), updated_at = \(at), leased_until = NULL
-            WHERE id = \(id)
-            """,
-            logger: logger
-        )
+        var health: SubscriptionHealth?
         if let subscription = delivery.subscriptionID {
-            // Room in its window: the fan-out looks at it again, unless its target is parked. A
-            // success ends a run of failures; a failure starts one if none is running.
+            let found = try await connection.query(
+                "SELECT failing_since, disabled_at FROM subscriptions WHERE id = \(subscription) FOR UPDATE",
+                logger: logger
+            )
+            for try await (failingSince, disabledAt) in found.decode((Int64?, Int64?).self) {
+                health = SubscriptionHealth(
+                    failingSince: failingSince.map(Timestamp.init(millisecondsSince1970:)),
+                    isDisabled: disabledAt != nil
+                )
+            }
+        }
+        for effect in policy.effects(of: record, on: AttemptSubject(delivery: delivery, subscription: health)) {
+            try await apply(effect, to: id, at: attempt.at, connection)
+        }
+    }
+
+    /// One ``AttemptEffect`` of an attempt of delivery `id`, made at `time`.
+    private func apply(
+        _ effect: AttemptEffect,
+        to id: String,
+        at time: Timestamp,
+        _ connection: PostgresConnection
+    ) async throws {
+        let at = time.millisecondsSince1970
+        switch effect {
+        case .settle(let state, let due):
             try await connection.query(
                 """
-                UPDATE subscriptions SET
-                  fan_out_at = CASE WHEN \(delivery.attempts == 0) THEN COALESCE(
-                    (SELECT until FROM parked_targets WHERE parked_targets.target = subscriptions.target), 0)
-                    ELSE fan_out_at END,
-                  failing_since = CASE WHEN \(outcome == .delivered) THEN NULL ELSE COALESCE(failing_since, \(at)) END
+                UPDATE deliveries SET state = \(state.rawValue), attempts = attempts + 1,
+                  next_attempt_at = \(due?.millisecondsSince1970), updated_at = \(at), leased_until = NULL
+                WHERE id = \(id) AND state = 'pending'
+                """,
+                logger: logger
+            )
+        case .reopenFanOut(let subscription):
+            try await connection.query(
+                """
+                UPDATE subscriptions SET fan_out_at = COALESCE(
+                  (SELECT until FROM parked_targets WHERE parked_targets.target = subscriptions.target), 0)
                 WHERE id = \(subscription)
                 """,
                 logger: logger
             )
+        case .failing(let subscription, let since):
+            try await connection.query(
+                "UPDATE subscriptions SET failing_since = \(since?.millisecondsSince1970) WHERE id = \(subscription)",
+                logger: logger
+            )
+        case .disable(let subscription, let reason):
             let disabled = try await connection.query(
                 """
-                UPDATE subscriptions SET disabled_at = \(at), disabled_reason = 'failing'
-                WHERE id = \(subscription) AND disabled_at IS NULL AND failing_since < \(cutoff.millisecondsSince1970)
+                UPDATE subscriptions SET disabled_at = \(at), disabled_reason = \(reason.rawValue)
+                WHERE id = \(subscription) AND disabled_at IS NULL
                 RETURNING id
                 """,
                 logger: logger
             )
             var wasDisabled = false
             for try await _ in disabled.decode(String.self) { wasDisabled = true }
-            if wasDisabled {
-                try await Self.failPending(subscription: subscription, at: attempt.at, connection, logger)
-            }
-        }
-        guard outcome == .gone else { return }
-        if let subscription = delivery.subscriptionID {
-            _ = try await Self.deleteSubscription(subscription, at: attempt.at, connection, logger)
-        } else if let check = delivery.checkID {
+            if wasDisabled { try await Self.failPending(subscription: subscription, at: time, connection, logger) }
+        case .delete(let subscription):
+            _ = try await Self.deleteSubscription(subscription, at: time, connection, logger)
+        case .stopCallbacks(let check):
             try await connection.query("UPDATE checks SET callback_stopped = true WHERE id = \(check)", logger: logger)
             try await connection.query(
                 """

@@ -319,27 +319,36 @@ extension SQLiteStore {
     package func recordAttempts(
         _ records: [AttemptRecord],
         unparking targets: [String],
-        disableFailingBefore cutoff: Timestamp,
+        policy: any AttemptPolicy,
         at now: Timestamp
     ) async throws {
         try await pool.write { db in
             for record in records {
-                try Self.recordAttempt(record, cutoff, db)
+                try Self.recordAttempt(record, policy, db)
             }
             for target in targets { try Self.unparkTarget(target, at: now, db) }
         }
     }
 
-    private static func recordAttempt(_ record: AttemptRecord, _ cutoff: Timestamp, _ db: Database) throws {
-        let (attempt, id, outcome) = (record.attempt, record.deliveryID, record.outcome)
+    /// Logs the attempt, then applies what `policy` makes of it.
+    private static func recordAttempt(_ record: AttemptRecord, _ policy: any AttemptPolicy, _ db: Database) throws {
+        let (attempt, id) = (record.attempt, record.deliveryID)
         let at = attempt.at.millisecondsSince1970
         guard
             let row = try Row.fetchOne(
-                try db.cachedStatement(sql: "SELECT * FROM deliveries WHERE id = ?"),
+                try db.cachedStatement(
+                    sql: """
+                        SELECT deliveries.*, subscriptions.id AS subscription_found,
+                               subscriptions.failing_since, subscriptions.disabled_at
+                        FROM deliveries LEFT JOIN subscriptions ON subscriptions.id = deliveries.subscription_id
+                        WHERE deliveries.id = ?
+                        """
+                ),
                 arguments: [id]
             )
         else { return }
-        let delivery = try Self.delivery(from: row)
+        var delivery = try Self.delivery(from: row)
+        delivery.lease = row["lease"]
         try db.cachedStatement(
             sql: """
                 INSERT INTO delivery_attempts (delivery_id, at, status_code, duration_ms, error, snippet)
@@ -348,53 +357,51 @@ extension SQLiteStore {
         ).execute(arguments: [
             id, at, attempt.statusCode, attempt.durationMilliseconds, attempt.error, attempt.snippet,
         ])
-        // A delivered or failed delivery never changes again through an attempt; one made under
-        // an older lease (claimed again after its lease ran out) changes it only by succeeding.
-        guard delivery.state == .pending else { return }
-        let current = record.lease.map { $0 == row["lease"] as Int64 } ?? true
-        guard current || outcome == .delivered else { return }
-        let (state, due) = outcome.next
-        let next = due?.millisecondsSince1970
-        try db.cachedStatement(
-            sql:
-                """
-                UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ?,
-                  leased_until = NULL
-                WHERE id = ? AND state = 'pending'
-                """
-        ).execute(arguments: [state.rawValue, next, at, id])
-        if let subscription = delivery.subscriptionID {
-            if delivery.attempts == 0 {
-                // Room in its window: the fan-out looks at it again, unless its target is parked.
-                try db.cachedStatement(
-                    sql: """
-                        UPDATE subscriptions SET fan_out_at = COALESCE(
-                          (SELECT until FROM parked_targets WHERE parked_targets.target = subscriptions.target), 0)
-                        WHERE id = ?
-                        """
-                ).execute(arguments: [subscription])
-            }
-            // A success ends a run of failures; a failure starts one if none is running.
-            try db.cachedStatement(
-                sql: outcome == .delivered
-                    ? "UPDATE subscriptions SET failing_since = NULL WHERE id = ?"
-                    : "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?"
-            ).execute(arguments: outcome == .delivered ? [subscription] : [at, subscription])
+        let health = (row["subscription_found"] as String?).map { _ in
+            SubscriptionHealth(
+                failingSince: (row["failing_since"] as Int64?).map(Timestamp.init(millisecondsSince1970:)),
+                isDisabled: row["disabled_at"] as Int64? != nil
+            )
+        }
+        for effect in policy.effects(of: record, on: AttemptSubject(delivery: delivery, subscription: health)) {
+            try apply(effect, to: id, at: attempt.at, db)
+        }
+    }
+
+    /// One ``AttemptEffect`` of an attempt of delivery `id`, made at `time`.
+    private static func apply(_ effect: AttemptEffect, to id: String, at time: Timestamp, _ db: Database) throws {
+        let at = time.millisecondsSince1970
+        switch effect {
+        case .settle(let state, let due):
             try db.cachedStatement(
                 sql: """
-                    UPDATE subscriptions SET disabled_at = ?, disabled_reason = 'failing'
-                    WHERE id = ? AND disabled_at IS NULL AND failing_since < ?
+                    UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, updated_at = ?,
+                      leased_until = NULL
+                    WHERE id = ? AND state = 'pending'
                     """
-            ).execute(arguments: [at, subscription, cutoff.millisecondsSince1970])
-            if db.changesCount > 0 { try Self.failPending(subscription: subscription, at: at, db) }
-        }
-        guard outcome == .gone else { return }
-        if let subscription = delivery.subscriptionID {
-            _ = try Self.deleteSubscription(subscription, at: attempt.at, db)
-        } else if let check = delivery.checkID {
+            ).execute(arguments: [state.rawValue, due?.millisecondsSince1970, at, id])
+        case .reopenFanOut(let subscription):
             try db.cachedStatement(
-                sql: "UPDATE checks SET callback_stopped = 1 WHERE id = ?"
-            ).execute(arguments: [check])
+                sql: """
+                    UPDATE subscriptions SET fan_out_at = COALESCE(
+                      (SELECT until FROM parked_targets WHERE parked_targets.target = subscriptions.target), 0)
+                    WHERE id = ?
+                    """
+            ).execute(arguments: [subscription])
+        case .failing(let subscription, let since):
+            try db.cachedStatement(sql: "UPDATE subscriptions SET failing_since = ? WHERE id = ?")
+                .execute(arguments: [since?.millisecondsSince1970, subscription])
+        case .disable(let subscription, let reason):
+            try db.cachedStatement(
+                sql:
+                    "UPDATE subscriptions SET disabled_at = ?, disabled_reason = ? WHERE id = ? AND disabled_at IS NULL"
+            ).execute(arguments: [at, reason.rawValue, subscription])
+            if db.changesCount > 0 { try failPending(subscription: subscription, at: at, db) }
+        case .delete(let subscription):
+            _ = try deleteSubscription(subscription, at: time, db)
+        case .stopCallbacks(let check):
+            try db.cachedStatement(sql: "UPDATE checks SET callback_stopped = 1 WHERE id = ?")
+                .execute(arguments: [check])
             try db.cachedStatement(
                 sql: """
                     UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, updated_at = ?

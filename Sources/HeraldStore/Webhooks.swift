@@ -238,6 +238,54 @@ package struct AttemptRecord: Sendable, Hashable {
     }
 }
 
+/// What a delivery's attempt changes, as the webhook policy (HeraldHooks) decides it: a store
+/// reads the ``AttemptSubject`` under lock, asks its ``AttemptPolicy``, and applies the answer in
+/// the same write, so it keeps rows and never decides.
+package enum AttemptEffect: Sendable, Hashable {
+    /// The delivery takes `state`, due at `due` (a retry), with one more attempt counted and its
+    /// lease ended.
+    case settle(state: Delivery.State, due: Timestamp?)
+    /// Its subscription has room in its window again: the fan-out looks at it (once its target
+    /// is not parked).
+    case reopenFanOut(subscription: String)
+    /// The subscription's run of failures started at `since` (`nil`: a success ended it).
+    case failing(subscription: String, since: Timestamp?)
+    /// The subscription is disabled, and its pending deliveries fail.
+    case disable(subscription: String, reason: Subscription.DisabledReason)
+    /// The subscription is deleted, and its pending deliveries fail.
+    case delete(subscription: String)
+    /// A check's callback stops: its pending callbacks fail, and no more are made.
+    case stopCallbacks(check: String)
+}
+
+/// What an attempt's effects are decided on: its delivery as stored, and the health of the
+/// delivery's subscription (`nil` for a check's callback, or a subscription gone since).
+package struct AttemptSubject: Sendable, Hashable {
+    package var delivery: Delivery
+    package var subscription: SubscriptionHealth?
+
+    package init(delivery: Delivery, subscription: SubscriptionHealth?) {
+        self.delivery = delivery
+        self.subscription = subscription
+    }
+}
+
+/// A subscription as the attempt policy sees it.
+package struct SubscriptionHealth: Sendable, Hashable {
+    package var failingSince: Timestamp?
+    package var isDisabled: Bool
+
+    package init(failingSince: Timestamp?, isDisabled: Bool) {
+        self.failingSince = failingSince
+        self.isDisabled = isDisabled
+    }
+}
+
+/// Decides what an attempt changes (HeraldHooks' `WebhookPolicy`).
+package protocol AttemptPolicy: Sendable {
+    func effects(of record: AttemptRecord, on subject: AttemptSubject) -> [AttemptEffect]
+}
+
 /// What to do with a delivery after an attempt.
 package enum DeliveryOutcome: Sendable, Hashable {
     case delivered
@@ -416,21 +464,19 @@ package protocol DeliveryQueue: Sendable {
     /// When the next pending delivery is due, if any: `now` when a claim would make deliveries
     /// from the event log.
     func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp?
-    /// Logs attempts and applies their outcomes, then unparks `targets` (their attempt in
-    /// flight ended), in one write. A subscription failing since before `disableFailingBefore`
-    /// is disabled, and its pending deliveries fail (a replay after the PUT that re-enables it
-    /// sends them again).
+    /// Logs attempts and applies what `policy` makes of each (``AttemptEffect``), then unparks
+    /// `targets` (their attempt in flight ended), in one write.
     func recordAttempts(
         _ records: [AttemptRecord],
         unparking targets: [String],
-        disableFailingBefore: Timestamp,
+        policy: any AttemptPolicy,
         at now: Timestamp
     ) async throws
     /// Makes deliveries due later without counting an attempt, in one write: claimed ones whose
     /// target is busy, and the backlog (due, or parked before) of a parked `target` (one not
     /// known to be healthy and busy, or with its circuit open), so the next claims
     /// pass over that target's backlog without reading it. Deliveries queued for a parked
-    /// target are due when it is (until ``recordAttempts(_:unparking:disableFailingBefore:at:)``
+    /// target are due when it is (until ``recordAttempts(_:unparking:policy:at:)``
     /// unparks it).
     func holdDeliveries(
         _ deliveries: [(id: String, until: Timestamp)],
@@ -455,17 +501,17 @@ package protocol DeliveryQueue: Sendable {
 }
 
 extension DeliveryQueue {
-    /// Logs one attempt and applies its outcome (see ``recordAttempts(_:unparking:disableFailingBefore:at:)``).
+    /// Logs one attempt and applies what `policy` makes of it (see ``recordAttempts(_:unparking:policy:at:)``).
     package func recordAttempt(
         _ attempt: DeliveryAttempt,
         of id: String,
         outcome: DeliveryOutcome,
-        disableFailingBefore cutoff: Timestamp
+        policy: any AttemptPolicy
     ) async throws {
         try await recordAttempts(
             [AttemptRecord(deliveryID: id, attempt: attempt, outcome: outcome)],
             unparking: [],
-            disableFailingBefore: cutoff,
+            policy: policy,
             at: attempt.at
         )
     }

@@ -1,4 +1,5 @@
 package import HeraldCore
+internal import HeraldHooks
 package import HeraldStore
 internal import Testing
 
@@ -317,6 +318,9 @@ package enum StoreConformance {
         )
     }
 
+    /// The webhook policy with a disable period no test reaches.
+    package static let neverDisabling: any AttemptPolicy = WebhookPolicy(disableAfter: .seconds(3_153_600_000))
+
     static func deliver(_ store: any Store, _ delivery: Delivery, at now: Timestamp) async throws {
         try await record(store, delivery, lease: delivery.lease, .delivered, at: now)
     }
@@ -332,7 +336,7 @@ package enum StoreConformance {
         try await store.recordAttempts(
             [AttemptRecord(deliveryID: delivery.id, attempt: attempt, outcome: outcome, lease: lease)],
             unparking: [],
-            disableFailingBefore: Timestamp(millisecondsSince1970: 0),
+            policy: neverDisabling,
             at: time
         )
     }
@@ -506,7 +510,7 @@ package enum StoreConformance {
         #expect(try await store.nextDeliveryDue(now: now.adding(milliseconds: 2_000), window: 100) == until)
         // Unparked (its attempt in flight ended), everything parked is due at once.
         let later = now.adding(milliseconds: 3_000)
-        try await store.recordAttempts([], unparking: ["https://a.test:443"], disableFailingBefore: later, at: later)
+        try await store.recordAttempts([], unparking: ["https://a.test:443"], policy: neverDisabling, at: later)
         let due = try await claim(store, at: later)
         #expect(due.count == 2 && Set(due.map(\.id)).contains(first[0].id))
     }
@@ -526,7 +530,7 @@ package enum StoreConformance {
                 attempt,
                 of: delivery.id,
                 outcome: .retry(at: time.adding(milliseconds: 1000)),
-                disableFailingBefore: time.adding(milliseconds: -5000)
+                policy: WebhookPolicy(disableAfter: .seconds(5))
             )
         }
         try await fail(claimed[0], at: start)

@@ -73,13 +73,13 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
             attempt,
             of: id,
             outcome: .delivered,
-            disableFailingBefore: Timestamp(millisecondsSince1970: 0)
+            policy: StoreConformance.neverDisabling
         )
     }
 
     /// Unparks `target` as the dispatcher does when its attempt in flight ends.
     private func unpark(_ store: SQLiteStore, _ target: String, at now: Timestamp) async throws {
-        try await store.recordAttempts([], unparking: [target], disableFailingBefore: now, at: now)
+        try await store.recordAttempts([], unparking: [target], policy: StoreConformance.neverDisabling, at: now)
     }
 
     /// Creates a subscription to each `(id, target URL)` for `event`.

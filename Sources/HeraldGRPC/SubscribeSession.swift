@@ -187,9 +187,8 @@ final class SubscribeSession: Sendable {
             // else is a bug. Only while it is still the current subscription, as every answer:
             // an `unsubscribe` that removed it first answers the subscribe itself (`canceled`).
             let refusal: Herald_V1_SubscribeResponse
-            if let error = HeraldError(error) {
-                let code = error.code == .internal ? "internal" : error.code.opCode
-                refusal = Self.refusal(code, error.message, requestID)
+            if let error = HeraldError(error), error.code != .internal {
+                refusal = Self.refusal(error.code.opCode, error.message, requestID)
             } else {
                 if !Task.isCancelled {
                     service.logger.error("subscription failed", metadata: ["error": "\(error)"])

@@ -158,21 +158,53 @@ extension PostgresStore: DeliveryQueue {
         at now: Timestamp
     ) async throws {
         try await transaction { connection in
-            for record in records { try await self.recordAttempt(record, policy, connection) }
+            // Every write here locks a subscription before its deliveries; this one too, and
+            // subscriptions in id order, so two nodes' batches never wait on each other in a
+            // cycle. (A delivery's subscription never changes, so it is read without a lock.)
+            var owners: [String: String] = [:]
+            if !records.isEmpty {
+                for try await (id, subscription) in try await connection.query(
+                    "SELECT id, subscription_id FROM deliveries WHERE id = ANY(\(records.map(\.deliveryID)))",
+                    logger: self.logger
+                ).decode((String, String?).self) {
+                    owners[id] = subscription
+                }
+            }
+            let ordered = records.enumerated().sorted { a, b in
+                let (left, right) = (owners[a.element.deliveryID] ?? "", owners[b.element.deliveryID] ?? "")
+                return left != right ? left < right : a.offset < b.offset
+            }
+            for (_, record) in ordered {
+                try await self.recordAttempt(record, of: owners[record.deliveryID], policy, connection)
+            }
             for target in targets { try await Self.unparkTarget(target, at: now, connection, self.logger) }
         }
     }
 
-    /// Logs the attempt, then applies what `policy` makes of it. The delivery's row is locked,
-    /// then its subscription's (the order every write here takes them in).
+    /// Logs the attempt, then applies what `policy` makes of it, with the rows of the
+    /// delivery's `subscription` (if any, and still there) and of the delivery locked, in that order.
     private func recordAttempt(
         _ record: AttemptRecord,
+        of subscription: String?,
         _ policy: any AttemptPolicy,
         _ connection: PostgresConnection
     )
         async throws
     {
         let (attempt, id) = (record.attempt, record.deliveryID)
+        var health: SubscriptionHealth?
+        if let subscription {
+            let found = try await connection.query(
+                "SELECT failing_since, disabled_at FROM subscriptions WHERE id = \(subscription) FOR NO KEY UPDATE",
+                logger: logger
+            )
+            for try await (failingSince, disabledAt) in found.decode((Int64?, Int64?).self) {
+                health = SubscriptionHealth(
+                    failingSince: failingSince.map(Timestamp.init(millisecondsSince1970:)),
+                    isDisabled: disabledAt != nil
+                )
+            }
+        }
         let rows = try await connection.query(
             "SELECT \(unescaped: Self.deliveryColumns) FROM deliveries WHERE id = \(id) FOR UPDATE",
             logger: logger
@@ -186,19 +218,6 @@ extension PostgresStore: DeliveryQueue {
             """,
             logger: logger
         )
-        var health: SubscriptionHealth?
-        if let subscription = delivery.subscriptionID {
-            let found = try await connection.query(
-                "SELECT failing_since, disabled_at FROM subscriptions WHERE id = \(subscription) FOR UPDATE",
-                logger: logger
-            )
-            for try await (failingSince, disabledAt) in found.decode((Int64?, Int64?).self) {
-                health = SubscriptionHealth(
-                    failingSince: failingSince.map(Timestamp.init(millisecondsSince1970:)),
-                    isDisabled: disabledAt != nil
-                )
-            }
-        }
         for effect in policy.effects(of: record, on: AttemptSubject(delivery: delivery, subscription: health)) {
             try await apply(effect, to: id, at: attempt.at, connection)
         }

@@ -397,7 +397,7 @@ final class WebSocketSession: Sendable {
         } catch {
             // A store that is down is `unavailable` (the client retries); anything else a bug.
             let opError: OpError
-            if let error = HeraldError(error) {
+            if let error = HeraldError(error), error.code != .internal {
                 opError = OpError(error)
             } else {
                 logger.error("subscription failed", metadata: ["error": "\(error)"])

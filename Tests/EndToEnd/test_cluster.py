@@ -182,8 +182,10 @@ def test_a_node_that_starts_leaves_the_parks_of_the_other_nodes(cluster):
                 assert create(api, body).status_code == 202
         wait_for(lambda: receiver.to("/slow"), timeout=20)
         cluster(1, "--webhook-timeout", "10")
+        b_ready = time.monotonic()
         wait_for(lambda: len(receiver.to("/slow")) == 2, timeout=30)
         first, second = (request[3] for request in receiver.to("/slow"))
+        assert b_ready - first < 4.5  # b was up while the first attempt was in flight
         assert second - first >= 4.5  # after the first attempt's 5 s, not beside it
     finally:
         receiver.close()

@@ -164,8 +164,16 @@ package final class PostgresBroker: Broker, Service {
                     delay = .milliseconds(100)
                     // Whatever was published while this node was not listening.
                     await catchUpEverything()
-                    for try await notification in notifications {
-                        await receive(notification.payload)
+                    try await withThrowingTaskGroup { group in
+                        group.addTask {
+                            for try await notification in notifications {
+                                await self.receive(notification.payload)
+                            }
+                        }
+                        group.addTask { try await self.probe(connection) }
+                        // Either ends with the connection: it is given up and made again.
+                        _ = try await group.next()
+                        group.cancelAll()
                     }
                 }
             } catch {
@@ -177,6 +185,35 @@ package final class PostgresBroker: Broker, Service {
             delay = min(delay * 2, .seconds(5))
         }
         state.withLock { $0.listening = false }
+    }
+
+    /// How long the listening connection may take to answer a probe, asked every `backstop`.
+    static let probeTimeout: Duration = .seconds(5)
+
+    /// Asks the listening connection a `SELECT 1` every `backstop`: a connection whose path went
+    /// silent (a half-open TCP connection, with no reset) would otherwise wait for notifications
+    /// forever while `/readyz` said all is well. Throws when an answer is late or fails.
+    private func probe(_ connection: PostgresConnection) async throws {
+        struct Silent: Error, CustomStringConvertible {
+            var description: String {
+                "the notification connection did not answer within \(PostgresBroker.probeTimeout)"
+            }
+        }
+        while true {
+            try await Task.sleep(for: backstop)
+            try await withThrowingTaskGroup { group in
+                group.addTask { try await connection.query("SELECT 1", logger: self.logger) }
+                group.addTask {
+                    try await Task.sleep(for: Self.probeTimeout)
+                    // A query is not cancelled by its task: closing the connection fails it (and
+                    // ends the notifications).
+                    try? await connection.close()
+                    throw Silent()
+                }
+                _ = try await group.next()
+                group.cancelAll()
+            }
+        }
     }
 
     private func receive(_ payload: String) async {

@@ -4,9 +4,12 @@ scripts/test.sh points at a throwaway server), each test in a schema of its own.
 import asyncio
 import json
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 
 import grpc
@@ -274,6 +277,83 @@ def test_events_published_while_postgresql_restarts_are_all_delivered_once_it_is
     offsets = [offset for _, offset in received if offset <= 10]
     assert offsets == list(range(1, 11))
     wait_for(lambda: httpx.get(f"{b.url}/readyz", timeout=10).status_code == 200, timeout=30)
+
+
+class SilentProxy:
+    """A TCP proxy to PostgreSQL whose path can go silent: every connection stays open and nothing
+    is forwarded (packets dropped without a reset, a half-open connection); then the path comes
+    back, and the connections that were open are reset."""
+
+    def __init__(self, url):
+        parsed = urllib.parse.urlsplit(url)
+        self.target = (parsed.hostname, parsed.port)
+        self.url = url.replace(f"{parsed.hostname}:{parsed.port}", "127.0.0.1:{port}")
+        self.silent = False
+        self.lock = threading.Lock()
+        self.sockets = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = self.url.format(port=self.listener.getsockname()[1])
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                if self.listener.fileno() < 0:
+                    return
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(source, sink), daemon=True).start()
+
+    def pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                while self.silent:
+                    time.sleep(0.05)  # held, never forwarded
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def go_silent(self):
+        self.silent = True
+
+    def come_back(self):
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for connection in sockets:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+            connection.close()
+        self.silent = False
+
+    def close(self):
+        self.listener.close()
+        self.come_back()
+
+
+def test_a_node_whose_path_to_postgresql_goes_silent_says_so_and_comes_back(make_herald, store_url):
+    proxy = SilentProxy(store_url)
+    try:
+        node = make_herald("--store", proxy.url, "--allow-private-targets")
+        wait_for(lambda: httpx.get(f"{node.url}/readyz", timeout=10).status_code == 200, timeout=30)
+        proxy.go_silent()
+
+        # The listening connection is probed every 2 s and given 5 s to answer: the node stops
+        # saying it is ready, and says so at once (no round trip on a silent connection).
+        def refused():
+            try:
+                return httpx.get(f"{node.url}/readyz", timeout=3).status_code == 503
+            except httpx.TimeoutException:
+                return False
+        wait_for(refused, timeout=20)
+        proxy.come_back()
+        wait_for(lambda: httpx.get(f"{node.url}/readyz", timeout=10).status_code == 200, timeout=30)
+        assert publish(node, "back", 1)["offset"] == 1
+    finally:
+        proxy.close()
 
 
 def test_while_postgresql_is_down_requests_get_503_and_nothing_is_half_written(cluster, pb):

@@ -56,16 +56,18 @@ package struct HeraldAPI: Sendable {
         registerWebhooks(on: router)
         router.get("/healthz") { _, _ in jsonResponse(.ok, #"{"status":"ok"}"#) }
         router.get("/readyz") { _, _ in
-            do {
-                try await store.ping()
-            } catch {
-                throw HeraldError(.unavailable, "the store is not reachable")
-            }
+            // First what needs no round trip: a node that lost its notification connection
+            // answers at once, even while its pooled connections hang on a silent network.
             guard isReady() else {
                 throw HeraldError(
                     .unavailable,
                     "the node does not hear from the other nodes yet (no notification connection)"
                 )
+            }
+            do {
+                try await store.ping()
+            } catch {
+                throw HeraldError(.unavailable, "the store is not reachable")
             }
             return jsonResponse(.ok, #"{"status":"ready"}"#)
         }

@@ -9,6 +9,9 @@ extension PSQLError: HeraldErrorConvertible {
         switch code {
         case .connectionError, .serverClosedConnection, .uncleanShutdown, .poolClosed:
             return Self.unavailable(self)
+        case .clientClosedConnection:
+            // Closed here: the call ran past `postgres-query-timeout` (a silent connection).
+            return Self.unavailable(self)
         case .server:
             // Class 08 (connection exception), 57P01-57P03 (shutting down, starting up) and
             // 53300 (too many connections).

@@ -22,14 +22,22 @@ package final class PostgresStore: Sendable {
     /// The schema the tables live in, created by ``migrate()`` if missing (`nil`: the default).
     let schema: String?
 
+    /// How long a store call may hold its connection (`postgres-query-timeout`).
+    let queryTimeout: Duration
+
     /// A pool on `configuration`, not yet connected (see ``run()``).
+    /// - Parameter queryTimeout: how long a store call may run on its connection; past it the
+    ///   connection is closed (a query on a connection whose path went silent would otherwise
+    ///   wait until the kernel gives up on it) and the call fails `unavailable`.
     package init(
         configuration: PostgresClient.Configuration,
         retention: RetentionConfiguration,
         node: String = "node",
         schema: String? = nil,
+        queryTimeout: Duration = .seconds(30),
         logger: Logger
     ) {
+        self.queryTimeout = max(queryTimeout, Self.leaseTimeout + .seconds(1))
         // The pool tells every failed connection attempt at `info`, ten a second while the
         // database is down: the outage is told by the requests' 503s and `/readyz` instead.
         var background = logger
@@ -141,7 +149,8 @@ package final class PostgresStore: Sendable {
     static let leaseTimeout: Duration = .seconds(5)
 
     /// Runs `body` on a pooled connection. Waiting longer than ``leaseTimeout`` for one (the
-    /// database is down, or every connection stays busy) throws `unavailable`, and `body` never runs.
+    /// database is down, or every connection stays busy) throws `unavailable`, and `body` never
+    /// runs; running past ``queryTimeout`` closes its connection, which fails it (`unavailable`).
     @discardableResult func withConnection<Value: Sendable>(
         _ body: @Sendable (PostgresConnection) async throws -> Value
     ) async throws -> Value {
@@ -151,7 +160,8 @@ package final class PostgresStore: Sendable {
             try await withThrowingTaskGroup(of: Value?.self) { group in
                 group.addTask {
                     try await self.client.withConnection { connection in
-                        guard lease.take() else { throw Self.noConnection }
+                        guard lease.take(connection) else { throw Self.noConnection }
+                        defer { lease.end() }
                         return try await body(connection)
                     }
                 }
@@ -159,6 +169,7 @@ package final class PostgresStore: Sendable {
                     try await Task.sleep(for: Self.leaseTimeout)
                     return nil
                 }
+                var watched = false
                 while let next = try await group.next() {
                     if let value = next {
                         group.cancelAll()
@@ -167,6 +178,22 @@ package final class PostgresStore: Sendable {
                     if lease.expire() {
                         group.cancelAll()
                         throw Self.noConnection
+                    }
+                    // Leased and still running (rare: a call takes milliseconds): watched until
+                    // `queryTimeout`. A query is not cancelled by its task; closing its
+                    // connection fails it, and the pool makes another.
+                    guard !watched else { continue }
+                    watched = true
+                    group.addTask {
+                        try await Task.sleep(for: self.queryTimeout - Self.leaseTimeout)
+                        self.logger.warning(
+                            "a database call ran past postgres-query-timeout; closing its connection",
+                            metadata: ["timeout": "\(self.queryTimeout)"]
+                        )
+                        // Taken under the lock: a call that ended before is never closed (one
+                        // ending right now may be; the pool then replaces its connection).
+                        try? await lease.connectionToClose()?.close()
+                        return nil
                     }
                 }
                 throw CancellationError()
@@ -198,9 +225,20 @@ extension PostgresStore {
 private final class Lease: Sendable {
     /// 0 waiting, 1 leased, 2 expired.
     private let state = Atomic<UInt8>(0)
+    private let leased = Mutex<PostgresConnection?>(nil)
+
+    /// The connection of a call still running on it, taken away so that `end` finds nothing.
+    func connectionToClose() -> PostgresConnection? { leased.withLock { $0.take() } }
 
     /// The connection came: true unless the wait ran out first.
-    func take() -> Bool { state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged }
+    func take(_ connection: PostgresConnection) -> Bool {
+        guard state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged else { return false }
+        leased.withLock { $0 = connection }
+        return true
+    }
+
+    /// The call is done with its connection (it goes back to the pool: never close it then).
+    func end() { leased.withLock { $0 = nil } }
 
     /// The wait ran out: true unless the connection came first.
     func expire() -> Bool { state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged }

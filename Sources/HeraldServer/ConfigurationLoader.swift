@@ -348,6 +348,12 @@ package enum ConfigurationLoader {
             v throws(ConfigurationError) in
             c.postgresPoolSize = try int(v, "postgres-pool-size", 1...1000)
         },
+        Setting(
+            name: "postgres-query-timeout",
+            help: "seconds a store call may run on its PostgreSQL connection before it is closed"
+        ) { c, v throws(ConfigurationError) in
+            c.postgresQueryTimeout = .seconds(try int(v, "postgres-query-timeout", 6...3600))
+        },
         Setting(name: "durability", help: "normal or full") { c, v throws(ConfigurationError) in
             guard let value = Durability(rawValue: v) else {
                 throw ConfigurationError(message: "durability must be 'normal' or 'full'")

@@ -32,6 +32,9 @@ package struct HeraldConfiguration: Sendable {
     /// Connections to PostgreSQL per node (`postgres-pool-size`, `HERALD_POSTGRES_POOL_SIZE`,
     /// default 16), besides the one that listens for notifications.
     package var postgresPoolSize = 16
+    /// How long a store call may run on its PostgreSQL connection before the connection is
+    /// closed and the call fails `unavailable` (`postgres-query-timeout`, seconds, default 30).
+    package var postgresQueryTimeout: Duration = .seconds(30)
     /// How hard a commit is pushed to disk (`durability`, `HERALD_DURABILITY`, default `normal`).
     package var durability: Durability = .normal
     /// Whether checks and webhooks may reach non-public addresses

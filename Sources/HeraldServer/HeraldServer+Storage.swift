@@ -67,6 +67,7 @@ struct Storage {
                 retention: configuration.retention,
                 node: nodeID,
                 schema: url.searchPath,
+                queryTimeout: configuration.postgresQueryTimeout,
                 logger: logger.labelled("herald.postgres")
             )
             let startedAt = Timestamp.now()

@@ -68,6 +68,7 @@ struct Serve: AsyncParsableCommand {
     var webhookTimeout: String?
     @Option(help: "JSON config file (HERALD_CONFIG).") var config: String?
     @OptionGroup(title: "Access control (docs/security.md)") var access: AccessOptions
+    @OptionGroup(title: "A node of a cluster (docs/cluster.md)") var cluster: ClusterOptions
 
     func run() async throws {
         var flags: [String: String] = [:]
@@ -85,6 +86,7 @@ struct Serve: AsyncParsableCommand {
         flags["webhook-timeout"] = webhookTimeout
         flags["config"] = config
         flags.merge(access.flags) { _, new in new }
+        flags.merge(cluster.flags) { _, new in new }
         let configuration = try ConfigurationLoader.load(flags: flags, environment: ProcessInfo.processInfo.environment)
 
         let level = configuration.logLevel
@@ -148,6 +150,29 @@ struct AccessOptions: ParsableArguments {
             ("rate-limit-publishes", rateLimitPublishes), ("max-connections", maxConnections),
             ("max-connections-per-ip", maxConnectionsPerIP), ("trusted-proxies", trustedProxies),
         ]
-        return Dictionary(uniqueKeysWithValues: pairs.compactMap { name, value in value.map { (name, $0) } })
+        return given(pairs)
     }
+}
+
+/// The settings of a cluster node as flags; each is also a `HERALD_*` variable and a config key.
+struct ClusterOptions: ParsableArguments {
+    @Option(name: .customLong("node-id"), help: "This node's id (default: kept in the data directory).")
+    var nodeID: String?
+    @Option(name: .customLong("postgres-pool-size"), help: "Connections to PostgreSQL (default 16).")
+    var postgresPoolSize: String?
+    @Option(name: .customLong("postgres-query-timeout"), help: "Seconds a store call may run (default 30).")
+    var postgresQueryTimeout: String?
+
+    var flags: [String: String] {
+        let pairs: [(String, String?)] = [
+            ("node-id", nodeID), ("postgres-pool-size", postgresPoolSize),
+            ("postgres-query-timeout", postgresQueryTimeout),
+        ]
+        return given(pairs)
+    }
+}
+
+/// The flags given, by setting name.
+private func given(_ pairs: [(String, String?)]) -> [String: String] {
+    Dictionary(uniqueKeysWithValues: pairs.compactMap { name, value in value.map { (name, $0) } })
 }

@@ -337,9 +337,17 @@ class SilentProxy:
 def test_a_node_whose_path_to_postgresql_goes_silent_says_so_and_comes_back(make_herald, store_url):
     proxy = SilentProxy(store_url)
     try:
-        node = make_herald("--store", proxy.url, "--allow-private-targets")
+        node = make_herald("--store", proxy.url, "--allow-private-targets", env={"HERALD_POSTGRES_QUERY_TIMEOUT": "6"})
         wait_for(lambda: httpx.get(f"{node.url}/readyz", timeout=10).status_code == 200, timeout=30)
         proxy.go_silent()
+
+        # A request whose query went out on a silent connection is not held until the kernel
+        # gives up on it: past postgres-query-timeout its connection is closed, and it gets a 503.
+        started = time.monotonic()
+        answer = httpx.post(f"{node.url}/api/v1/channels/back/events", json={"type": "t", "data": 0},
+                            headers=AUTH, timeout=30)
+        assert_problem(answer, 503)
+        assert time.monotonic() - started < 15
 
         # The listening connection is probed every 2 s and given 5 s to answer: the node stops
         # saying it is ready, and says so at once (no round trip on a silent connection).

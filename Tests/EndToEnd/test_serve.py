@@ -26,7 +26,8 @@ def test_a_bad_flag_exits_non_zero_with_one_line(tmp_path):
     for args, reason in [(["--port", "http"], "port"), (["--bogus"], "bogus"), (["--store", "mysql://x"], "store"),
                          (["--tls-cert", "x.pem"], "tls-key"),
                          (["--tls-cert", "/missing/cert.pem", "--tls-key", "/missing/key.pem"], "TLS certificate"),
-                         (["--node-id", "a b"], "node-id"), (["--postgres-pool-size", "0"], "postgres-pool-size"),
+                         (["--node-id", "a b"], "node-id must"), (["--postgres-pool-size", "0"], "postgres-pool-size must"),
+                         (["--postgres-query-timeout", "1"], "postgres-query-timeout must"),
                          (["--store", "postgres://herald@127.0.0.1:1/herald?sslmode=disable"],
                           "cannot use the PostgreSQL store at postgres://herald@127.0.0.1:1/herald")]:
         result = run("serve", "--data-dir", str(tmp_path), *args)

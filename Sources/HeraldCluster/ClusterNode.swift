@@ -15,6 +15,9 @@ package struct ClusterNode: Service {
     let heartbeat: Duration
     let silence: Duration
     let logger: Logger
+    /// How many more checks the runner can queue now: a take-over never takes more, and what
+    /// it leaves stays with the silent node for the next beat (here or on another node).
+    let room: @Sendable () -> Int
     let onTakeOver: @Sendable ([Check]) -> Void
 
     package init(
@@ -25,8 +28,10 @@ package struct ClusterNode: Service {
         heartbeat: Duration = .seconds(1),
         silence: Duration = .seconds(10),
         logger: Logger,
+        room: @escaping @Sendable () -> Int = { .max },
         onTakeOver: @escaping @Sendable ([Check]) -> Void
     ) {
+        self.room = room
         self.store = store
         self.startedAt = startedAt
         self.version = version
@@ -46,16 +51,22 @@ package struct ClusterNode: Service {
         }
     }
 
-    /// One beat: the heartbeat, then the checks of silent nodes, 500 at a time.
+    /// Checks taken over in one page.
+    static let page = 500
+
+    /// One beat: the heartbeat, then the checks of silent nodes, a page at a time, as many as
+    /// the runner has room for.
     func beat() async {
         do {
             try await store.heartbeat(startedAt: startedAt, version: version, address: address())
             while true {
-                let taken = try await store.takeOverChecks(silentFor: silence, limit: 500)
+                let limit = min(Self.page, room())
+                guard limit > 0 else { break }
+                let taken = try await store.takeOverChecks(silentFor: silence, limit: limit)
                 if taken.isEmpty { break }
                 logger.info("took over the checks of a silent node", metadata: ["herald.checks": "\(taken.count)"])
                 onTakeOver(taken)
-                if taken.count < 500 { break }
+                if taken.count < limit { break }
             }
         } catch {
             logger.warning("heartbeat failed", metadata: ["error": "\(error)"])

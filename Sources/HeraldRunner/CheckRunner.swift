@@ -109,6 +109,10 @@ package final class CheckRunner: Service, Sendable {
     /// Network checks queued, waiting for a slot.
     package var queued: Int { state.withLock { $0.queue.count } }
 
+    /// How many more network checks the queue takes before `runner-queue` (a cluster node takes
+    /// over no more checks than this).
+    package var room: Int { configuration.maxQueuedChecks - queued }
+
     /// The most network checks ever queued at once (never above `runner-queue`).
     package var mostQueued: Int { state.withLock { $0.mostQueued } }
 

@@ -147,6 +147,7 @@ struct Storage {
                 version: heraldVersion,
                 address: address,
                 logger: logger.labelled("herald.cluster"),
+                room: { runner.room },
                 onTakeOver: { checks in for check in checks { runner.submit(check) } }
             )
         ]

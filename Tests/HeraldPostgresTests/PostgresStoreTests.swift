@@ -1,5 +1,4 @@
 import Foundation
-import HeraldCluster
 import HeraldCore
 import HeraldHub
 import HeraldStore
@@ -9,6 +8,7 @@ import PostgresNIO
 import Synchronization
 import Testing
 
+@testable import HeraldCluster
 @testable import HeraldPostgres
 
 /// The PostgreSQL server the tests use: `HERALD_TEST_POSTGRES`, a `postgres://` URL, which
@@ -270,6 +270,31 @@ private final class Stores: Sendable {
         #expect(Set(taken.flatMap { $0 }) == created)
         // Taken checks now belong to a node that beats: nobody takes them again.
         #expect(try await takers[0].takeOverChecks(silentFor: .seconds(10), limit: 100).isEmpty)
+    }
+
+    @Test func aNodeTakesOverNoMoreChecksThanItsRunnerHasRoomFor() async throws {
+        let stores = Stores()
+        defer { stores.stop() }
+        let url = try await stores.makeSchema()
+        let dead = try await stores.open(url, node: "dead")
+        for _ in 0..<12 { _ = try await dead.createCheck(StoreConformance.delayCheck(), idempotency: nil) }
+        // A runner with room for 7: the node takes 7, and leaves 5 with the silent node.
+        let queued = Mutex(0)
+        let node = ClusterNode(
+            store: try await stores.open(url, node: "b"),
+            startedAt: .now(),
+            version: "test",
+            address: { "" },
+            logger: Stores.logger,
+            room: { 7 - queued.withLock { $0 } },
+            onTakeOver: { checks in queued.withLock { $0 += checks.count } }
+        )
+        await node.beat()
+        #expect(queued.withLock { $0 } == 7)
+        // The runner ran them: the next beat takes the rest.
+        queued.withLock { $0 = 0 }
+        await node.beat()
+        #expect(queued.withLock { $0 } == 5)
     }
 
     @Test(.timeLimit(.minutes(1))) func anUnreachableDatabaseIsUnavailableNotInternal() async throws {

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import uuid
 
-from benchlib import HeraldProcess
+from benchlib import HeraldProcess, release_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = pathlib.Path(os.environ.get("HERALD_BENCH_DIR", ROOT.parent / "shared" / "bench"))
@@ -197,11 +197,7 @@ def main():
     parser.add_argument("--binary", help="a herald binary (default: build .build-release and use it)")
     args = parser.parse_args()
 
-    binary = args.binary
-    if not binary:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "herald", "--scratch-path", ".build-release"],
-                       cwd=ROOT, check=True)
-        binary = str(ROOT / ".build-release" / "release" / "herald")
+    binary = release_binary(args.binary)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     fanout_bin = fanout_binary()

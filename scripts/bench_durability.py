@@ -43,7 +43,7 @@ import time
 
 import httpx
 
-from benchlib import HeraldProcess
+from benchlib import HeraldProcess, release_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "bench-durability-key-0123456789"
@@ -162,11 +162,7 @@ def main():
     parser.add_argument("--commit", help="the commit the binary was built from (default: the clone's HEAD)")
     args = parser.parse_args()
 
-    binary = args.binary
-    if not binary:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "herald", "--scratch-path",
-                        ".build-release"], cwd=ROOT, check=True)
-        binary = str(ROOT / ".build-release" / "release" / "herald")
+    binary = release_binary(args.binary)
 
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                            capture_output=True, text=True).stdout.strip()

@@ -28,12 +28,12 @@ import multiprocessing
 import os
 import pathlib
 import resource
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+
+from benchlib import release_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "bench-webhooks-key"
@@ -174,11 +174,7 @@ def main():
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    binary = args.binary
-    if not binary:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "herald", "--scratch-path",
-                        ".build-release"], cwd=ROOT, check=True)
-        binary = str(ROOT / ".build-release" / "release" / "herald")
+    binary = release_binary(args.binary)
 
     port_in, port_out = multiprocessing.Pipe()
     results_here, results_there = multiprocessing.Pipe()

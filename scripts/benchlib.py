@@ -1,4 +1,5 @@
-"""What Herald's benchmark scripts share: a `herald serve` process on a fresh data directory."""
+"""What Herald's benchmark scripts share: the release binary, and a `herald serve` process on a fresh
+data directory."""
 
 import os
 import pathlib
@@ -6,6 +7,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def release_binary(given=None):
+    """`given`, or a release build of herald in .build-release (built now)."""
+    if given:
+        return given
+    subprocess.run(["swift", "build", "-c", "release", "--product", "herald", "--scratch-path", ".build-release"],
+                   cwd=ROOT, check=True)
+    return str(ROOT / ".build-release" / "release" / "herald")
 
 
 class HeraldProcess:

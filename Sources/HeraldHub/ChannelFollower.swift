@@ -95,8 +95,10 @@ package struct ChannelFollower: Sendable {
                 case .events(var batch):
                     // Concurrent publishers' announcements may come out of order; within one
                     // batch (one epoch) order is restored here, so no store read fills a hole
-                    // whose event is right there.
-                    if batch.count > 1, batch.allSatisfy({ $0.event.epoch == batch[0].event.epoch }) {
+                    // whose event is right there. A batch in order (the usual) is not sorted.
+                    if zip(batch, batch.dropFirst()).contains(where: { $0.event.offset > $1.event.offset }),
+                        batch.allSatisfy({ $0.event.epoch == batch[0].event.epoch })
+                    {
                         batch.sort { $0.event.offset < $1.event.offset }
                     }
                     var out: [EncodedEvent] = []

@@ -186,13 +186,14 @@ package final class PostgresStore: Sendable {
                     watched = true
                     group.addTask {
                         try await Task.sleep(for: self.queryTimeout - Self.leaseTimeout)
+                        // Taken under the lock: a call that ended before is never closed (one
+                        // ending right now may be; the pool then replaces its connection).
+                        guard let connection = lease.connectionToClose() else { return nil }
                         self.logger.warning(
                             "a database call ran past postgres-query-timeout; closing its connection",
                             metadata: ["timeout": "\(self.queryTimeout)"]
                         )
-                        // Taken under the lock: a call that ended before is never closed (one
-                        // ending right now may be; the pool then replaces its connection).
-                        try? await lease.connectionToClose()?.close()
+                        try? await connection.close()
                         return nil
                     }
                 }

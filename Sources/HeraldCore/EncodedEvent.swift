@@ -17,6 +17,10 @@ package final class EncodedEvent: Sendable {
     package let sse: ByteBuffer
     /// The event as one line of newline-delimited JSON.
     package let ndjson: ByteBuffer
+    /// ``sse`` and ``ndjson`` framed as HTTP/1.1 chunks, written as they are below the HTTP
+    /// encoder by a stream served on its event loop.
+    package let sseChunk: ByteBuffer
+    package let ndjsonChunk: ByteBuffer
     /// The payload of a WebSocket text frame: `{"op": "event", ...the event fields...}`.
     package let webSocketFrame: ByteBuffer
 
@@ -33,5 +37,19 @@ package final class EncodedEvent: Sendable {
         self.webSocketFrame = ByteBuffer(string: "{\"op\":\"event\"," + json.dropFirst())
         self.sse = ByteBuffer(string: "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n")
         self.ndjson = ByteBuffer(string: json + "\n")
+        self.sseChunk = Self.chunk(sse)
+        self.ndjsonChunk = Self.chunk(ndjson)
+    }
+
+    /// `bytes` as one HTTP/1.1 chunk: its size in hex, CRLF, the bytes, CRLF.
+    package static func chunk(_ bytes: ByteBuffer) -> ByteBuffer {
+        let size = String(bytes.readableBytes, radix: 16)
+        var chunk = ByteBuffer()
+        chunk.reserveCapacity(size.utf8.count + bytes.readableBytes + 4)
+        chunk.writeString(size)
+        chunk.writeStaticString("\r\n")
+        chunk.writeImmutableBuffer(bytes)
+        chunk.writeStaticString("\r\n")
+        return chunk
     }
 }

@@ -75,7 +75,7 @@ package struct ChannelFollower: Sendable {
                 limit: pageSize
             )
             if isCheck && position == nil { read.events = Array(read.events.suffix(1)) }  // the snapshot
-            var cursor = Cursor(
+            var cursor = FollowCursor(
                 isCheck: isCheck,
                 epoch: read.epoch,
                 last: read.events.first.map { $0.offset - 1 } ?? read.next
@@ -92,17 +92,9 @@ package struct ChannelFollower: Sendable {
                     wait = min(wait, left)
                 }
                 switch await subscription.next(heartbeat: wait) {
-                case .events(var batch):
-                    // Concurrent publishers' announcements may come out of order; within one
-                    // batch (one epoch) order is restored here, so no store read fills a hole
-                    // whose event is right there. A batch in order (the usual) is not sorted.
-                    if zip(batch, batch.dropFirst()).contains(where: { $0.event.offset > $1.event.offset }),
-                        batch.allSatisfy({ $0.event.epoch == batch[0].event.epoch })
-                    {
-                        batch.sort { $0.event.offset < $1.event.offset }
-                    }
+                case .events(let batch):
                     var out: [EncodedEvent] = []
-                    for encoded in batch where !cursor.isEnded {
+                    for encoded in FollowCursor.ordered(batch) where !cursor.isEnded {
                         switch cursor.place(encoded.event) {
                         case .next: out += cursor.take([encoded])
                         case .duplicate: continue
@@ -133,7 +125,7 @@ package struct ChannelFollower: Sendable {
     /// a `.reset` before its events, and the cursor moves to the new history.
     private func catchUp(
         _ channel: ChannelName,
-        _ cursor: inout Cursor,
+        _ cursor: inout FollowCursor,
         emit: (Item) async throws -> Void
     ) async throws {
         while !cursor.isEnded {
@@ -146,54 +138,6 @@ package struct ChannelFollower: Sendable {
             let taken = cursor.take(read.events.map(EncodedEvent.init))
             if !taken.isEmpty { try await emit(.events(taken)) }
             if read.events.count < pageSize { return }
-        }
-    }
-
-    /// The position emitted last `(epoch, last)`, and whether a check's terminal event was.
-    private struct Cursor {
-        /// Where a live event stands against the cursor.
-        enum Placement { case next, duplicate, beyond }
-
-        let isCheck: Bool
-        var epoch: Epoch
-        var last: Offset
-        var isEnded = false
-
-        init(isCheck: Bool, epoch: Epoch, last: Offset) {
-            self.isCheck = isCheck
-            self.epoch = epoch
-            self.last = last
-        }
-
-        /// Only the next offset of the same epoch follows directly (a channel with no history
-        /// yet has an empty epoch and takes the first event's). Anything else of another epoch
-        /// is `beyond`, never a duplicate, whatever its offset.
-        func place(_ event: Event) -> Placement {
-            guard epoch.rawValue.isEmpty || event.epoch == epoch else { return .beyond }
-            if event.offset <= last { return .duplicate }
-            return event.offset == last + 1 ? .next : .beyond
-        }
-
-        /// After a reset: continue just before the first kept event, in its epoch.
-        mutating func restart(at read: EventRead) {
-            epoch = read.epoch
-            last = read.events.first.map { $0.offset - 1 } ?? read.next
-        }
-
-        /// The events after `last`, in order, up to and including a check's terminal event.
-        mutating func take(_ events: [EncodedEvent]) -> [EncodedEvent] {
-            var taken: [EncodedEvent] = []
-            for encoded in events where encoded.event.offset > last && !isEnded {
-                taken.append(encoded)
-                last = encoded.event.offset
-                epoch = encoded.event.epoch
-                if isCheck && encoded.event.type.hasPrefix("check.") && encoded.event.type != "check.created"
-                    && encoded.event.type != "check.updated"
-                {
-                    isEnded = true
-                }
-            }
-            return taken
         }
     }
 }

@@ -1,5 +1,6 @@
 package import HeraldCore
 package import Logging
+package import NIOCore
 internal import ServiceLifecycle
 internal import Synchronization
 
@@ -54,6 +55,7 @@ package final class Hub: Service, Sendable {
     private let state = Mutex(State())
     private let deadlines = DeadlineQueue<WaiterKey>()
     private let subscribers: SubscriberRegistry
+    private let loopSubscribers = LoopSubscribers()
     private let logger: Logger
     private let onPublish: @Sendable () -> Void
 
@@ -65,12 +67,28 @@ package final class Hub: Service, Sendable {
         onPublish: @escaping @Sendable () -> Void = {}
     ) {
         self.subscribers = SubscriberRegistry(limits: limits)
+        self.limits = limits
         self.logger = logger
         self.onPublish = onPublish
     }
 
+    /// Bounds of one streaming subscriber's queue.
+    package let limits: SubscriberLimits
+
     /// Number of streaming subscribers right now.
-    package var subscriberCount: Int { subscribers.count }
+    package var subscriberCount: Int { subscribers.count + loopSubscribers.count }
+
+    /// Adds a subscriber served on its event loop to `channel`; call on `loop`. Events
+    /// announced from now on reach it, so it reads its backlog from the store *after* this.
+    /// - Returns: false when the server is draining: the subscriber was not added.
+    package func subscribe(_ subscriber: any LoopSubscriber, to channel: ChannelName, on loop: any EventLoop) -> Bool {
+        loopSubscribers.subscribe(subscriber, to: channel, on: loop)
+    }
+
+    /// Removes a subscriber added by ``subscribe(_:to:on:)``; call on `loop`.
+    package func unsubscribe(_ subscriber: any LoopSubscriber, from channel: ChannelName, on loop: any EventLoop) {
+        loopSubscribers.unsubscribe(subscriber, from: channel, on: loop)
+    }
 
     /// A streaming client's view of one channel, valid inside ``withSubscription(to:_:)``.
     package struct Subscription: Sendable {
@@ -131,6 +149,7 @@ package final class Hub: Service, Sendable {
         }
         for continuation in wake { continuation.resume() }
         subscribers.deliver(encoded)
+        loopSubscribers.deliver(encoded)
         onPublish()
     }
 
@@ -146,11 +165,12 @@ package final class Hub: Service, Sendable {
     /// cluster's broker asks before it reads an event another node published.
     package func isFollowed(_ channel: ChannelName) -> Bool {
         state.withLock { $0.waiters[channel] != nil } || subscribers.isSubscribed(channel)
+            || loopSubscribers.isSubscribed(channel)
     }
 
     /// Every channel a long poll or a stream of this process waits on.
     package var followedChannels: Set<ChannelName> {
-        Set(state.withLock { Array($0.waiters.keys) }).union(subscribers.channels)
+        Set(state.withLock { Array($0.waiters.keys) }).union(subscribers.channels).union(loopSubscribers.channels)
     }
 
     /// Records that `channel` reached `head` (another node committed it), without announcing
@@ -275,6 +295,7 @@ package final class Hub: Service, Sendable {
         logger.info("draining", metadata: ["herald.waiters": "\(wake.count)", "herald.streams": "\(subscriberCount)"])
         for continuation in wake { continuation.resume() }
         subscribers.drain()
+        loopSubscribers.drain()
     }
 
     /// Expires waiters at their deadlines and sends stream heartbeats until graceful shutdown,

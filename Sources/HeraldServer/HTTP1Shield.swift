@@ -23,7 +23,8 @@ struct HTTP1ShieldLimits: Sendable {
     var maxHeaderFieldSize: Int
 }
 
-/// Hummingbird's WebSocket-upgradable HTTP/1 channel, with an ``HTTP1Shield`` in front of it.
+/// Hummingbird's WebSocket-upgradable HTTP/1 channel, with an ``HTTP1Shield`` in front of it,
+/// and a ``StreamGate`` that serves a first request for a stream on the event loop.
 struct ShieldedHTTP1Channel: ServerChildChannel {
     struct Value: ServerChildChannelValue {
         let inner: HTTP1WebSocketUpgradeChannel.Value
@@ -34,6 +35,8 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
 
     let inner: HTTP1WebSocketUpgradeChannel
     let limits: HTTP1ShieldLimits
+    /// Serves a first request that is a stream on the event loop (``StreamGate``).
+    let streams: LoopStreams
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
@@ -42,6 +45,7 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
             let shield = HTTP1Shield(limits: limits, served: served)
             let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
             try operations.addHandler(shield.tap, position: .before(decoder))
+            try operations.addHandler(StreamGate(streams: streams, logger: logger), position: .after(decoder))
             try operations.addHandler(shield, position: .last)
             return Value(inner: value, served: served.futureResult)
         }
@@ -49,7 +53,8 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
 
     func handle(value: Value, logger: Logger) async {
         // A connection refused (or gone) before its first request never reaches Hummingbird,
-        // whose upgrade handler would log the abandoned upgrade as an error.
+        // whose upgrade handler would log the abandoned upgrade as an error; nor does one whose
+        // first request is a stream, served by its handlers alone.
         guard (try? await value.served.get()) == true else { return }
         await inner.handle(value: value.inner, logger: logger)
     }

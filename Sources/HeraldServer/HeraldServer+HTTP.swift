@@ -54,8 +54,10 @@ extension HeraldServer {
     func httpServer(
         webSocket: WebSocketEndpoint,
         access: Access,
-        connections: ConnectionLimit
+        connections: ConnectionLimit,
+        responder: StreamHeadResponder<RouterResponder<HeraldRequestContext>>
     ) throws -> (builder: HTTPServerBuilder, scheme: String) {
+        let streams = LoopStreams(responder: responder)
         let refusedUpgrades = RefusedUpgrades()
         let idleTimeout = TimeAmount(configuration.http.idleTimeout)
         let webSocketChannel = HTTP1WebSocketUpgradeChannel.Configuration(
@@ -119,7 +121,8 @@ extension HeraldServer {
                                 configuration: webSocketChannel,
                                 shouldUpgrade: shouldUpgrade
                             ),
-                            limits: shieldLimits
+                            limits: shieldLimits,
+                            streams: streams
                         ),
                         http2: HTTP2Channel(responder: responder, configuration: http2)
                     ),
@@ -139,7 +142,8 @@ extension HeraldServer {
                             configuration: webSocketChannel,
                             shouldUpgrade: shouldUpgrade
                         ),
-                        limits: shieldLimits
+                        limits: shieldLimits,
+                        streams: streams
                     ),
                     idleTimeout: idleTimeout,
                     limit: connections,

@@ -72,13 +72,15 @@ package struct HeraldServer: Sendable {
         let parts = try await assemble(storage, readiness: readiness)
         let connections = connectionLimit()
         let host = configuration.host
+        let responder = StreamHeadResponder(try Self.router(api: parts.api, grpcWeb: parts.grpcWeb).buildResponder())
         let (server, scheme) = try httpServer(
             webSocket: parts.webSocket,
             access: parts.access,
-            connections: connections
+            connections: connections,
+            responder: responder
         )
         let app = Application(
-            responder: StreamHeadResponder(try Self.router(api: parts.api, grpcWeb: parts.grpcWeb).buildResponder()),
+            responder: responder,
             server: server,
             configuration: .init(
                 address: .hostname(host, port: configuration.port),

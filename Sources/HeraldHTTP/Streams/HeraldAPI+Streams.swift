@@ -63,6 +63,21 @@ extension HeraldAPI {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
+        if request.method == .get, let takeover = StreamTakeover.current {
+            // Served on the connection's event loop (StreamConnection).
+            takeover.plan = StreamPlan(
+                framing: framing,
+                channel: channel,
+                position: position,
+                epoch: positionEpoch,
+                heartbeat: heartbeat,
+                expiry: expiry,
+                store: store,
+                hub: hub,
+                pageSize: configuration.maxEventsPerPoll
+            )
+            return Response(status: .ok, headers: format.headers)
+        }
         let follower = ChannelFollower(
             store: store,
             hub: hub,

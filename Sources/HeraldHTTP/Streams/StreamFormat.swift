@@ -80,6 +80,15 @@ struct StreamFraming: Sendable {
         }
     }
 
+    /// One event as an HTTP/1.1 chunk: the event's shared chunk for SSE and NDJSON.
+    func chunk(_ event: EncodedEvent) -> ByteBuffer {
+        switch format {
+        case .sse where !announces: event.sseChunk
+        case .ndjson: event.ndjsonChunk
+        default: EncodedEvent.chunk(encode(event))
+        }
+    }
+
     /// Events in order as one buffer: a single event's shared bytes as they are, several
     /// copied into one buffer so they leave in one write.
     func encode(_ events: [EncodedEvent]) -> ByteBuffer {

@@ -1,0 +1,191 @@
+internal import Foundation
+internal import HTTPTypes
+internal import HeraldCore
+internal import HeraldHub
+package import Hummingbird
+package import Logging
+package import NIOCore
+package import NIOHTTPTypes
+
+/// Serves an HTTP/1.1 connection whose first request is a stream (`GET .../events` as SSE,
+/// NDJSON or forever-iframe) on its event loop: no task and no `NIOAsyncChannel` live as long
+/// as the stream, only this handler.
+///
+/// The request goes through the router in a short task, with a ``StreamTakeover`` set, so
+/// every middleware (CORS, problems, authorization) runs as for any request. A stream route
+/// leaves its ``StreamPlan`` there and returns the headers; the handler writes them and
+/// follows the channel itself (`StreamConnection+Follow.swift`). Any other answer (a problem,
+/// a `204`, a poll) is written as it is. Either way the response says `Connection: close`,
+/// and the connection closes after it: there is no task left to read a next request.
+///
+/// On shutdown the hub's drain ends the stream, and the connection closes once the end is
+/// written; a connection still being routed then closes at once.
+package final class StreamConnection<Responder: HTTPResponder>: ChannelDuplexHandler, RemovableChannelHandler
+where Responder.Context == HeraldRequestContext {
+    package typealias InboundIn = HTTPRequestPart
+    package typealias OutboundIn = HTTPResponsePart
+    package typealias OutboundOut = HTTPResponsePart
+
+    private let responder: Responder
+    let logger: Logger
+    private var head: HTTPRequest?
+    private var isRouted = false
+    var context: ChannelHandlerContext?
+    /// The stream being served, once its plan arrived.
+    var follow: Follow?
+    /// The HTTP/1 encoder's context: a stream's chunks are written below it, framed already.
+    var encoder: ChannelHandlerContext?
+
+    /// Whether the client speaks HTTP/1.1, whose open-ended body the encoder frames as chunks
+    /// (an HTTP/1.0 client's ends with the connection).
+    let isChunked: Bool
+
+    package init(responder: Responder, logger: Logger, isChunked: Bool = true) {
+        self.responder = responder
+        self.logger = logger
+        self.isChunked = isChunked
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        stop()
+        self.context = nil
+        encoder = nil
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        stop()
+        context.fireChannelInactive()
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head) where self.head == nil: self.head = head
+        case .end where head != nil && !isRouted: route(context)
+        default: break  // a body, or a request pipelined behind the stream: never served
+        }
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            // The client is gone (or half-closed): nothing will read the stream.
+            context.close(promise: nil)
+        } else if event is ChannelShouldQuiesceEvent, follow == nil {
+            // Shutting down before the stream started (the hub's drain ends a started one).
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { writable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Runs the request through the router with a takeover slot, then serves what it answered.
+    private func route(_ context: ChannelHandlerContext) {
+        guard let head else { return }
+        isRouted = true
+        let request = Request(head: head, body: RequestBody(buffer: ByteBuffer()))
+        let channel = context.channel
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let responder = self.responder
+        let logger = self.logger
+        Task { [request, responder, channel, logger, handler] in
+            await StreamConnection.serve(
+                request,
+                responder: responder,
+                channel: channel,
+                logger: logger,
+                handler: handler
+            )
+        }
+    }
+
+    private static func serve(
+        _ request: Request,
+        responder: Responder,
+        channel: any Channel,
+        logger: Logger,
+        handler: NIOLoopBound<StreamConnection>
+    ) async {
+        var (response, plan) = await respond(to: request, responder: responder, channel: channel, logger: logger)
+        response.headers[.date] = HTTPDate.now
+        response.headers[.connection] = "close"
+        if let plan {
+            response.headers[.contentLength] = nil  // open-ended
+            let head = response.head
+            channel.eventLoop.execute { handler.value.start(plan, head: head) }
+        } else {
+            await write(response, to: channel)
+        }
+    }
+
+    /// The router's answer, and the plan of the stream it prepared, if it did.
+    private static func respond(
+        to request: Request,
+        responder: Responder,
+        channel: any Channel,
+        logger: Logger
+    ) async -> (Response, StreamPlan?) {
+        let takeover = StreamTakeover()
+        let context = HeraldRequestContext(source: .init(channel: channel, logger: logger))
+        do {
+            let response = try await StreamTakeover.$current.withValue(takeover) {
+                try await responder.respond(to: request, context: context)
+            }
+            return (response, takeover.plan)
+        } catch {
+            logger.debug("unrecognised error", metadata: ["error.type": "\(error)"])
+            return (Response(status: .internalServerError), nil)
+        }
+    }
+
+    /// Writes an answer that is not a stream, then closes.
+    private static func write(_ response: Response, to channel: any Channel) async {
+        do {
+            try await channel.writeAndFlush(HTTPResponsePart.head(response.head))
+            try await response.body.write(ChannelBodyWriter(channel: channel))
+        } catch {
+            // The client went away: nothing to answer.
+        }
+        channel.close(promise: nil)
+    }
+}
+
+/// Writes a response body straight to the channel, part by part.
+private struct ChannelBodyWriter: ResponseBodyWriter {
+    let channel: any Channel
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        try await channel.writeAndFlush(HTTPResponsePart.body(buffer))
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await channel.writeAndFlush(HTTPResponsePart.end(trailingHeaders))
+    }
+}
+
+/// The `Date` header's value (RFC 9110 IMF-fixdate).
+enum HTTPDate {
+    static var now: String {
+        var seconds = time(nil)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        return String(
+            format: "%@, %02d %@ %04d %02d:%02d:%02d GMT",
+            days[Int(parts.tm_wday)],
+            parts.tm_mday,
+            months[Int(parts.tm_mon)],
+            parts.tm_year + 1900,
+            parts.tm_hour,
+            parts.tm_min,
+            parts.tm_sec
+        )
+    }
+}

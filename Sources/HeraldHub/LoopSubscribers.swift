@@ -1,0 +1,161 @@
+package import HeraldCore
+internal import NIOCore
+internal import Synchronization
+
+/// A streaming subscriber served on its connection's event loop: no task, no continuation.
+///
+/// Every call comes on `loop`, the loop it subscribed on. The hub never waits for one: a
+/// subscriber writes what it receives and bounds itself by its channel's writability.
+package protocol LoopSubscriber: AnyObject {
+    /// Live events of its channel, in the order they were announced (concurrent publishers
+    /// may announce out of order), everything that arrived since the last call.
+    func receive(_ events: [EncodedEvent])
+    /// Called about every ``LoopSubscribers/tick``: heartbeats and expiry.
+    func tick(_ now: ContinuousClock.Instant)
+    /// The server is shutting down: end.
+    func drain()
+}
+
+/// Streaming subscribers grouped by event loop, so that an event costs one hop per loop that
+/// follows its channel, not one per subscriber.
+///
+/// Publishing appends the shared ``EncodedEvent`` to the inbox of each loop following the
+/// channel, under that loop's lock, and schedules the loop only when its inbox was empty:
+/// a burst of events reaches a loop as one batch. On the loop, the batch is handed to each
+/// subscriber of each channel in it; the subscribers write and flush. A loop's subscribers
+/// are touched only on that loop.
+final class LoopSubscribers: Sendable {
+    /// How often each loop ticks its subscribers (heartbeats, expiries).
+    static let tick = TimeAmount.milliseconds(250)
+
+    /// One event loop's subscribers and inbox.
+    private final class Shard: Sendable {
+        /// What only the loop touches.
+        final class Local {
+            var subscribers: [ChannelName: [ObjectIdentifier: any LoopSubscriber]] = [:]
+            var isDraining = false
+        }
+
+        let loop: any EventLoop
+        let local: NIOLoopBound<Local>
+        /// Events announced and not yet handed to the loop's subscribers.
+        let inbox = Mutex<[EncodedEvent]>([])
+
+        init(loop: any EventLoop) {
+            self.loop = loop
+            self.local = NIOLoopBound(Local(), eventLoop: loop)
+        }
+
+        /// Hands the inbox to the subscribers, grouped by channel in announcement order.
+        func deliver() {
+            let events = inbox.withLock { inbox in
+                defer { inbox.removeAll(keepingCapacity: true) }
+                return inbox
+            }
+            let local = local.value
+            var batches: [ChannelName: [EncodedEvent]] = [:]
+            var order: [ChannelName] = []
+            for event in events {
+                if batches[event.event.channel] == nil { order.append(event.event.channel) }
+                batches[event.event.channel, default: []].append(event)
+            }
+            for channel in order {
+                guard let subscribers = local.subscribers[channel], let batch = batches[channel] else { continue }
+                for subscriber in subscribers.values { subscriber.receive(batch) }
+            }
+        }
+
+        func tick() {
+            let now = ContinuousClock.now
+            for subscribers in local.value.subscribers.values {
+                for subscriber in subscribers.values { subscriber.tick(now) }
+            }
+        }
+
+        func drain() {
+            let local = local.value
+            local.isDraining = true
+            for subscribers in local.subscribers.values {
+                for subscriber in subscribers.values { subscriber.drain() }
+            }
+        }
+    }
+
+    private struct State {
+        var shards: [ObjectIdentifier: Shard] = [:]
+        /// For each followed channel, the loops that follow it and how many subscribers each has.
+        var followers: [ChannelName: [ObjectIdentifier: Int]] = [:]
+        var count = 0
+        var isDraining = false
+    }
+
+    private let state = Mutex(State())
+
+    var count: Int { state.withLock { $0.count } }
+
+    func isSubscribed(_ channel: ChannelName) -> Bool {
+        state.withLock { $0.followers[channel] != nil }
+    }
+
+    var channels: [ChannelName] { state.withLock { Array($0.followers.keys) } }
+
+    /// Adds `subscriber` to `channel`; call on `loop`. Events announced from now on reach it.
+    /// - Returns: false when the server is draining: the subscriber is not added.
+    func subscribe(_ subscriber: any LoopSubscriber, to channel: ChannelName, on loop: any EventLoop) -> Bool {
+        let key = ObjectIdentifier(loop)
+        let (shard, isNew) = state.withLock { state -> (Shard?, Bool) in
+            guard !state.isDraining else { return (nil, false) }
+            let existing = state.shards[key]
+            let shard = existing ?? Shard(loop: loop)
+            state.shards[key] = shard
+            state.followers[channel, default: [:]][key, default: 0] += 1
+            state.count += 1
+            return (shard, existing == nil)
+        }
+        guard let shard else { return false }
+        shard.local.value.subscribers[channel, default: [:]][ObjectIdentifier(subscriber)] = subscriber
+        if isNew {
+            loop.scheduleRepeatedTask(initialDelay: Self.tick, delay: Self.tick) { _ in shard.tick() }
+        }
+        return true
+    }
+
+    /// Removes `subscriber`; call on `loop`. Removing one not subscribed does nothing.
+    func unsubscribe(_ subscriber: any LoopSubscriber, from channel: ChannelName, on loop: any EventLoop) {
+        let key = ObjectIdentifier(loop)
+        guard let shard = state.withLock({ $0.shards[key] }) else { return }
+        let local = shard.local.value
+        guard local.subscribers[channel]?.removeValue(forKey: ObjectIdentifier(subscriber)) != nil else { return }
+        if local.subscribers[channel]?.isEmpty == true { local.subscribers[channel] = nil }
+        state.withLock { state in
+            state.count -= 1
+            let left = (state.followers[channel]?[key] ?? 1) - 1
+            state.followers[channel]?[key] = left > 0 ? left : nil
+            if state.followers[channel]?.isEmpty == true { state.followers[channel] = nil }
+        }
+    }
+
+    /// Hands `event` to every loop that follows its channel; never waits.
+    func deliver(_ event: EncodedEvent) {
+        let shards = state.withLock { state -> [Shard] in
+            guard let loops = state.followers[event.event.channel] else { return [] }
+            return loops.keys.compactMap { state.shards[$0] }
+        }
+        for shard in shards {
+            let wasEmpty = shard.inbox.withLock { inbox in
+                inbox.append(event)
+                return inbox.count == 1
+            }
+            if wasEmpty { shard.loop.execute { shard.deliver() } }
+        }
+    }
+
+    /// Ends every subscriber, on its loop; later subscriptions are refused.
+    func drain() {
+        let shards = state.withLock { state in
+            state.isDraining = true
+            return Array(state.shards.values)
+        }
+        for shard in shards { shard.loop.execute { shard.drain() } }
+    }
+}

@@ -20,10 +20,12 @@ package protocol LoopSubscriber: AnyObject {
 /// follows its channel, not one per subscriber.
 ///
 /// Publishing appends the shared ``EncodedEvent`` to the inbox of each loop following the
-/// channel, under that loop's lock, and schedules the loop only when its inbox was empty:
-/// a burst of events reaches a loop as one batch. On the loop, the batch is handed to each
-/// subscriber of each channel in it; the subscribers write and flush. A loop's subscribers
-/// are touched only on that loop.
+/// channel, under that loop's lock, and schedules the loop only when no round is scheduled or
+/// under way there: a burst of events reaches a loop as one batch. On the loop, a round hands
+/// the batch to each subscriber of each channel in it, 64 subscribers per loop task, so that
+/// the loop's other work (a publisher's answer) is not held up by a large fan-out; events
+/// announced meanwhile wait for the next round, and reach each subscriber together, in one
+/// write. The subscribers write and flush. A loop's subscribers are touched only on that loop.
 final class LoopSubscribers: Sendable {
     /// How often each loop ticks its subscribers (heartbeats, expiries).
     static let tick = TimeAmount.milliseconds(250)
@@ -36,34 +38,72 @@ final class LoopSubscribers: Sendable {
             var isDraining = false
         }
 
+        /// Events announced and not yet handed to the loop's subscribers, and whether a round
+        /// is scheduled or under way (then it takes them when it ends).
+        struct Inbox {
+            var events: [EncodedEvent] = []
+            var isScheduled = false
+        }
+
         let loop: any EventLoop
         let local: NIOLoopBound<Local>
-        /// Events announced and not yet handed to the loop's subscribers.
-        let inbox = Mutex<[EncodedEvent]>([])
+        let inbox = Mutex(Inbox())
 
         init(loop: any EventLoop) {
             self.loop = loop
             self.local = NIOLoopBound(Local(), eventLoop: loop)
         }
 
-        /// Hands the inbox to the subscribers, grouped by channel in announcement order.
-        func deliver() {
-            let events = inbox.withLock { inbox in
-                defer { inbox.removeAll(keepingCapacity: true) }
-                return inbox
+        /// Adds `event` to the inbox; schedules a round unless one is scheduled or under way.
+        func post(_ event: EncodedEvent) {
+            let schedule = inbox.withLock { inbox in
+                inbox.events.append(event)
+                defer { inbox.isScheduled = true }
+                return !inbox.isScheduled
             }
-            let local = local.value
+            if schedule { loop.execute { self.round() } }
+        }
+
+        /// One round: everything in the inbox, grouped by channel in announcement order, handed
+        /// to each subscriber of each channel, a slice of subscribers per loop task.
+        func round() {
+            let events = inbox.withLock { inbox in
+                defer { inbox.events.removeAll(keepingCapacity: true) }
+                if inbox.events.isEmpty { inbox.isScheduled = false }
+                return inbox.events
+            }
+            guard !events.isEmpty else { return }
             var batches: [ChannelName: [EncodedEvent]] = [:]
             var order: [ChannelName] = []
             for event in events {
                 if batches[event.event.channel] == nil { order.append(event.event.channel) }
                 batches[event.event.channel, default: []].append(event)
             }
+            let local = local.value
+            var work: [(any LoopSubscriber, [EncodedEvent])] = []
             for channel in order {
                 guard let subscribers = local.subscribers[channel], let batch = batches[channel] else { continue }
-                for subscriber in subscribers.values { subscriber.receive(batch) }
+                for subscriber in subscribers.values { work.append((subscriber, batch)) }
+            }
+            hand(NIOLoopBound(work, eventLoop: loop), from: 0)
+        }
+
+        /// Hands a slice of a round's work to its subscribers, then lets the loop run other
+        /// tasks (a publisher's answer, a new connection) before the next slice. Events posted
+        /// meanwhile wait for the next round, so every subscriber gets them after this round's.
+        private func hand(_ work: NIOLoopBound<[(any LoopSubscriber, [EncodedEvent])]>, from start: Int) {
+            let items = work.value
+            let end = min(start + Self.slice, items.count)
+            for index in start..<end { items[index].0.receive(items[index].1) }
+            if end < items.count {
+                loop.execute { self.hand(work, from: end) }
+            } else {
+                loop.execute { self.round() }
             }
         }
+
+        /// Subscribers handed a round's events per loop task.
+        static let slice = 64
 
         func tick() {
             let now = ContinuousClock.now
@@ -141,13 +181,7 @@ final class LoopSubscribers: Sendable {
             guard let loops = state.followers[event.event.channel] else { return [] }
             return loops.keys.compactMap { state.shards[$0] }
         }
-        for shard in shards {
-            let wasEmpty = shard.inbox.withLock { inbox in
-                inbox.append(event)
-                return inbox.count == 1
-            }
-            if wasEmpty { shard.loop.execute { shard.deliver() } }
-        }
+        for shard in shards { shard.post(event) }
     }
 
     /// Ends every subscriber, on its loop; later subscriptions are refused.

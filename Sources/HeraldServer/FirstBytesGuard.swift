@@ -37,12 +37,19 @@ struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
         }
         channel.closeFuture.whenComplete { _ in limit.release(address) }
         do {
+            // NIO keeps each connection's receive buffer between reads: 512 B rather than 2 KiB
+            // for a connection that mostly holds a stream (it grows for larger requests).
+            try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: Self.receiveBuffers)
             try channel.pipeline.syncOperations.addHandler(WriteDeadline(timeout: writeTimeout))
             try channel.pipeline.syncOperations.addHandler(FirstBytesGuard(idleTimeout: idleTimeout))
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
         return inner.setup(channel: channel, logger: logger).map { Value(inner: $0, channel: channel) }
+    }
+
+    static var receiveBuffers: AdaptiveRecvByteBufferAllocator {
+        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
     }
 
     func handle(value: Value, logger: Logger) async {

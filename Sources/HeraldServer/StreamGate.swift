@@ -1,3 +1,4 @@
+internal import HTTPTypes
 internal import HeraldHTTP
 internal import Hummingbird
 internal import HummingbirdCore
@@ -17,11 +18,12 @@ struct LoopStreams: Sendable {
 /// ``StreamConnection`` on the event loop, so no task and no `NIOAsyncChannel` are made for
 /// it; anything else passes on, and the gate steps aside for good.
 ///
-/// On takeover the upgrade handler and the ``HTTP1Shield`` leave the pipeline (the request
-/// has fully arrived; the shield guards requests on their way to a route), and the gate puts
-/// the HTTP/1 codec and the stream handler in their place. Hummingbird's connection state
-/// handler is not needed: the request has arrived, and the connection closes when its answer
-/// has been written (its idle timer would close a client that reads slowly before the end).
+/// On takeover the request has fully arrived, so everything that reads requests leaves the
+/// pipeline (the HTTP decoder, the upgrade handler, the ``HTTP1Shield``, which guards requests
+/// on their way to a route, and the gate), and the stream handler is all that follows NIO's
+/// HTTP/1 encoder: an idle stream costs its socket, the encoder and that handler. No
+/// Hummingbird connection state handler either: the connection closes once its answer is
+/// written (its idle timer would close a client that reads slowly before the end).
 final class StreamGate: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -63,29 +65,26 @@ final class StreamGate: ChannelInboundHandler, RemovableChannelHandler {
     private func takeOver(_ context: ChannelHandlerContext) {
         let operations = context.pipeline.syncOperations
         guard case .head(let head)? = held.first else { return }
-        let isChunked = head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1)
+        held = []
         do {
+            let request = try HTTPRequest(head, secure: false, splitCookie: false)
             typealias Upgrade = NIOTypedHTTPServerUpgradeHandler<HTTP1WebSocketUpgradeChannel.UpgradeResult>
             for handler in [
                 try operations.handler(type: Upgrade.self) as any RemovableChannelHandler,
                 try operations.handler(type: ByteTap.self),
                 try operations.handler(type: HTTP1Shield.self),
+                try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self),
             ] {
                 operations.removeHandler(handler, promise: nil)
             }
-            try operations.addHandlers(
-                [
-                    HTTP1ToHTTPServerCodec(secure: false),
-                    StreamConnection(responder: streams.responder, logger: logger, isChunked: isChunked),
-                ],
+            try operations.addHandler(
+                StreamConnection(request: request, version: head.version, responder: streams.responder, logger: logger),
                 position: .after(self)
             )
         } catch {
             logger.error("cannot serve a stream on its event loop", metadata: ["error": "\(error)"])
             return context.close(promise: nil)
         }
-        for part in held { context.fireChannelRead(wrapInboundOut(part)) }
-        held = []
         operations.removeHandler(context: context, promise: nil)
     }
 }

@@ -6,7 +6,6 @@ internal import Hummingbird
 internal import Logging
 internal import NIOCore
 internal import NIOHTTP1
-internal import NIOHTTPTypes
 
 /// One stream's state on its event loop: the plan, the cursor, and what waits for a store read.
 final class Follow {
@@ -51,7 +50,7 @@ enum StreamEnd {
 // `herald.reset` when the position is gone); a check's stream ends after its terminal event.
 extension StreamConnection: LoopSubscriber {
     /// Writes the head and the preamble, subscribes, and reads the backlog.
-    func start(_ plan: StreamPlan, head: HTTPResponse) {
+    func start(_ plan: StreamPlan, head: HTTPResponseHead) {
         guard let context, context.channel.isActive, follow == nil else { return }
         let follow = Follow(plan: plan)
         self.follow = follow
@@ -238,7 +237,7 @@ extension StreamConnection: LoopSubscriber {
         if let encoder {
             encoder.write(NIOAny(IOData.byteBuffer(EncodedEvent.chunk(bytes))), promise: nil)
         } else {
-            context.write(wrapOutboundOut(.body(bytes)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
         }
         if let follow { follow.heartbeatDue = .now.advanced(by: follow.plan.heartbeat) }
     }

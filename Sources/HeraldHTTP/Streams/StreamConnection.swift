@@ -1,11 +1,12 @@
 internal import Foundation
-internal import HTTPTypes
+package import HTTPTypes
 internal import HeraldCore
 internal import HeraldHub
 package import Hummingbird
 package import Logging
 package import NIOCore
-package import NIOHTTPTypes
+package import NIOHTTP1
+internal import NIOHTTPTypesHTTP1
 
 /// Serves an HTTP/1.1 connection whose first request is a stream (`GET .../events` as SSE,
 /// NDJSON or forever-iframe) on its event loop: no task and no `NIOAsyncChannel` live as long
@@ -22,13 +23,18 @@ package import NIOHTTPTypes
 /// written; a connection still being routed then closes at once.
 package final class StreamConnection<Responder: HTTPResponder>: ChannelDuplexHandler, RemovableChannelHandler
 where Responder.Context == HeraldRequestContext {
-    package typealias InboundIn = HTTPRequestPart
-    package typealias OutboundIn = HTTPResponsePart
-    package typealias OutboundOut = HTTPResponsePart
+    /// Whatever the client sends after its request: never read (no request follows a stream).
+    package typealias InboundIn = ByteBuffer
+    package typealias OutboundIn = HTTPServerResponsePart
+    package typealias OutboundOut = HTTPServerResponsePart
 
+    /// Until it is routed: an idle stream keeps nothing of its request.
+    private var request: HTTPRequest?
+    /// The client's HTTP version: an HTTP/1.1 body without a length is chunked by the encoder,
+    /// an HTTP/1.0 one ends with the connection.
+    private let version: HTTPVersion
     private let responder: Responder
     let logger: Logger
-    private var head: HTTPRequest?
     private var isRouted = false
     var context: ChannelHandlerContext?
     /// The stream being served, once its plan arrived.
@@ -36,18 +42,24 @@ where Responder.Context == HeraldRequestContext {
     /// The HTTP/1 encoder's context: a stream's chunks are written below it, framed already.
     var encoder: ChannelHandlerContext?
 
-    /// Whether the client speaks HTTP/1.1, whose open-ended body the encoder frames as chunks
-    /// (an HTTP/1.0 client's ends with the connection).
-    let isChunked: Bool
+    var isChunked: Bool { version.major > 1 || (version.major == 1 && version.minor >= 1) }
 
-    package init(responder: Responder, logger: Logger, isChunked: Bool = true) {
+    /// Serves `request`, which has fully arrived, as soon as the handler is in an active pipeline.
+    package init(request: HTTPRequest, version: HTTPVersion, responder: Responder, logger: Logger) {
+        self.request = request
+        self.version = version
         self.responder = responder
         self.logger = logger
-        self.isChunked = isChunked
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if context.channel.isActive { route(context) }
+    }
+
+    package func channelActive(context: ChannelHandlerContext) {
+        route(context)
+        context.fireChannelActive()
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
@@ -61,13 +73,7 @@ where Responder.Context == HeraldRequestContext {
         context.fireChannelInactive()
     }
 
-    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head) where self.head == nil: self.head = head
-        case .end where head != nil && !isRouted: route(context)
-        default: break  // a body, or a request pipelined behind the stream: never served
-        }
-    }
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
@@ -87,16 +93,19 @@ where Responder.Context == HeraldRequestContext {
 
     /// Runs the request through the router with a takeover slot, then serves what it answered.
     private func route(_ context: ChannelHandlerContext) {
-        guard let head else { return }
+        guard !isRouted, let head = self.request else { return }
         isRouted = true
+        self.request = nil
         let request = Request(head: head, body: RequestBody(buffer: ByteBuffer()))
+        let version = self.version
         let channel = context.channel
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let responder = self.responder
         let logger = self.logger
-        Task { [request, responder, channel, logger, handler] in
+        Task { [request, version, responder, channel, logger, handler] in
             await StreamConnection.serve(
                 request,
+                version: version,
                 responder: responder,
                 channel: channel,
                 logger: logger,
@@ -107,6 +116,7 @@ where Responder.Context == HeraldRequestContext {
 
     private static func serve(
         _ request: Request,
+        version: HTTPVersion,
         responder: Responder,
         channel: any Channel,
         logger: Logger,
@@ -115,12 +125,13 @@ where Responder.Context == HeraldRequestContext {
         var (response, plan) = await respond(to: request, responder: responder, channel: channel, logger: logger)
         response.headers[.date] = HTTPDate.now
         response.headers[.connection] = "close"
+        if plan != nil { response.headers[.contentLength] = nil }  // open-ended
+        var head = HTTPResponseHead(response.head)
+        head.version = version
         if let plan {
-            response.headers[.contentLength] = nil  // open-ended
-            let head = response.head
-            channel.eventLoop.execute { handler.value.start(plan, head: head) }
+            channel.eventLoop.execute { [head] in handler.value.start(plan, head: head) }
         } else {
-            await write(response, to: channel)
+            await write(head, response.body, to: channel)
         }
     }
 
@@ -145,10 +156,10 @@ where Responder.Context == HeraldRequestContext {
     }
 
     /// Writes an answer that is not a stream, then closes.
-    private static func write(_ response: Response, to channel: any Channel) async {
+    private static func write(_ head: HTTPResponseHead, _ body: ResponseBody, to channel: any Channel) async {
         do {
-            try await channel.writeAndFlush(HTTPResponsePart.head(response.head))
-            try await response.body.write(ChannelBodyWriter(channel: channel))
+            try await channel.writeAndFlush(HTTPServerResponsePart.head(head))
+            try await body.write(ChannelBodyWriter(channel: channel))
         } catch {
             // The client went away: nothing to answer.
         }
@@ -161,11 +172,11 @@ private struct ChannelBodyWriter: ResponseBodyWriter {
     let channel: any Channel
 
     mutating func write(_ buffer: ByteBuffer) async throws {
-        try await channel.writeAndFlush(HTTPResponsePart.body(buffer))
+        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
-        try await channel.writeAndFlush(HTTPResponsePart.end(trailingHeaders))
+        try await channel.writeAndFlush(HTTPServerResponsePart.end(trailingHeaders.map { HTTPHeaders($0) }))
     }
 }
 

@@ -83,9 +83,11 @@ def build_before(revision):
 
 
 class HealthProbe:
-    """Times GET /healthz on a new connection every 50 ms while a run holds its connections."""
+    """Times GET /healthz on a new connection every 50 ms during a run: while its connections
+    open, and while they are held (from `connect_s` + the 3 s settle on)."""
 
     def __init__(self):
+        self.start = time.monotonic()
         self.times, self.failures = [], 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -97,18 +99,24 @@ class HealthProbe:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{HERALD_PORT}/healthz", timeout=5) as answer:
                     answer.read()
-                self.times.append((time.monotonic() - start) * 1000)
+                self.times.append((start - self.start, (time.monotonic() - start) * 1000))
             except OSError:
                 self.failures += 1
 
-    def stop(self):
+    @staticmethod
+    def stats(times):
+        times = sorted(times)
+        if not times:
+            return {"n": 0}
+        return {"n": len(times), "p50": round(times[len(times) // 2], 2),
+                "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2), "max": round(times[-1], 2)}
+
+    def stop(self, held_from):
         self.done.set()
         self.thread.join()
-        times = sorted(self.times)
-        if not times:
-            return {"n": 0, "failures": self.failures}
-        return {"n": len(times), "failures": self.failures, "p50": times[len(times) // 2],
-                "p99": times[min(len(times) - 1, int(len(times) * 0.99))], "max": times[-1]}
+        return {"failures": self.failures,
+                "opening": self.stats([ms for at, ms in self.times if at < held_from]),
+                "held": self.stats([ms for at, ms in self.times if at >= held_from])}
 
 
 def probing(run_fanout):
@@ -117,12 +125,14 @@ def probing(run_fanout):
         probe = None
         if any("/C15k/" in arg for arg in cmd) and any(f":{HERALD_PORT}/" in arg for arg in cmd):
             probe = HealthProbe()
+        result = None
         try:
             result = run_fanout(cmd, pin)
         finally:
-            health = probe.stop() if probe else None
-        if health:
-            result["healthz_ms"] = health
+            if probe:
+                health = probe.stop(held_from=(result or {}).get("connect_s", 0) + 3)
+                if result:
+                    result["healthz_ms"] = health
         return result
     return run
 

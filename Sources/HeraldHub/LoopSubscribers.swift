@@ -12,6 +12,9 @@ package protocol LoopSubscriber: AnyObject {
     func receive(_ events: [EncodedEvent])
     /// Called about every ``LoopSubscribers/tick``: heartbeats and expiry.
     func tick(_ now: ContinuousClock.Instant)
+    /// Live events of its channel were dropped (its loop fell too far behind): read what
+    /// follows its position from the store.
+    func resync()
     /// The server is shutting down: end.
     func drain()
 }
@@ -29,6 +32,9 @@ package protocol LoopSubscriber: AnyObject {
 final class LoopSubscribers: Sendable {
     /// How often each loop ticks its subscribers (heartbeats, expiries).
     static let tick = TimeAmount.milliseconds(250)
+    /// Events a loop's inbox holds (8 B each, shared) before they are dropped and every
+    /// subscriber of the loop reads from the store instead: publishers outran the loop.
+    static let maxInbox = 65_536
 
     /// One event loop's subscribers and inbox.
     private final class Shard: Sendable {
@@ -43,6 +49,8 @@ final class LoopSubscribers: Sendable {
         struct Inbox {
             var events: [EncodedEvent] = []
             var isScheduled = false
+            /// Events were dropped: the loop fell `maxInbox` events behind its publishers.
+            var overflowed = false
         }
 
         let loop: any EventLoop
@@ -57,7 +65,12 @@ final class LoopSubscribers: Sendable {
         /// Adds `event` to the inbox; schedules a round unless one is scheduled or under way.
         func post(_ event: EncodedEvent) {
             let schedule = inbox.withLock { inbox in
-                inbox.events.append(event)
+                if inbox.events.count >= LoopSubscribers.maxInbox {
+                    inbox.events = []
+                    inbox.overflowed = true
+                } else {
+                    inbox.events.append(event)
+                }
                 defer { inbox.isScheduled = true }
                 return !inbox.isScheduled
             }
@@ -67,12 +80,24 @@ final class LoopSubscribers: Sendable {
         /// One round: everything in the inbox, grouped by channel in announcement order, handed
         /// to each subscriber of each channel, a slice of subscribers per loop task.
         func round() {
-            let events = inbox.withLock { inbox in
-                defer { inbox.events.removeAll(keepingCapacity: true) }
-                if inbox.events.isEmpty { inbox.isScheduled = false }
-                return inbox.events
+            let (events, overflowed) = inbox.withLock { inbox in
+                defer {
+                    inbox.events.removeAll(keepingCapacity: true)
+                    inbox.overflowed = false
+                }
+                if inbox.events.isEmpty && !inbox.overflowed { inbox.isScheduled = false }
+                return (inbox.events, inbox.overflowed)
             }
-            guard !events.isEmpty else { return }
+            if overflowed {
+                // Whatever was dropped is in the store: every subscriber reads after its position.
+                for subscribers in local.value.subscribers.values {
+                    for subscriber in subscribers.values { subscriber.resync() }
+                }
+            }
+            guard !events.isEmpty else {
+                if overflowed { loop.execute { self.round() } }
+                return
+            }
             var batches: [ChannelName: [EncodedEvent]] = [:]
             var order: [ChannelName] = []
             for event in events {

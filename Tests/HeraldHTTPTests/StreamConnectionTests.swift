@@ -66,9 +66,10 @@ import Testing
         var body = ""
         var ended = false
 
-        init(_ plan: StreamPlan) async throws {
+        init(_ plan: StreamPlan, writable: Bool = true) async throws {
             channel = NIOAsyncTestingChannel()
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+            channel.isWritable = writable
             let head = HTTPRequest(method: .get, scheme: "http", authority: "herald", path: "/api/v1/channels/c/events")
             try await channel.eventLoop.submit { [channel] in
                 try channel.pipeline.syncOperations.addHandler(
@@ -244,6 +245,25 @@ import Testing
         #expect(!connection.ended)
     }
 
+    @Test func aClientThatDoesNotReadMakesNoFurtherStoreReads() async throws {
+        let store = try Self.makeStore()
+        let channel = ChannelName("orders")!
+        for _ in 1...6 { _ = try await store.append(type: "t", data: "1", to: channel, at: .now()) }
+        let log = CountingLog(store)
+        var connection = try await Connection(
+            Self.plan(channel, after: 0, store: log, hub: Hub(), pageSize: 2),
+            writable: false
+        )
+        try await connection.read { $0.seen.count == 2 }
+        try await Task.sleep(for: .milliseconds(100))
+        await connection.channel.testingEventLoop.run()
+        #expect(log.reads.withLock { $0 } == 1)  // the next page waits for the client
+        connection.channel.isWritable = true
+        connection.channel.pipeline.fireChannelWritabilityChanged()
+        try await connection.read { $0.seen.count == 6 }
+        #expect(connection.seen == ["1", "2", "3", "4", "5", "6"])
+    }
+
     @Test func anAnswerThatIsNotAStreamIsWrittenAndTheConnectionCloses() async throws {
         struct NotFound: HTTPResponder {
             typealias Context = HeraldRequestContext
@@ -277,5 +297,71 @@ import Testing
         )
         #expect(try await channel.waitForOutboundWrite(as: HTTPServerResponsePart.self) == .end(nil))
         try await channel.closeFuture.get()
+    }
+
+    /// Through NIO's HTTP/1 encoder: events go below it as shared, already framed chunks, which
+    /// must add up to a valid chunked body; an HTTP/1.0 client gets its body unframed.
+    @Test(arguments: [
+        (HTTPVersion.http1_1, "HTTP/1.1 200 OK", true),
+        (HTTPVersion(major: 2, minor: 0), "HTTP/1.1 200 OK", true),
+        (HTTPVersion.http1_0, "HTTP/1.0 200 OK", false),
+    ])
+    func theEncoderFramesWhatTheStreamWrites(version: HTTPVersion, statusLine: String, chunked: Bool) async throws {
+        let store = try Self.makeStore()
+        let hub = Hub()
+        let channel = ChannelName("orders")!
+        _ = try await store.append(type: "t", data: "1", to: channel, at: .now())
+        let plan = Self.plan(channel, after: 0, store: store, hub: hub)
+        let connection = NIOAsyncTestingChannel()
+        try await connection.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+        let head = HTTPRequest(method: .get, scheme: "http", authority: "herald", path: "/api/v1/channels/c/events")
+        try await connection.eventLoop.submit {
+            try connection.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
+            try connection.pipeline.syncOperations.addHandler(
+                StreamConnection(
+                    request: head,
+                    version: version,
+                    responder: PlanResponder(plan: plan),
+                    logger: Logger(label: "test")
+                )
+            )
+        }.get()
+        var wire = ""
+        func read(until done: (String) -> Bool) async throws {
+            let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+            while !done(wire), ContinuousClock.now < deadline {
+                if case .byteBuffer(let bytes)? = try await connection.readOutbound(as: IOData.self) {
+                    wire += String(buffer: bytes)
+                } else {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+        }
+        try await read { $0.contains(":1\nevent: t") }
+        hub.publish(try await store.append(type: "t", data: "2", to: channel, at: .now()))
+        try await read { $0.contains(":2\nevent: t") }
+        let parts = wire.components(separatedBy: "\r\n\r\n")
+        #expect(parts[0].hasPrefix(statusLine))
+        #expect(parts[0].lowercased().contains("transfer-encoding: chunked") == chunked)
+        let body = parts.dropFirst().joined(separator: "\r\n\r\n")
+        let decoded = chunked ? try #require(Self.dechunk(body)) : body
+        #expect(decoded.hasPrefix("retry: 2000\n\n"))
+        #expect(decoded.components(separatedBy: "event: t\n").count == 3)
+    }
+
+    /// The data of a chunked body read so far (complete chunks only); `nil` if it is not one.
+    private static func dechunk(_ body: String) -> String? {
+        var bytes = Substring(body)
+        var data = ""
+        while let end = bytes.range(of: "\r\n") {
+            guard let size = Int(bytes[..<end.lowerBound], radix: 16) else { return nil }
+            let start = end.upperBound
+            guard let stop = bytes.utf8.index(start, offsetBy: size, limitedBy: bytes.endIndex),
+                bytes[stop...].hasPrefix("\r\n")
+            else { return nil }
+            data += bytes[start..<stop]
+            bytes = bytes[bytes.utf8.index(stop, offsetBy: 2)...]
+        }
+        return bytes.isEmpty ? data : nil
     }
 }

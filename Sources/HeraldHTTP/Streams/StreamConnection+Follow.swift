@@ -18,8 +18,9 @@ final class Follow {
     var backlog: [EncodedEvent] = []
     /// The backlog passed its bound and was dropped: the read that ends must be followed by another.
     var missedLive = false
-    /// A check stream skipped events while its client did not read: read them when it does.
-    var isStale = false
+    /// A store read waits until the client reads again: a check stream that skipped events while
+    /// its client did not read, or any stream with more to read from the store meanwhile.
+    var readsWhenWritable = false
     /// Written while the connection was unwritable: the slow-consumer bound.
     var unwritableEvents = 0
     var unwritableBytes = 0
@@ -75,11 +76,11 @@ extension StreamConnection: LoopSubscriber {
             }
             return
         }
-        if follow.isStale { return }  // read from the store once the client reads again
+        if follow.readsWhenWritable { return }  // that read will have these events
         if !context.channel.isWritable, isOverBound(follow) {
             // A check's client needs only its newest state; any other resumes from the store.
             guard cursor.isCheck else { return finish(.slowConsumer) }
-            follow.isStale = true
+            follow.readsWhenWritable = true
             return
         }
         var out: [EncodedEvent] = []
@@ -96,7 +97,17 @@ extension StreamConnection: LoopSubscriber {
         send(out, follow, context)
         context.flush()
         if cursor.isEnded { return finish(.checkEnded) }
-        if hole { read(follow, context) }
+        if hole { readWhenWritable(follow, context) }
+    }
+
+    package func resync() {
+        guard let follow, !follow.isEnded, let context else { return }
+        if follow.isReading {
+            follow.missedLive = true
+            follow.backlog = []
+        } else {
+            readWhenWritable(follow, context)
+        }
     }
 
     package func tick(_ now: ContinuousClock.Instant) {
@@ -111,13 +122,13 @@ extension StreamConnection: LoopSubscriber {
         finish(.drained)
     }
 
-    /// The client reads again: a check stream that skipped events reads them now.
+    /// The client reads again: a read that waited for it starts.
     func writable() {
         guard let follow, !follow.isEnded, let context else { return }
         follow.unwritableEvents = 0
         follow.unwritableBytes = 0
-        guard follow.isStale else { return }
-        follow.isStale = false
+        guard follow.readsWhenWritable else { return }
+        follow.readsWhenWritable = false
         if follow.isReading { follow.missedLive = true } else { read(follow, context) }
     }
 
@@ -130,7 +141,18 @@ extension StreamConnection: LoopSubscriber {
 
     // MARK: reading the store
 
-    /// Reads the page after the cursor (the first time: after the client's position), off the loop.
+    /// Reads from the store now if the client reads what is written, else once it does: a
+    /// client that stopped reading never makes the server queue the channel's history.
+    private func readWhenWritable(_ follow: Follow, _ context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            read(follow, context)
+        } else {
+            follow.readsWhenWritable = true
+        }
+    }
+
+    /// Reads the page after the cursor (the first time: after the client's position), off the
+    /// loop; the events are encoded there too.
     private func read(_ follow: Follow, _ context: ChannelHandlerContext) {
         follow.isReading = true
         let plan = follow.plan
@@ -144,11 +166,15 @@ extension StreamConnection: LoopSubscriber {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
         Task {
-            let result: Result<EventRead, any Error>
+            let result: Result<(EventRead, [EncodedEvent]), any Error>
             do {
-                result = .success(
-                    try await plan.store.events(in: plan.channel, after: after, epoch: epoch, limit: plan.pageSize)
+                let read = try await plan.store.events(
+                    in: plan.channel,
+                    after: after,
+                    epoch: epoch,
+                    limit: plan.pageSize
                 )
+                result = .success((read, read.events.map(EncodedEvent.init)))
             } catch {
                 result = .failure(error)
             }
@@ -156,19 +182,19 @@ extension StreamConnection: LoopSubscriber {
         }
     }
 
-    private func readEnded(_ result: Result<EventRead, any Error>) {
+    private func readEnded(_ result: Result<(EventRead, [EncodedEvent]), any Error>) {
         guard let follow, !follow.isEnded, let context else { return }
         follow.isReading = false
         let read: EventRead
+        var events: [EncodedEvent]
         switch result {
-        case .success(let value): read = value
+        case .success(let value): (read, events) = value
         case .failure(let error):
             logger.info("stream ended: the store could not be read", metadata: ["error": "\(error)"])
             stop()
             return context.close(promise: nil)
         }
         let plan = follow.plan
-        var events = read.events
         var cursor: FollowCursor
         if let existing = follow.cursor {
             cursor = existing
@@ -183,21 +209,28 @@ extension StreamConnection: LoopSubscriber {
             cursor = FollowCursor(
                 isCheck: isCheck,
                 epoch: read.epoch,
-                last: events.first.map { $0.offset - 1 } ?? read.next
+                last: events.first.map { $0.event.offset - 1 } ?? read.next
             )
             if plan.framing.announces {
                 write(marker(read.welcomeJSON(channel: plan.channel), "herald.welcome", plan), context)
             }
             if !read.recovered { write(marker(read.resetJSON(channel: plan.channel), "herald.reset", plan), context) }
         }
-        send(cursor.take(events.map(EncodedEvent.init)), follow, context)
+        send(cursor.take(events), follow, context)
         follow.cursor = cursor
         context.flush()
         if cursor.isEnded { return finish(.checkEnded) }
+        if !context.channel.isWritable, isOverBound(follow) {
+            guard cursor.isCheck else { return finish(.slowConsumer) }
+            follow.backlog = []
+            follow.missedLive = false
+            follow.readsWhenWritable = true
+            return
+        }
         if read.events.count == plan.pageSize || follow.missedLive {
             follow.missedLive = false
             follow.backlog = []
-            return self.read(follow, context)
+            return readWhenWritable(follow, context)
         }
         let backlog = follow.backlog
         follow.backlog = []

@@ -42,12 +42,14 @@ where Responder.Context == HeraldRequestContext {
     /// The HTTP/1 encoder's context: a stream's chunks are written below it, framed already.
     var encoder: ChannelHandlerContext?
 
-    var isChunked: Bool { version.major > 1 || (version.major == 1 && version.minor >= 1) }
+    /// Whether NIO's encoder frames the open-ended body as chunks: an HTTP/1.1 answer.
+    var isChunked: Bool { version == .http1_1 }
 
     /// Serves `request`, which has fully arrived, as soon as the handler is in an active pipeline.
     package init(request: HTTPRequest, version: HTTPVersion, responder: Responder, logger: Logger) {
         self.request = request
-        self.version = version
+        // The answer's version: 1.0 to a 1.0 client (its body ends with the connection), else 1.1.
+        self.version = version == .http1_0 ? .http1_0 : .http1_1
         self.responder = responder
         self.logger = logger
     }
@@ -76,10 +78,9 @@ where Responder.Context == HeraldRequestContext {
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case ChannelEvent.inputClosed = event {
-            // The client is gone (or half-closed): nothing will read the stream.
-            context.close(promise: nil)
-        } else if event is ChannelShouldQuiesceEvent, follow == nil {
+        // A client that half-closes may still read; one that is gone is noticed at the next
+        // write (a heartbeat at the latest), as on the async path.
+        if event is ChannelShouldQuiesceEvent, follow == nil {
             // Shutting down before the stream started (the hub's drain ends a started one).
             context.close(promise: nil)
         }

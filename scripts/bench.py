@@ -14,13 +14,14 @@ peer, interleaved, in the same run. Adds the rows Herald's issues ask for to com
 
 With --before REV, Herald at git revision REV (or the binary at path REV) is built too (a worktree in .bench/) and measured
 as the peer "herald-before" in the same run. Afterwards the medians are drawn (matplotlib, from
-PyPI: .venv/bin/pip install matplotlib) into docs/bench/<date>-*.png.
+PyPI: .venv/bin/pip install matplotlib) into docs/bench/<run>-*.png, <run> being the name of the
+run's results file; --charts RESULTS.jsonl draws an earlier run's again.
 
 Usage: scripts/bench.py [--before REV] [--peers nchan,node,herald] [--scenarios S1,S2]
                         [--reps 3] [compare.py options]
+       scripts/bench.py --charts .bench/results/<run>.jsonl
 """
 
-import datetime
 import glob
 import json
 import os
@@ -44,7 +45,7 @@ SCENARIOS = {
     "LP10k": dict(title="10,000 long polls held, then answered (5 messages at 1 msg/s)",
                   transport="lp", n=10000, m=5, args=["--rate", "1", "--settle", "3"], n_min=1000),
     "C15k": dict(title="15,000 idle SSE connections held 20 s; Herald's /healthz timed meanwhile",
-                 transport="sse", n=15000, m=1, args=["--settle", "3", "--hold", "20"], n_min=1000),
+                 transport="sse", n=15000, m=0, args=["--settle", "3", "--hold", "20"], n_min=1000),
 }
 ALL = ["S1", "S1w", "LP10k", "S2", "S3", "S4", "S5", "C15k"]
 HERALD_PORT = "7104"
@@ -186,7 +187,7 @@ def draw(summary, stamp):
             axes.bar_label(bars, fmt="%.3g", fontsize=7)
         axes.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(scenarios))], scenarios)
         axes.set_ylabel(label)
-        axes.set_title(f"{label.split(' (')[0]}, {stamp}")
+        axes.set_title(f"{label.split(' (')[0]}, run {stamp}")
         axes.legend()
         figure.tight_layout()
         figure.savefig(CHARTS / f"{stamp}-{name}.png", dpi=110)
@@ -194,7 +195,19 @@ def draw(summary, stamp):
         print(f"chart: {CHARTS / f'{stamp}-{name}.png'}", file=sys.stderr)
 
 
+def chart(path):
+    """Prints the /healthz times of the run in the `path` (a .jsonl) and draws its medians."""
+    summary = medians(path)
+    for (scenario, peer), cell in sorted(summary.items()):
+        for health in cell["health"]:
+            print(f"{scenario} {peer}: /healthz {health}")
+    draw(summary, pathlib.Path(path).stem)
+
+
 def main():
+    earlier = take_option("--charts")
+    if earlier:
+        return chart(earlier)
     if not (SOURCE / "compare.py").exists():
         sys.exit(f"no load generator at {SOURCE}; set HERALD_BENCH_DIR")
     shutil.copytree(SOURCE, WORK, dirs_exist_ok=True, ignore=shutil.ignore_patterns("run", "results", "fanout"))
@@ -216,13 +229,8 @@ def main():
         sys.argv += ["--ref", "nchan"]
     compare.main()
     path = newest_results()
-    if not path:
-        return
-    summary = medians(path)
-    for (scenario, peer), cell in sorted(summary.items()):
-        for health in cell["health"]:
-            print(f"{scenario} {peer}: /healthz {health}")
-    draw(summary, datetime.date.today().isoformat())
+    if path:
+        chart(path)
 
 
 if __name__ == "__main__":

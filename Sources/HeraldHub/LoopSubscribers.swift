@@ -130,11 +130,24 @@ final class LoopSubscribers: Sendable {
         /// Subscribers handed a round's events per loop task.
         static let slice = 64
 
+        /// Ticks every subscriber, a slice per loop task: heartbeats fall due together for
+        /// streams that opened together, and the loop's other work must not wait for them all.
         func tick() {
             let now = ContinuousClock.now
-            for subscribers in local.value.subscribers.values {
-                for subscriber in subscribers.values { subscriber.tick(now) }
-            }
+            var all: [any LoopSubscriber] = []
+            for subscribers in local.value.subscribers.values { all += subscribers.values }
+            tick(NIOLoopBound(all, eventLoop: loop), now, from: 0)
+        }
+
+        private func tick(
+            _ subscribers: NIOLoopBound<[any LoopSubscriber]>,
+            _ now: ContinuousClock.Instant,
+            from start: Int
+        ) {
+            let all = subscribers.value
+            let end = min(start + Self.slice, all.count)
+            for index in start..<end { all[index].tick(now) }
+            if end < all.count { loop.execute { self.tick(subscribers, now, from: end) } }
         }
 
         func drain() {

@@ -55,18 +55,23 @@ package final class Hub: Service, Sendable {
     private let state = Mutex(State())
     private let deadlines = DeadlineQueue<WaiterKey>()
     private let subscribers: SubscriberRegistry
-    private let loopSubscribers = LoopSubscribers()
+    private let loopSubscribers: LoopSubscribers
     private let logger: Logger
     private let onPublish: @Sendable () -> Void
 
-    /// - Parameter onPublish: called after each publish (the webhook dispatcher's doorbell:
-    ///   the event's deliveries were committed with it).
+    /// - Parameters:
+    ///   - loopInbox: events one event loop may fall behind before its subscribers read from
+    ///     the store instead (``LoopSubscribers/maxInbox``; smaller in tests).
+    ///   - onPublish: called after each publish (the webhook dispatcher's doorbell: the event's
+    ///     deliveries were committed with it).
     package init(
         limits: SubscriberLimits = .init(),
+        loopInbox: Int = 65_536,
         logger: Logger = Logger(label: "herald.hub"),
         onPublish: @escaping @Sendable () -> Void = {}
     ) {
         self.subscribers = SubscriberRegistry(limits: limits)
+        self.loopSubscribers = LoopSubscribers(inboxLimit: loopInbox)
         self.limits = limits
         self.logger = logger
         self.onPublish = onPublish

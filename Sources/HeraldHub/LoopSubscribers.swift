@@ -36,6 +36,12 @@ final class LoopSubscribers: Sendable {
     /// subscriber of the loop reads from the store instead: publishers outran the loop.
     static let maxInbox = 65_536
 
+    private let inboxLimit: Int
+
+    init(inboxLimit: Int = LoopSubscribers.maxInbox) {
+        self.inboxLimit = inboxLimit
+    }
+
     /// One event loop's subscribers and inbox.
     private final class Shard: Sendable {
         /// What only the loop touches.
@@ -49,23 +55,25 @@ final class LoopSubscribers: Sendable {
         struct Inbox {
             var events: [EncodedEvent] = []
             var isScheduled = false
-            /// Events were dropped: the loop fell `maxInbox` events behind its publishers.
+            /// Events were dropped: the loop fell `inboxLimit` events behind its publishers.
             var overflowed = false
         }
 
         let loop: any EventLoop
         let local: NIOLoopBound<Local>
         let inbox = Mutex(Inbox())
+        let inboxLimit: Int
 
-        init(loop: any EventLoop) {
+        init(loop: any EventLoop, inboxLimit: Int) {
             self.loop = loop
             self.local = NIOLoopBound(Local(), eventLoop: loop)
+            self.inboxLimit = inboxLimit
         }
 
         /// Adds `event` to the inbox; schedules a round unless one is scheduled or under way.
         func post(_ event: EncodedEvent) {
             let schedule = inbox.withLock { inbox in
-                if inbox.events.count >= LoopSubscribers.maxInbox {
+                if inbox.events.count >= inboxLimit {
                     inbox.events = []
                     inbox.overflowed = true
                 } else {
@@ -184,7 +192,7 @@ final class LoopSubscribers: Sendable {
         let (shard, isNew) = state.withLock { state -> (Shard?, Bool) in
             guard !state.isDraining else { return (nil, false) }
             let existing = state.shards[key]
-            let shard = existing ?? Shard(loop: loop)
+            let shard = existing ?? Shard(loop: loop, inboxLimit: inboxLimit)
             state.shards[key] = shard
             state.followers[channel, default: [:]][key, default: 0] += 1
             state.count += 1

@@ -167,3 +167,45 @@ def test_a_reader_that_never_reads_is_cut_off_and_server_memory_stays_bounded(ma
         received += chunk
     reader.close()
     assert 0 < received.count(b"\nevent: t\n") < 15000
+
+
+def test_an_sse_stream_over_tls_http1_is_a_valid_chunked_body(make_herald, tmp_path):
+    # A stream that opens its connection is served on the event loop, its events written as
+    # ready-made HTTP/1.1 chunks below the encoder; over TLS they pass through NIO's TLS handler.
+    import socket
+    import ssl
+    from test_browser_streams import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path)
+    herald = make_herald("--tls-cert", str(cert), "--tls-key", str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+    context.set_alpn_protocols(["http/1.1"])
+    with herald.client(verify=context) as api:
+        publish(api, "secure-sse", 1)
+        host, port = herald.url.removeprefix("https://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as tcp:
+            with context.wrap_socket(tcp, server_hostname=host) as tls:
+                tls.sendall(b"GET /api/v1/channels/secure-sse/events?format=sse&since=0 HTTP/1.1\r\n"
+                            b"Host: localhost\r\n\r\n")
+                wire = b""
+
+                def body():
+                    head, _, rest = wire.partition(b"\r\n\r\n")
+                    data = b""
+                    while b"\r\n" in rest:
+                        size, _, rest = rest.partition(b"\r\n")
+                        size = int(size, 16)
+                        if len(rest) < size + 2:
+                            break
+                        assert rest[size:size + 2] == b"\r\n", wire
+                        data, rest = data + rest[:size], rest[size + 2:]
+                    return head, data
+
+                while body()[1].count(b"\nevent: t\n") < 1:
+                    wire += tls.recv(65536)
+                publish(api, "secure-sse", 1, start=1)
+                while body()[1].count(b"\nevent: t\n") < 2:
+                    wire += tls.recv(65536)
+    head, data = body()
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    assert data.startswith(b"retry: 2000\n\n")
+    assert [line.rsplit(b":", 1)[1] for line in data.split(b"\n") if line.startswith(b"id: ")] == [b"1", b"2"]

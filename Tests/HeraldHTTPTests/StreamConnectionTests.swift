@@ -264,6 +264,23 @@ import Testing
         #expect(connection.seen == ["1", "2", "3", "4", "5", "6"])
     }
 
+    @Test func eventsDroppedFromAFullLoopInboxAreReadFromTheStore() async throws {
+        let hub = Hub(loopInbox: 4)
+        let channel = ChannelName("orders")!
+        let log = CountingLog(try Self.makeStore())
+        var connection = try await Connection(Self.plan(channel, after: 0, store: log, hub: hub))
+        try await connection.catchUp(log, hub, channel)
+        var events: [Event] = []
+        for _ in 1...5 { events.append(try await log.append(type: "t", data: "1", to: channel, at: .now())) }
+        // Five announcements before the loop runs: the fifth finds the inbox full, and all are dropped.
+        try await connection.channel.eventLoop.submit { [events] in
+            for event in events { hub.publish(event) }
+        }.get()
+        try await connection.read { $0.seen.count == 5 }
+        #expect(connection.seen == ["1", "2", "3", "4", "5"])
+        #expect(log.reads.withLock { $0 } == 2)  // the start's, and the one after the drop
+    }
+
     @Test func anAnswerThatIsNotAStreamIsWrittenAndTheConnectionCloses() async throws {
         struct NotFound: HTTPResponder {
             typealias Context = HeraldRequestContext

@@ -184,7 +184,7 @@ def draw(summary, stamp):
         for i, peer in enumerate(peers):
             values = [(summary.get((s, peer)) or {}).get(key) or 0 for s in scenarios]
             bars = axes.bar([x + i * width for x in range(len(scenarios))], values, width, label=peer)
-            axes.bar_label(bars, fmt="%.3g", fontsize=7)
+            axes.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}", fontsize=7)
         axes.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(scenarios))], scenarios)
         axes.set_ylabel(label)
         axes.set_title(f"{label.split(' (')[0]}, run {stamp}")

@@ -77,7 +77,8 @@ extension StreamConnection: LoopSubscriber {
             return
         }
         if follow.readsWhenWritable { return }  // that read will have these events
-        if !context.channel.isWritable, isOverBound(follow) {
+        let isWritable = context.channel.isWritable
+        if !isWritable, isOverBound(follow) {
             // A check's client needs only its newest state; any other resumes from the store.
             guard cursor.isCheck else { return finish(.slowConsumer) }
             follow.readsWhenWritable = true
@@ -94,7 +95,7 @@ extension StreamConnection: LoopSubscriber {
             if hole { break }
         }
         follow.cursor = cursor
-        send(out, follow, context)
+        send(out, follow, context, isWritable: isWritable)
         context.flush()
         if cursor.isEnded { return finish(.checkEnded) }
         if hole { readWhenWritable(follow, context) }
@@ -216,7 +217,7 @@ extension StreamConnection: LoopSubscriber {
             }
             if !read.recovered { write(marker(read.resetJSON(channel: plan.channel), "herald.reset", plan), context) }
         }
-        send(cursor.take(events), follow, context)
+        send(cursor.take(events), follow, context, isWritable: context.channel.isWritable)
         follow.cursor = cursor
         context.flush()
         if cursor.isEnded { return finish(.checkEnded) }
@@ -244,9 +245,15 @@ extension StreamConnection: LoopSubscriber {
         return follow.unwritableEvents >= limits.maxQueuedEvents || follow.unwritableBytes >= limits.maxQueuedBytes
     }
 
-    private func send(_ events: [EncodedEvent], _ follow: Follow, _ context: ChannelHandlerContext) {
+    /// Writes `events`; `isWritable` is the connection's writability as the caller read it (NIO's
+    /// getter is not free, and a delivery reads it once).
+    private func send(
+        _ events: [EncodedEvent],
+        _ follow: Follow,
+        _ context: ChannelHandlerContext,
+        isWritable: Bool
+    ) {
         guard !events.isEmpty else { return }
-        let isWritable = context.channel.isWritable
         if let encoder {
             // Each event's chunk is shared by every stream of its format: no copy, one writev.
             for event in events {

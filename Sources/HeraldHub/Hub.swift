@@ -283,7 +283,8 @@ package final class Hub: Service, Sendable {
         continuation?.resume()
     }
 
-    private func drain() {
+    /// Wakes every waiter and ends every stream and held poll: the server is shutting down.
+    package func drain() {
         let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.isDraining = true
             var wake: [CheckedContinuation<Void, Never>] = []

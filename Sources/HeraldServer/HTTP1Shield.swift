@@ -35,7 +35,7 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
 
     let inner: HTTP1WebSocketUpgradeChannel
     let limits: HTTP1ShieldLimits
-    /// Serves a first request that is a stream on the event loop (``StreamGate``).
+    /// Serves streams and long polls on the event loop (``StreamGate``).
     let streams: LoopStreams
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -45,7 +45,10 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
             let shield = HTTP1Shield(limits: limits, served: served)
             let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
             try operations.addHandler(shield.tap, position: .before(decoder))
-            try operations.addHandler(StreamGate(streams: streams, logger: logger), position: .after(decoder))
+            try operations.addHandler(
+                StreamGate(streams: streams, shield: shield, idleTimeout: streams.idleTimeout, logger: logger),
+                position: .after(decoder)
+            )
             try operations.addHandler(shield, position: .last)
             return Value(inner: value, served: served.futureResult)
         }
@@ -208,6 +211,14 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
             return Self.problem(.contentTooLarge, "too-large", "the body is larger than \(limit) bytes")
         }
         return nil
+    }
+
+    /// ``StreamGate`` took a request (a bodiless head and its end) that never reaches the
+    /// shield, and answers it itself: the head arrived in time.
+    func requestTaken() {
+        guard phase == .readingHead else { return }
+        cancelTimer()
+        phase = .idle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -57,9 +57,9 @@ extension HeraldServer {
         connections: ConnectionLimit,
         responder: StreamHeadResponder<RouterResponder<HeraldRequestContext>>
     ) throws -> (builder: HTTPServerBuilder, scheme: String) {
-        let streams = LoopStreams(responder: responder)
-        let refusedUpgrades = RefusedUpgrades()
         let idleTimeout = TimeAmount(configuration.http.idleTimeout)
+        let streams = LoopStreams(responder: responder, idleTimeout: idleTimeout)
+        let refusedUpgrades = RefusedUpgrades()
         let webSocketChannel = HTTP1WebSocketUpgradeChannel.Configuration(
             http1: .init(
                 additionalChannelHandlers: [UpgradeRefusalHandler(refused: refusedUpgrades)],

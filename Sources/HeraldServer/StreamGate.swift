@@ -8,64 +8,207 @@ internal import NIOCore
 internal import NIOHTTP1
 internal import NIOHTTPTypesHTTP1
 
-/// What serves a connection whose first request is a stream: Herald's router.
+/// What serves streams and long polls on the event loop: Herald's router, and how long a
+/// connection may stay idle between polls.
 struct LoopStreams: Sendable {
     let responder: StreamHeadResponder<RouterResponder<HeraldRequestContext>>
+    let idleTimeout: TimeAmount
 }
 
-/// Looks at a connection's first request, before Hummingbird's upgrade handler: a stream
-/// (``StreamTakeover/isCandidate(method:uri:accept:hasBody:)``) is handed to a
-/// ``StreamConnection`` on the event loop, so no task and no `NIOAsyncChannel` are made for
-/// it; anything else passes on, and the gate steps aside for good.
+/// Looks at a connection's requests before Hummingbird's upgrade handler sees one, and serves
+/// on the event loop what needs no task:
 ///
-/// On takeover the request has fully arrived, so everything that reads requests leaves the
-/// pipeline (the HTTP decoder, the upgrade handler, the ``HTTP1Shield``, which guards requests
-/// on their way to a route, and the gate), and the stream handler is all that follows NIO's
-/// HTTP/1 encoder: an idle stream costs its socket, the encoder and that handler. No
-/// Hummingbird connection state handler either: the connection closes once its answer is
+/// - a stream (``StreamTakeover/Candidate/stream``) is handed to a ``StreamConnection``,
+///   which owns the connection from then on;
+/// - a long poll (``StreamTakeover/Candidate/poll``) on a keep-alive HTTP/1.1 connection is
+///   served by a ``LoopPoll``, and the gate then waits for the next request;
+/// - anything else passes on, with whatever the client pipelined after it, and the gate steps
+///   aside for good: Hummingbird serves the connection from there, its first request being the
+///   one passed on.
+///
+/// So a connection that only streams, or only polls, never gets a task or a `NIOAsyncChannel`.
+///
+/// On a stream's takeover the request has fully arrived, so everything that reads requests
+/// leaves the pipeline (the HTTP decoder, the upgrade handler, the ``HTTP1Shield``, which
+/// guards requests on their way to a route, and the gate), and the stream handler is all that
+/// follows NIO's HTTP/1 encoder: an idle stream costs its socket, the encoder and that handler.
+/// No Hummingbird connection state handler either: the connection closes once its answer is
 /// written (its idle timer would close a client that reads slowly before the end).
-final class StreamGate: ChannelInboundHandler, RemovableChannelHandler {
+///
+/// Between polls the gate closes a connection idle for `idleTimeout`, as Hummingbird's state
+/// handler would; while a poll is held it reads nothing more (a pipelined request waits its
+/// turn), and the shield, which the poll's head never reaches, is told the head was taken.
+final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     private let streams: LoopStreams
+    private let shield: HTTP1Shield
+    private let idleTimeout: TimeAmount
     private let logger: Logger
+    /// What the request being gathered (head to end) is taken for.
+    private var taking: StreamTakeover.Candidate?
     private var held: [HTTPServerRequestPart] = []
+    /// The poll being answered.
+    private var poll: LoopPoll<StreamHeadResponder<RouterResponder<HeraldRequestContext>>>?
+    /// What a pipelining client sent while a poll was held: handled once it is answered.
+    private var pipelined: [HTTPServerRequestPart] = []
+    /// A read was asked for while a poll was held.
+    private var readPending = false
+    /// A request went on to Hummingbird: the gate leaves once it has passed on the rest.
+    private var isPassing = false
+    private var hasPolled = false
+    /// A stream took the connection over.
+    private var isGone = false
+    private var isQuiescing = false
+    private var idleTimer: Scheduled<Void>?
 
-    init(streams: LoopStreams, logger: Logger) {
+    init(streams: LoopStreams, shield: HTTP1Shield, idleTimeout: TimeAmount, logger: Logger) {
         self.streams = streams
+        self.shield = shield
+        self.idleTimeout = idleTimeout
         self.logger = logger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
-        if held.isEmpty {
-            guard case .head(let head) = part, Self.isStream(head) else {
-                context.fireChannelRead(data)
-                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-                return
-            }
+        if poll != nil {
+            pipelined.append(part)
+        } else {
+            handle(part, context)
+            if isPassing { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
         }
-        held.append(part)
-        if case .end = part { takeOver(context) }
     }
 
-    static func isStream(_ head: HTTPRequestHead) -> Bool {
-        let length = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
-        let hasBody = length > 0 || head.headers.contains(name: "transfer-encoding")
-        return head.headers["upgrade"].isEmpty
-            && StreamTakeover.isCandidate(
-                method: head.method.rawValue,
-                uri: head.uri,
-                accept: head.headers.first(name: "accept"),
-                hasBody: hasBody
-            )
+    private func handle(_ part: HTTPServerRequestPart, _ context: ChannelHandlerContext) {
+        if isPassing { return context.fireChannelRead(wrapInboundOut(part)) }
+        if taking == nil {
+            guard case .head(let head) = part else { return passOn(part, context) }
+            guard let candidate = Self.candidate(head) else { return passOn(part, context) }
+            taking = candidate
+            if candidate == .poll { shield.requestTaken() }
+            cancelIdleTimer()
+        }
+        held.append(part)
+        guard case .end = part else { return }
+        switch taking {
+        case .stream: takeOver(context)
+        case .poll: startPoll(context)
+        case nil: break
+        }
     }
+
+    /// Hands `part`, and what follows it, to Hummingbird.
+    private func passOn(_ part: HTTPServerRequestPart, _ context: ChannelHandlerContext) {
+        cancelIdleTimer()
+        isPassing = true
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    /// What the gate may serve of a request, from its head: a poll only on a connection that
+    /// stays open after it (HTTP/1.1 without `Connection: close`).
+    static func candidate(_ head: HTTPRequestHead) -> StreamTakeover.Candidate? {
+        guard head.headers["upgrade"].isEmpty else { return nil }
+        let length = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+        let candidate = StreamTakeover.candidate(
+            method: head.method.rawValue,
+            uri: head.uri,
+            accept: head.headers.first(name: "accept"),
+            hasBody: length > 0 || head.headers.contains(name: "transfer-encoding")
+        )
+        if candidate == .poll, head.version != .http1_1 || !head.isKeepAlive { return nil }
+        return candidate
+    }
+
+    // MARK: polls
+
+    private func startPoll(_ context: ChannelHandlerContext) {
+        guard case .head(let head)? = held.first else { return }
+        held = []
+        taking = nil
+        hasPolled = true
+        do {
+            let request = try HTTPRequest(head, secure: false, splitCookie: false)
+            poll = LoopPoll(request: request, responder: streams.responder, context: context, logger: logger) {
+                [weak self] keepAlive in
+                self?.pollEnded(keepAlive: keepAlive, context)
+            }
+        } catch {
+            logger.error("cannot serve a long poll on its event loop", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    /// The poll was answered: the next request, if the connection stays.
+    private func pollEnded(keepAlive: Bool, _ context: ChannelHandlerContext) {
+        poll = nil
+        guard keepAlive else { return }
+        if isQuiescing { return context.close(promise: nil) }
+        armIdleTimer(context)
+        var parts = pipelined[...]
+        pipelined = []
+        while !isGone, let part = parts.popFirst() {
+            if poll != nil { pipelined.append(part) } else { handle(part, context) }
+        }
+        if isGone { return }
+        // The read held back while the poll was held, unless another poll holds it again; then,
+        // once a request went on, the gate leaves (Hummingbird reads from here).
+        if readPending, poll == nil {
+            readPending = false
+            context.read()
+        }
+        if isPassing { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if poll != nil { readPending = true } else { context.read() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            isQuiescing = true
+            // Between polls nothing else closes it; a held poll is answered by the hub's drain.
+            if hasPolled, poll == nil, taking == nil, !isPassing { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stopPoll()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        stopPoll()
+    }
+
+    private func stopPoll() {
+        poll?.stop()
+        poll = nil
+        cancelIdleTimer()
+    }
+
+    private func armIdleTimer(_ context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        let channel = context.channel
+        idleTimer = context.eventLoop.scheduleTask(in: idleTimeout) { channel.close(promise: nil) }
+    }
+
+    private func cancelIdleTimer() {
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    // MARK: streams
 
     private func takeOver(_ context: ChannelHandlerContext) {
         let operations = context.pipeline.syncOperations
         guard case .head(let head)? = held.first else { return }
         held = []
+        pipelined = []  // a stream is the connection's last request
+        isGone = true
         do {
             let request = try HTTPRequest(head, secure: false, splitCookie: false)
             typealias Upgrade = NIOTypedHTTPServerUpgradeHandler<HTTP1WebSocketUpgradeChannel.UpgradeResult>

@@ -29,37 +29,6 @@ import Testing
         }
     }
 
-    /// The real store, counting the reads and running `afterRead` after each.
-    private final class CountingLog: ChannelLog {
-        let store: SQLiteStore
-        let reads = Mutex(0)
-        let afterRead: @Sendable (Int) async throws -> Void
-        init(_ store: SQLiteStore, afterRead: @escaping @Sendable (Int) async throws -> Void = { _ in }) {
-            self.store = store
-            self.afterRead = afterRead
-        }
-        func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
-            try await store.append(type: type, data: data, to: channel, at: time)
-        }
-        func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead
-        {
-            let read = try await store.events(in: channel, after: offset, epoch: epoch, limit: limit)
-            let count = reads.withLock { count in
-                count += 1
-                return count
-            }
-            try await afterRead(count)
-            return read
-        }
-    }
-
-    private static func makeStore(maxEvents: Int = 1000) throws -> SQLiteStore {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "herald-test-\(UUID().uuidString)"
-        )
-        return try SQLiteStore(directory: directory, retention: .init(maxEventsPerChannel: maxEvents))
-    }
-
     /// A connection whose first request was routed to `plan`, served by a ``StreamConnection``.
     private struct Connection {
         let channel: NIOAsyncTestingChannel
@@ -152,7 +121,7 @@ import Testing
     }
 
     @Test func theBacklogComesPageByPageThenLiveEvents() async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let hub = Hub()
         let channel = ChannelName("orders")!
         for _ in 1...5 { _ = try await store.append(type: "t", data: "1", to: channel, at: .now()) }
@@ -167,7 +136,7 @@ import Testing
     }
 
     @Test func eventsTrimmedWhileAReaderPagesAreAnnounced() async throws {
-        let store = try Self.makeStore(maxEvents: 5)
+        let store = try makeStore(maxEvents: 5)
         let channel = ChannelName("orders")!
         for _ in 1...5 { _ = try await store.append(type: "t", data: "1", to: channel, at: .now()) }
         // Right after the first page is read, ten more events trim 1...10.
@@ -181,7 +150,7 @@ import Testing
     }
 
     @Test func eventsAnnouncedOutOfOrderInOneBatchAreReorderedWithoutAStoreRead() async throws {
-        let log = CountingLog(try Self.makeStore())
+        let log = CountingLog(try makeStore())
         let hub = Hub()
         let channel = ChannelName("orders")!
         var connection = try await Connection(Self.plan(channel, after: 0, store: log, hub: hub))
@@ -199,7 +168,7 @@ import Testing
     }
 
     @Test func aLiveEventOfANewEpochIsAnnouncedNotDropped() async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let hub = Hub()
         let channel = ChannelName("quiet")!
         for _ in 1...3 { hub.publish(try await store.append(type: "t", data: "1", to: channel, at: .now())) }
@@ -216,7 +185,7 @@ import Testing
     }
 
     @Test func aClientThatStopsReadingIsCutWithItsPosition() async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let hub = Hub(limits: .init(maxQueuedEvents: 3, maxQueuedBytes: 1 << 20))
         let channel = ChannelName("orders")!
         let log = CountingLog(store)
@@ -229,7 +198,7 @@ import Testing
     }
 
     @Test func aCheckStreamThatStopsReadingCatchesUpWhenItReadsAgain() async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let hub = Hub(limits: .init(maxQueuedEvents: 2, maxQueuedBytes: 1 << 20))
         let channel = ChannelName("check:chk_1")!
         let log = CountingLog(store)
@@ -246,7 +215,7 @@ import Testing
     }
 
     @Test func aClientThatDoesNotReadMakesNoFurtherStoreReads() async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let channel = ChannelName("orders")!
         for _ in 1...6 { _ = try await store.append(type: "t", data: "1", to: channel, at: .now()) }
         let log = CountingLog(store)
@@ -267,7 +236,7 @@ import Testing
     @Test func eventsDroppedFromAFullLoopInboxAreReadFromTheStore() async throws {
         let hub = Hub(loopInbox: 4)
         let channel = ChannelName("orders")!
-        let log = CountingLog(try Self.makeStore())
+        let log = CountingLog(try makeStore())
         var connection = try await Connection(Self.plan(channel, after: 0, store: log, hub: hub))
         try await connection.catchUp(log, hub, channel)
         var events: [Event] = []
@@ -324,7 +293,7 @@ import Testing
         (HTTPVersion.http1_0, "HTTP/1.0 200 OK", false),
     ])
     func theEncoderFramesWhatTheStreamWrites(version: HTTPVersion, statusLine: String, chunked: Bool) async throws {
-        let store = try Self.makeStore()
+        let store = try makeStore()
         let hub = Hub()
         let channel = ChannelName("orders")!
         _ = try await store.append(type: "t", data: "1", to: channel, at: .now())

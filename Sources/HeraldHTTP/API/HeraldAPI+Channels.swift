@@ -82,6 +82,21 @@ extension HeraldAPI {
             let position = since ?? read.next
             // A held poll never outlives the token that opened it.
             let deadline = min(ContinuousClock.now.advanced(by: wait), expiry ?? .now.advanced(by: wait))
+            if request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .poll {
+                // Held on the connection's event loop (LoopPoll), which writes the answer.
+                takeover.poll = PollPlan(
+                    channel: channel,
+                    position: position,
+                    epoch: epoch,
+                    deadline: deadline,
+                    timeoutAnswer: read.json(channel: channel),
+                    callback: callback,
+                    store: store,
+                    hub: hub,
+                    pageSize: limit
+                )
+                return jsonResponse(.ok, "", callback: callback)
+            }
             let answer = try await heldPoll {
                 try await hub.wait(on: channel, until: deadline) { woke -> String? in
                     // The usual case: the event that woke us is the next one; its answer is shared.

@@ -156,15 +156,17 @@ func jsonResponse(
     callback: String? = nil
 ) -> Response {
     var headers = headers
-    let body: String
-    if let callback {
-        body = "/**/\(callback)(\(json));"
+    if callback != nil {
         headers[.contentType] = "application/javascript; charset=utf-8"
         headers[.cacheControl] = "no-store"
     } else {
-        body = json
         headers[.contentType] = "application/json"
         if headers[.cacheControl] == nil { headers[.cacheControl] = "no-cache" }
     }
-    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    return Response(status: status, headers: headers, body: .init(byteBuffer: answerBody(json, callback: callback)))
+}
+
+/// `json` as a response body: itself, or with a JSONP `callback`, a script calling it.
+func answerBody(_ json: String, callback: String?) -> ByteBuffer {
+    ByteBuffer(string: callback.map { "/**/\($0)(\(json));" } ?? json)
 }

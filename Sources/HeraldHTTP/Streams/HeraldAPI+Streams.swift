@@ -63,7 +63,7 @@ extension HeraldAPI {
             // The client saw the terminal event (a check's offsets follow its versions).
             return Response(status: .noContent)
         }
-        if request.method == .get, let takeover = StreamTakeover.current {
+        if request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .stream {
             // Served on the connection's event loop (StreamConnection).
             takeover.plan = StreamPlan(
                 framing: framing,

@@ -123,7 +123,15 @@ where Responder.Context == HeraldRequestContext {
         logger: Logger,
         handler: NIOLoopBound<StreamConnection>
     ) async {
-        var (response, plan) = await respond(to: request, responder: responder, channel: channel, logger: logger)
+        let (routed, takeover) = await LoopRouting.respond(
+            to: request,
+            serving: .stream,
+            responder: responder,
+            channel: channel,
+            logger: logger
+        )
+        var response = routed
+        let plan = takeover.plan
         response.headers[.date] = HTTPDate.now
         response.headers[.connection] = "close"
         if plan != nil { response.headers[.contentLength] = nil }  // open-ended
@@ -133,26 +141,6 @@ where Responder.Context == HeraldRequestContext {
             channel.eventLoop.execute { [head] in handler.value.start(plan, head: head) }
         } else {
             await write(head, response.body, to: channel)
-        }
-    }
-
-    /// The router's answer, and the plan of the stream it prepared, if it did.
-    private static func respond(
-        to request: Request,
-        responder: Responder,
-        channel: any Channel,
-        logger: Logger
-    ) async -> (Response, StreamPlan?) {
-        let takeover = StreamTakeover()
-        let context = HeraldRequestContext(source: .init(channel: channel, logger: logger))
-        do {
-            let response = try await StreamTakeover.$current.withValue(takeover) {
-                try await responder.respond(to: request, context: context)
-            }
-            return (response, takeover.plan)
-        } catch {
-            logger.debug("unrecognised error", metadata: ["error.type": "\(error)"])
-            return (Response(status: .internalServerError), nil)
         }
     }
 
@@ -178,26 +166,5 @@ private struct ChannelBodyWriter: ResponseBodyWriter {
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
         try await channel.writeAndFlush(HTTPServerResponsePart.end(trailingHeaders.map { HTTPHeaders($0) }))
-    }
-}
-
-/// The `Date` header's value (RFC 9110 IMF-fixdate).
-enum HTTPDate {
-    static var now: String {
-        var seconds = time(nil)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        return String(
-            format: "%@, %02d %@ %04d %02d:%02d:%02d GMT",
-            days[Int(parts.tm_wday)],
-            parts.tm_mday,
-            months[Int(parts.tm_mon)],
-            parts.tm_year + 1900,
-            parts.tm_hour,
-            parts.tm_min,
-            parts.tm_sec
-        )
     }
 }

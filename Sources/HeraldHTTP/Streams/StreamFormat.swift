@@ -21,14 +21,19 @@ enum StreamFormat: Sendable {
         case "json"?: return nil
         case let other?: throw .invalid("format must be json, sse, ndjson or html, not '\(other)'")
         case nil:
-            if accept?.contains("text/event-stream") == true {
+            if let accept, accept.utf8.contains(ascii: "text/event-stream") {
                 self = .sse
-            } else if accept?.contains("application/x-ndjson") == true {
+            } else if let accept, accept.utf8.contains(ascii: "application/x-ndjson") {
                 self = .ndjson
             } else {
                 return nil
             }
         }
+    }
+
+    /// Whether an `Accept` header asks for a stream format.
+    static func acceptsStream(_ accept: String) -> Bool {
+        accept.utf8.contains(ascii: "text/event-stream") || accept.utf8.contains(ascii: "application/x-ndjson")
     }
 
     var headers: HTTPFields {
@@ -128,5 +133,20 @@ struct StreamFraming: Sendable {
     private func script(_ json: String) -> String {
         let tagArgument = tag.map { ",\"\($0)\"" } ?? ""
         return "<script>parent.heraldEvent(\(json)\(tagArgument));</script>\n"
+    }
+}
+
+extension String.UTF8View {
+    /// Whether `needle` occurs in these bytes: a plain byte search, much cheaper than the
+    /// Unicode-aware `contains(_:)` of strings, for header values read on every request.
+    func contains(ascii needle: StaticString) -> Bool {
+        let needle = UnsafeBufferPointer(start: needle.utf8Start, count: needle.utf8CodeUnitCount)
+        guard let first = needle.first else { return true }
+        var index = startIndex
+        while let start = self[index...].firstIndex(of: first) {
+            if self[start...].starts(with: needle) { return true }
+            index = self.index(after: start)
+        }
+        return false
     }
 }

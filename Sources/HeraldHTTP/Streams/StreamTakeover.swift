@@ -19,30 +19,70 @@ struct StreamPlan: Sendable {
     let pageSize: Int
 }
 
-/// Where a stream route leaves its ``StreamPlan`` when the connection's handler can serve it
-/// on the event loop (``StreamConnection`` routes a request with one set); without one the
-/// route streams through its response body, as on HTTP/2.
+/// Where a route leaves what the connection's handler serves on the event loop: a stream
+/// route its ``StreamPlan`` (``StreamConnection`` routes a request with one set), a long poll
+/// that has to wait its ``PollPlan`` (``LoopPoll``). Without one the route streams through its
+/// response body, or waits in its task, as on HTTP/2.
 package final class StreamTakeover: Sendable {
+    /// What the handler that set the slot serves.
+    enum Kind: Sendable {
+        case stream
+        case poll
+    }
+
     @TaskLocal static var current: StreamTakeover?
 
+    let kind: Kind
     private let slot = Mutex<StreamPlan?>(nil)
+    private let pollSlot = Mutex<PollPlan?>(nil)
 
+    init(_ kind: Kind = .stream) {
+        self.kind = kind
+    }
+
+    /// Set by a stream route when ``kind`` is `.stream`.
     var plan: StreamPlan? {
         get { slot.withLock { $0 } }
         set { slot.withLock { $0 = newValue } }
     }
 
-    /// Whether a request's head asks for a stream that ``StreamConnection`` may serve: a `GET`
-    /// of `/api/v1/.../events` without a body, in a stream format. The router still decides:
-    /// a request that turns out not to be a stream is answered as usual.
-    package static func isCandidate(method: String, uri: String, accept: String?, hasBody: Bool) -> Bool {
-        guard method == "GET", !hasBody, uri.hasPrefix("/api/v1/") else { return false }
-        let (path, query) =
-            uri.firstIndex(of: "?").map { (uri[..<$0], uri[uri.index(after: $0)...]) } ?? (uri[...], ""[...])
-        guard path.hasSuffix("/events") else { return false }
-        for pair in query.split(separator: "&") where pair.hasPrefix("format=") {
-            return ["format=sse", "format=ndjson", "format=html"].contains(pair)
+    /// Set by a long poll that waits when ``kind`` is `.poll`.
+    var poll: PollPlan? {
+        get { pollSlot.withLock { $0 } }
+        set { pollSlot.withLock { $0 = newValue } }
+    }
+
+    /// What a request's head asks for that a handler on the event loop may serve.
+    package enum Candidate {
+        /// A `GET` of `/api/v1/.../events` without a body, in a stream format (`format=` or
+        /// `Accept`): for ``StreamConnection``.
+        case stream
+        /// The same as a poll with `wait`: for ``LoopPoll``.
+        case poll
+    }
+
+    /// What `GET /api/v1/.../events` asks for, from its head alone (it runs for every request,
+    /// so it reads bytes, not characters); `nil` for any other request. The router still
+    /// decides: a request that turns out to be something else is answered as usual.
+    package static func candidate(method: String, uri: String, accept: String?, hasBody: Bool) -> Candidate? {
+        guard method == "GET", !hasBody, uri.utf8.starts(with: "/api/v1/".utf8) else { return nil }
+        let question = uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.utf8.endIndex
+        let path = uri.utf8[..<question]
+        guard path.count > 7, path.suffix(7).elementsEqual("/events".utf8) else { return nil }
+        var format: Substring.UTF8View?
+        var waits = false
+        for pair in uri.utf8[question...].dropFirst().split(separator: UInt8(ascii: "&")) {
+            if format == nil, pair.starts(with: "format=".utf8) {
+                format = Substring(pair.dropFirst(7)).utf8
+            } else if pair.starts(with: "wait=".utf8) {
+                waits = true
+            }
         }
-        return accept?.contains("text/event-stream") == true || accept?.contains("application/x-ndjson") == true
+        if let format {
+            let streams = ["sse", "ndjson", "html"].contains { format.elementsEqual($0.utf8) }
+            return streams ? .stream : waits ? .poll : nil
+        }
+        if let accept, StreamFormat.acceptsStream(accept) { return .stream }
+        return waits ? .poll : nil
     }
 }

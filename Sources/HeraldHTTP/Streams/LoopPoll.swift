@@ -1,0 +1,237 @@
+internal import Foundation
+package import HTTPTypes
+package import HeraldCore
+internal import HeraldHub
+internal import HeraldStore
+package import Hummingbird
+package import Logging
+package import NIOCore
+internal import NIOHTTP1
+internal import NIOHTTPTypesHTTP1
+
+/// A long poll the router prepared (parsed, authorized, caught up) and that has to wait:
+/// everything ``LoopPoll`` needs to hold it on the event loop without a task.
+struct PollPlan: Sendable {
+    let channel: ChannelName
+    /// The client's position: the answer holds what follows it.
+    let position: Offset
+    /// The epoch the client claims, if it does.
+    let epoch: Epoch?
+    /// When the poll answers with nothing (its `wait`, or its token's expiry).
+    let deadline: ContinuousClock.Instant
+    /// The answer with no event, at the deadline or on shutdown.
+    let timeoutAnswer: String
+    /// A JSONP callback wrapping the answer.
+    let callback: String?
+    let store: any ChannelLog
+    let hub: Hub
+    let pageSize: Int
+}
+
+/// One request on a keep-alive HTTP/1.1 connection, served on its event loop: a `GET
+/// .../events?wait=` poll. The request goes through the router in a short task with a
+/// ``StreamTakeover`` slot; a poll that has to wait leaves its ``PollPlan`` there, and the
+/// poll is then held as a subscriber of the hub on the loop, with no task, no continuation and
+/// no `NIOAsyncChannel`, until an event, its deadline, or shutdown answers it. Any other answer
+/// (events already there, a problem) is written as the router gave it.
+///
+/// The rules are the async path's (`HeraldAPI.pollChannel`): the event right after the
+/// client's position answers with its shared ``EncodedEvent/pollAnswer``; anything else (a
+/// hole, a new epoch, events dropped by a loop that fell behind) is read from the store; a
+/// read that finds nothing keeps waiting. Like the async path, a held poll does not watch its
+/// client: one that left is bounded by its deadline.
+///
+/// It writes through `context`, the handler's that owns the connection, and calls `ended`
+/// with whether the connection stays open for a next request.
+package final class LoopPoll<Responder: HTTPResponder>: LoopSubscriber
+where Responder.Context == HeraldRequestContext {
+    private let context: ChannelHandlerContext
+    private let logger: Logger
+    private let ended: (_ keepAlive: Bool) -> Void
+    private var plan: PollPlan?
+    /// The head of the answer, from the router.
+    private var head: HTTPResponseHead?
+    private var isSubscribed = false
+    private var isReading = false
+    /// Events arrived during a store read that may not be in it: read again.
+    private var readsAgain = false
+    private var isDone = false
+
+    /// Routes `request` (which has fully arrived) and answers it on `context`'s loop.
+    package init(
+        request: HTTPRequest,
+        responder: Responder,
+        context: ChannelHandlerContext,
+        logger: Logger,
+        ended: @escaping (_ keepAlive: Bool) -> Void
+    ) {
+        self.context = context
+        self.logger = logger
+        self.ended = ended
+        let request = Request(head: request, body: RequestBody(buffer: ByteBuffer()))
+        let channel = context.channel
+        let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
+        Task(executorPreference: LoopExecutor(context.eventLoop)) { [logger] in
+            let (response, takeover) = await LoopRouting.respond(
+                to: request,
+                serving: .poll,
+                responder: responder,
+                channel: channel,
+                logger: logger
+            )
+            var head = HTTPResponseHead(response.head)
+            head.version = .http1_1
+            if let plan = takeover.poll {
+                channel.eventLoop.execute { [head] in poll.value.hold(plan, head: head) }
+                return
+            }
+            let body: ByteBuffer
+            do {
+                body = try await response.body.collect()
+            } catch {
+                return channel.eventLoop.execute { poll.value.fail(error) }
+            }
+            channel.eventLoop.execute { [head] in poll.value.write(head, body) }
+        }
+    }
+
+    /// The connection is gone or its handler removed: leaves the hub.
+    package func stop() {
+        isDone = true
+        unsubscribe()
+    }
+
+    // MARK: holding
+
+    /// Subscribes, then checks the channel did not move meanwhile (the router saw it caught up).
+    private func hold(_ plan: PollPlan, head: HTTPResponseHead) {
+        guard !isDone else { return }
+        self.plan = plan
+        self.head = head
+        guard plan.hub.subscribe(self, to: plan.channel, on: context.eventLoop) else {
+            return answer(plan.timeoutAnswer, closing: true)  // shutting down
+        }
+        isSubscribed = true
+        if !isCaughtUp(plan) { read(plan) }
+    }
+
+    package func receive(_ events: [EncodedEvent]) {
+        guard let plan, !isDone else { return }
+        if isReading {
+            readsAgain = true
+            return
+        }
+        if let next = events.first(where: { $0.event.offset == plan.position + 1 && $0.event.epoch.accepts(plan.epoch) }
+        ) {
+            return answer(next.pollAnswer)
+        }
+        read(plan)
+    }
+
+    package func tick(_ now: ContinuousClock.Instant) {
+        guard let plan, !isDone, !isReading, now >= plan.deadline else { return }
+        if isCaughtUp(plan) { answer(plan.timeoutAnswer) } else { read(plan) }
+    }
+
+    package func resync() {
+        guard let plan, !isDone else { return }
+        if isReading { readsAgain = true } else { read(plan) }
+    }
+
+    package func drain() {
+        guard let plan, !isDone else { return }
+        answer(plan.timeoutAnswer, closing: true)
+    }
+
+    private func isCaughtUp(_ plan: PollPlan) -> Bool {
+        guard let head = plan.hub.head(of: plan.channel) else { return false }
+        return head.offset == plan.position && head.epoch.accepts(plan.epoch)
+    }
+
+    /// Reads what follows the client's position, off the loop.
+    private func read(_ plan: PollPlan) {
+        isReading = true
+        let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        Task(executorPreference: LoopExecutor(loop)) {
+            let result: Result<EventRead, any Error>
+            do {
+                result = .success(
+                    try await plan.store.events(
+                        in: plan.channel,
+                        after: plan.position,
+                        epoch: plan.epoch,
+                        limit: plan.pageSize
+                    )
+                )
+            } catch {
+                result = .failure(error)
+            }
+            loop.execute { poll.value.readEnded(result) }
+        }
+    }
+
+    private func readEnded(_ result: Result<EventRead, any Error>) {
+        isReading = false
+        guard let plan, !isDone else { return }
+        switch result {
+        case .failure(let error):
+            fail(error)
+        case .success(let read) where !read.events.isEmpty || !read.recovered || ContinuousClock.now >= plan.deadline:
+            answer(read.json(channel: plan.channel))
+        case .success:
+            // Nothing after the position yet: keep waiting, unless events came meanwhile.
+            if readsAgain {
+                readsAgain = false
+                self.read(plan)
+            }
+        }
+    }
+
+    // MARK: answering
+
+    private func answer(_ json: String, closing: Bool = false) {
+        guard let head, let plan, !isDone else { return }
+        write(head, answerBody(json, callback: plan.callback), closing: closing)
+    }
+
+    /// Writes the answer with its length; the connection stays open unless `closing` (or the
+    /// router said so).
+    private func write(_ head: HTTPResponseHead, _ body: ByteBuffer, closing: Bool = false) {
+        isDone = true
+        unsubscribe()
+        var head = head
+        head.headers.replaceOrAdd(name: "content-length", value: "\(body.readableBytes)")
+        head.headers.replaceOrAdd(name: "date", value: HTTPDate.now)
+        let closes = closing || !head.isKeepAlive
+        if closes { head.headers.replaceOrAdd(name: "connection", value: "close") }
+        context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        if body.readableBytes > 0 {
+            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+        }
+        if closes {
+            let channel = context.channel
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        } else {
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+        }
+        ended(!closes)
+    }
+
+    /// The store could not be read, or the body not made: the connection closes, as a stream's
+    /// does; the client polls again.
+    private func fail(_ error: any Error) {
+        logger.info("long poll ended: its answer could not be made", metadata: ["error": "\(error)"])
+        stop()
+        context.close(promise: nil)
+        ended(false)
+    }
+
+    private func unsubscribe() {
+        guard isSubscribed, let plan else { return }
+        isSubscribed = false
+        plan.hub.unsubscribe(self, from: plan.channel, on: context.eventLoop)
+    }
+}

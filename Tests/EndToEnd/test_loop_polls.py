@@ -1,0 +1,176 @@
+"""Issue 18: long polls held on the event loop. A keep-alive connection that only polls is served
+without a task; it polls again and again, pipelines, turns to other requests (which Hummingbird
+then serves, an upgrade included), idles, and is drained on shutdown. The probe speaks raw bytes
+on one socket, so every answer is known to come on the same connection."""
+
+import json
+import socket
+import threading
+import time
+
+from conftest import API_KEY, AUTH
+
+
+def connect(herald, timeout=30):
+    host, port = herald.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+class Wire:
+    """One connection, answers read one by one by their Content-Length."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.pending = b""
+
+    def send(self, *requests):
+        self.connection.sendall(b"".join(requests))
+
+    def _fill(self):
+        chunk = self.connection.recv(65536)
+        assert chunk, f"the server closed the connection; unread: {self.pending!r}"
+        self.pending += chunk
+
+    def head(self):
+        """The next answer's status and headers (names in lower case)."""
+        while b"\r\n\r\n" not in self.pending:
+            self._fill()
+        head, self.pending = self.pending.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split(" ")[1]), {name.lower(): value for name, value in headers.items()}
+
+    def answer(self):
+        """The next answer: status, headers and body."""
+        status, headers = self.head()
+        length = int(headers["content-length"])
+        while len(self.pending) < length:
+            self._fill()
+        body, self.pending = self.pending[:length], self.pending[length:]
+        return status, headers, body
+
+    def closed(self):
+        """Whether the server closes the connection (within the socket's timeout) with nothing more."""
+        try:
+            return self.connection.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def get(path, *headers):
+    lines = [f"GET {path} HTTP/1.1", "Host: herald", f"Authorization: Bearer {API_KEY}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def post(path, body):
+    data = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", "Host: herald", f"Authorization: Bearer {API_KEY}",
+             "Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def publish_soon(herald, channel, delay=0.5):
+    def run():
+        time.sleep(delay)
+        with herald.client() as other:
+            other.post(f"/api/v1/channels/{channel}/events", json={"type": "t", "data": {}}, headers=AUTH)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        # Held until its deadline: the answer says where to come back from.
+        wire.send(get("/api/v1/channels/lp-a/events?wait=1"))
+        status, headers, body = wire.answer()
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert "connection" not in headers and "date" in headers
+        timed_out = json.loads(body)
+        assert timed_out["events"] == [] and timed_out["recovered"] is True
+        # Held, and answered by an event published on another connection.
+        publish_soon(herald, "lp-a")
+        wire.send(get(f"/api/v1/channels/lp-a/events?since={timed_out['next']}&wait=20"))
+        status, _, body = wire.answer()
+        woken = json.loads(body)
+        assert status == 200 and [event["offset"] for event in woken["events"]] == [1]
+        # Not a poll: Hummingbird serves it, on the same connection.
+        wire.send(post("/api/v1/channels/lp-a/events", {"type": "t", "data": {"n": 2}}))
+        status, _, body = wire.answer()
+        assert status == 201 and json.loads(body)["offset"] == 2
+        # A poll that need not wait, after it.
+        wire.send(get(f"/api/v1/channels/lp-a/events?since=1&wait=20"))
+        status, _, body = wire.answer()
+        assert status == 200 and [event["offset"] for event in json.loads(body)["events"]] == [2]
+        wire.send(get("/healthz"))
+        assert wire.answer()[0] == 200
+
+
+def test_pipelined_polls_are_answered_in_order_and_on_time(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        publish_soon(herald, "lp-b", delay=1.0)
+        # The second waits, unread, while the first is held; the third waits for both.
+        wire.send(get("/api/v1/channels/lp-b/events?since=0&wait=20"),
+                  get("/api/v1/channels/lp-c/events?wait=1"),
+                  get("/healthz"))
+        first, second, third = wire.answer(), wire.answer(), wire.answer()
+        assert first[0] == 200 and json.loads(first[2])["channel"] == "lp-b"
+        assert [event["offset"] for event in json.loads(first[2])["events"]] == [1]
+        assert second[0] == 200 and json.loads(second[2])["channel"] == "lp-c"
+        assert json.loads(second[2])["events"] == []
+        assert third[0] == 200
+        # Hummingbird has the connection now, and reads what comes next.
+        wire.send(get("/healthz"))
+        assert wire.answer()[0] == 200
+
+
+def test_polls_then_a_websocket_upgrade_on_the_same_connection(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        wire.send(get("/api/v1/channels/lp-d/events?wait=1"))
+        assert wire.answer()[0] == 200
+        wire.send(get("/api/v1/ws", "Upgrade: websocket", "Connection: Upgrade",
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"))
+        status, headers = wire.head()
+        assert status == 101 and headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_polls_then_a_stream_on_the_same_connection(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        wire.send(get("/api/v1/channels/lp-e/events?wait=1"))
+        assert wire.answer()[0] == 200
+        publish_soon(herald, "lp-e")
+        wire.send(get("/api/v1/channels/lp-e/events?format=sse&since=0"))
+        status, headers = wire.head()
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        while b"id: " not in wire.pending:
+            wire._fill()
+        assert b"data: " in wire.pending
+
+
+def test_a_connection_idle_between_polls_is_closed(make_herald):
+    herald = make_herald(config={"idle-timeout": 1})
+    with connect(herald, timeout=20) as connection:
+        wire = Wire(connection)
+        # Held longer than the idle timeout: a held poll is not idle.
+        wire.send(get("/api/v1/channels/lp-f/events?wait=2"))
+        assert wire.answer()[0] == 200
+        started = time.monotonic()
+        assert wire.closed()
+        assert time.monotonic() - started < 15
+
+
+def test_a_held_poll_is_answered_and_its_connection_closed_on_shutdown(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        wire.send(get("/api/v1/channels/lp-g/events?wait=60"))
+        time.sleep(0.5)
+        started = time.monotonic()
+        herald.proc.send_signal(15)
+        status, headers, body = wire.answer()
+        assert status == 200 and json.loads(body)["events"] == []
+        assert headers["connection"] == "close"
+        assert wire.closed()
+        assert time.monotonic() - started < 20
+        assert herald.proc.wait(timeout=30) == 0

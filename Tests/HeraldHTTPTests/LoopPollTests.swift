@@ -1,0 +1,236 @@
+import Foundation
+import HTTPTypes
+import HeraldCore
+import HeraldHub
+import HeraldStore
+import Hummingbird
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Synchronization
+import Testing
+
+@testable import HeraldHTTP
+
+/// A long poll held on its event loop follows the async path's rules (`pollChannel`): the next
+/// event answers with its shared answer; a hole, events dropped by the loop, or an event that
+/// came between routing and holding are read from the store; its deadline answers with nothing,
+/// shutdown too, closing the connection; an answer the router gave at once is written as it is.
+@Suite struct LoopPollTests {
+    /// Answers with the poll `plan` to hold, as `pollChannel` does; without one, at once.
+    private struct PollResponder: HTTPResponder {
+        typealias Context = HeraldRequestContext
+        let plan: PollPlan?
+        func respond(to request: Request, context: HeraldRequestContext) async throws -> Response {
+            guard let plan else { return jsonResponse(.ok, #"{"at":"once"}"#) }
+            StreamTakeover.current?.poll = plan
+            return jsonResponse(.ok, "", callback: plan.callback)
+        }
+    }
+
+    /// Whether the poll left its connection open; set once it ended.
+    private final class Ending: Sendable {
+        let keepAlive = Mutex<Bool?>(nil)
+    }
+
+    /// Holds a ``LoopPoll`` as ``StreamGate`` does: the poll writes through this handler's context.
+    private final class Host: ChannelInboundHandler {
+        typealias InboundIn = Never
+        let responder: PollResponder
+        let ending: Ending
+        var poll: LoopPoll<PollResponder>?
+
+        init(_ responder: PollResponder, _ ending: Ending) {
+            self.responder = responder
+            self.ending = ending
+        }
+
+        func handlerAdded(context: ChannelHandlerContext) {
+            let request = HTTPRequest(
+                method: .get,
+                scheme: "http",
+                authority: "herald",
+                path: "/api/v1/channels/c/events"
+            )
+            let ending = self.ending
+            poll = LoopPoll(request: request, responder: responder, context: context, logger: Logger(label: "test")) {
+                keepAlive in ending.keepAlive.withLock { $0 = keepAlive }
+            }
+        }
+    }
+
+    private struct Answer {
+        let head: HTTPResponseHead
+        let body: String
+        var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:] }
+        var offsets: [Int] { (json["events"] as? [[String: Any]] ?? []).compactMap { $0["offset"] as? Int } }
+    }
+
+    private struct Poll {
+        let channel = NIOAsyncTestingChannel()
+        let ending = Ending()
+
+        init(_ plan: PollPlan?) async throws {
+            try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+            let (responder, ending) = (PollResponder(plan: plan), self.ending)
+            try await channel.eventLoop.submit { [channel] in
+                try channel.pipeline.syncOperations.addHandler(Host(responder, ending))
+            }.get()
+        }
+
+        /// Waits until the poll is held on the loop, following its channel.
+        func held(_ hub: Hub, _ name: ChannelName) async throws {
+            let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+            while !hub.isFollowed(name), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(hub.isFollowed(name))
+        }
+
+        /// The answer written (5 s at most), head to end.
+        func answer() async throws -> Answer? {
+            let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+            var head: HTTPResponseHead?
+            var body = ""
+            while ContinuousClock.now < deadline {
+                guard let part = try await channel.readOutbound(as: HTTPServerResponsePart.self) else {
+                    try await Task.sleep(for: .milliseconds(5))
+                    continue
+                }
+                switch part {
+                case .head(let value): head = value
+                case .body(.byteBuffer(let bytes)): body += String(buffer: bytes)
+                case .body(let other): Issue.record("a body part that is not a buffer: \(other)")
+                case .end:
+                    guard let head else { return nil }
+                    #expect(head.headers["content-length"] == ["\(body.utf8.count)"])
+                    return Answer(head: head, body: body)
+                }
+            }
+            Issue.record("no answer")
+            return nil
+        }
+    }
+
+    /// A channel whose event 1 was announced, its store and its hub.
+    private struct Orders {
+        let log: CountingLog
+        let hub: Hub
+        let name = ChannelName("orders")!
+
+        init(hub: Hub = Hub()) async throws {
+            log = CountingLog(try makeStore())
+            self.hub = hub
+            hub.publish(try await append())
+        }
+
+        func append() async throws -> Event {
+            try await log.append(type: "t", data: "1", to: name, at: .now())
+        }
+
+        /// A poll of what follows event 1, as the router prepared it; held on its loop unless
+        /// `held` is false.
+        func poll(wait: Duration = .seconds(60), callback: String? = nil, held: Bool = true) async throws -> Poll {
+            let plan = PollPlan(
+                channel: name,
+                position: 1,
+                epoch: nil,
+                deadline: .now.advanced(by: wait),
+                timeoutAnswer: #"{"events":[]}"#,
+                callback: callback,
+                store: log,
+                hub: hub,
+                pageSize: 100
+            )
+            let poll = try await Poll(plan)
+            if held { try await poll.held(hub, name) }
+            return poll
+        }
+    }
+
+    @Test func theNextEventAnswersWithItsSharedAnswerAndTheConnectionStays() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll()
+        let event = try await orders.append()
+        orders.hub.publish(event)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.body == EncodedEvent(event).pollAnswer)
+        #expect(answer.head.status == .ok && answer.head.headers["connection"].isEmpty)
+        #expect(answer.head.headers["content-type"] == ["application/json"])
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+        #expect(orders.log.reads.withLock { $0 } == 0)  // caught up, and woken by the very next event
+        #expect(!orders.hub.isFollowed(orders.name))
+    }
+
+    @Test func aHoleIsReadFromTheStore() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll()
+        _ = try await orders.append()  // never announced
+        orders.hub.publish(try await orders.append())
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [2, 3])
+        #expect(orders.log.reads.withLock { $0 } == 1)
+    }
+
+    @Test func anEventBetweenRoutingAndHoldingIsNotMissed() async throws {
+        let orders = try await Orders()
+        // The router saw the channel at 1; event 2 was published before the poll was held.
+        orders.hub.publish(try await orders.append())
+        let poll = try await orders.poll(held: false)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [2])
+    }
+
+    @Test func eventsTheLoopDroppedAreReadFromTheStore() async throws {
+        let orders = try await Orders(hub: Hub(loopInbox: 2))
+        let poll = try await orders.poll()
+        // Three announcements before the loop runs: the third finds the inbox full, and all are dropped.
+        var events: [Event] = []
+        for _ in 1...3 { events.append(try await orders.append()) }
+        let hub = orders.hub
+        try await poll.channel.eventLoop.submit { [events] in
+            for event in events { hub.publish(event) }
+        }.get()
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [2, 3, 4])
+    }
+
+    @Test func theDeadlineAnswersWithNothing() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll(wait: .milliseconds(100), callback: "cb")
+        try await Task.sleep(for: .milliseconds(150))
+        await poll.channel.testingEventLoop.advanceTime(by: .milliseconds(300))  // a tick
+        let answer = try #require(try await poll.answer())
+        #expect(answer.body == #"/**/cb({"events":[]});"#)
+        #expect(answer.head.headers["content-type"] == ["application/javascript; charset=utf-8"])
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+        #expect(!orders.hub.isFollowed(orders.name))
+    }
+
+    @Test func shutdownAnswersWithNothingAndCloses() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll()
+        orders.hub.drain()
+        let answer = try #require(try await poll.answer())
+        #expect(answer.body == #"{"events":[]}"#)
+        #expect(answer.head.headers["connection"] == ["close"])
+        #expect(poll.ending.keepAlive.withLock { $0 } == false)
+        try await poll.channel.closeFuture.get()
+    }
+
+    @Test func anAnswerGivenAtOnceIsWrittenAsItIs() async throws {
+        let poll = try await Poll(nil)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.body == #"{"at":"once"}"#)
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+    }
+
+    @Test func aPollStoppedByItsClosedConnectionLeavesTheHub() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll()
+        try await poll.channel.eventLoop.submit {
+            let host = try poll.channel.pipeline.syncOperations.handler(type: Host.self)
+            host.poll?.stop()
+        }.get()
+        #expect(!orders.hub.isFollowed(orders.name))
+    }
+}

@@ -103,7 +103,8 @@ where Responder.Context == HeraldRequestContext {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let responder = self.responder
         let logger = self.logger
-        Task { [request, version, responder, channel, logger, handler] in
+        Task(executorPreference: LoopExecutor(context.eventLoop)) {
+            [request, version, responder, channel, logger, handler] in
             await StreamConnection.serve(
                 request,
                 version: version,

@@ -117,7 +117,8 @@ struct SubscribeCommand: AsyncParsableCommand {
     @OptionGroup var transport: TransportOption
     @Argument(help: "The channel.") var channel: String
     @Option(help: "Start after this offset (default: from now).") var since: Int?
-    @Option(help: "The epoch --since belongs to.") var epoch = ""
+    @Option(help: "The epoch --since belongs to. Pass it as --epoch=<epoch>: an epoch may begin with '-'.")
+    var epoch = ""
 
     func run() async throws {
         let position = since.map { Position(epoch: epoch, offset: $0) }

@@ -65,7 +65,8 @@ export HERALD_TEST_POSTGRES_DIR="$postgres_dir" # test_cluster.py restarts the s
 echo "$HERALD_TEST_POSTGRES"
 
 step "unit tests (swift test)"
-swift test --skip-build
+# Line by line, so that a log cut short (a hung test, the CI's time limit) shows how far it got.
+stdbuf -oL swift test --skip-build
 
 step "end-to-end tests (pytest)"
 HERALD_BIN="$PWD/.build/debug/herald" .venv/bin/python -m pytest Tests/EndToEnd -q -p no:cacheprovider "$@"

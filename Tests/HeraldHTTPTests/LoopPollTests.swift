@@ -17,7 +17,7 @@ import Testing
 /// event answers with its shared answer; a hole, events dropped by the loop, or an event that
 /// came between routing and holding are read from the store; its deadline answers with nothing,
 /// shutdown too, closing the connection; an answer the router gave at once is written as it is.
-@Suite struct LoopPollTests {
+@Suite(.timeLimit(.minutes(1))) struct LoopPollTests {
     /// Answers with the poll `plan` to hold, as `pollChannel` does; without one, at once.
     private struct PollResponder: HTTPResponder {
         typealias Context = HeraldRequestContext

@@ -18,7 +18,7 @@ import Testing
 /// async path to: the backlog, then live events in order; a lost position announced by a
 /// reset; a batch out of order restored without a store read; a new epoch announced; and a
 /// client that stops reading cut (or, on a check's channel, caught up once it reads again).
-@Suite struct StreamConnectionTests {
+@Suite(.timeLimit(.minutes(1))) struct StreamConnectionTests {
     /// Answers every request with the stream `plan`, as a stream route does.
     private struct PlanResponder: HTTPResponder {
         typealias Context = HeraldRequestContext

@@ -9,7 +9,7 @@ import Testing
 
 /// The follower never skips silently: a page that the store can no longer continue, and a
 /// live event of a new epoch, both produce the loss signal before what follows.
-@Suite struct ChannelFollowerTests {
+@Suite(.timeLimit(.minutes(1))) struct ChannelFollowerTests {
     private struct Done: Error {}
 
     /// What a transport would have written: events as `epoch:offset`, resets as `reset:epoch:next`.

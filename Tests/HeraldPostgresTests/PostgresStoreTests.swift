@@ -78,7 +78,7 @@ private final class Stores: Sendable {
     }
 }
 
-@Suite struct PostgresStoreTests {
+@Suite(.timeLimit(.minutes(1))) struct PostgresStoreTests {
     @Test(arguments: StoreConformance.logAndChecks)
     func conformance(_ requirement: StoreConformance.Case<any ChannelLog & CheckStore>) async throws {
         let stores = Stores()

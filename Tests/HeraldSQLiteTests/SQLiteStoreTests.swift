@@ -21,7 +21,7 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
     )
 }
 
-@Suite struct SQLiteStoreTests {
+@Suite(.timeLimit(.minutes(1))) struct SQLiteStoreTests {
     @Test(arguments: StoreConformance.logAndChecks)
     func conformance(_ requirement: StoreConformance.Case<any ChannelLog & CheckStore>) async throws {
         try await requirement.run { retention in try makeStore(retention).0 }

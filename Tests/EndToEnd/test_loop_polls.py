@@ -70,11 +70,22 @@ def post(path, body):
 
 
 def publish_soon(herald, channel, delay=0.5):
+    """Publishes an event on another connection after `delay`; returns a callable that waits for
+    the publisher's answer (call it before the test ends and its server goes)."""
+    answers = []
+
     def run():
         time.sleep(delay)
         with herald.client() as other:
-            other.post(f"/api/v1/channels/{channel}/events", json={"type": "t", "data": {}}, headers=AUTH)
-    threading.Thread(target=run, daemon=True).start()
+            answers.append(other.post(f"/api/v1/channels/{channel}/events", json={"type": "t", "data": {}},
+                                      headers=AUTH).status_code)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def published():
+        thread.join(30)
+        assert answers == [201]
+    return published
 
 
 def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
@@ -88,9 +99,10 @@ def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
         timed_out = json.loads(body)
         assert timed_out["events"] == [] and timed_out["recovered"] is True
         # Held, and answered by an event published on another connection.
-        publish_soon(herald, "lp-a")
+        published = publish_soon(herald, "lp-a")
         wire.send(get(f"/api/v1/channels/lp-a/events?since={timed_out['next']}&wait=20"))
         status, _, body = wire.answer()
+        published()
         woken = json.loads(body)
         assert status == 200 and [event["offset"] for event in woken["events"]] == [1]
         # Not a poll: Hummingbird serves it, on the same connection.
@@ -98,7 +110,7 @@ def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
         status, _, body = wire.answer()
         assert status == 201 and json.loads(body)["offset"] == 2
         # A poll that need not wait, after it.
-        wire.send(get(f"/api/v1/channels/lp-a/events?since=1&wait=20"))
+        wire.send(get("/api/v1/channels/lp-a/events?since=1&wait=20"))
         status, _, body = wire.answer()
         assert status == 200 and [event["offset"] for event in json.loads(body)["events"]] == [2]
         wire.send(get("/healthz"))
@@ -108,12 +120,13 @@ def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
 def test_pipelined_polls_are_answered_in_order_and_on_time(herald):
     with connect(herald) as connection:
         wire = Wire(connection)
-        publish_soon(herald, "lp-b", delay=1.0)
+        published = publish_soon(herald, "lp-b", delay=1.0)
         # The second waits, unread, while the first is held; the third waits for both.
         wire.send(get("/api/v1/channels/lp-b/events?since=0&wait=20"),
                   get("/api/v1/channels/lp-c/events?wait=1"),
                   get("/healthz"))
         first, second, third = wire.answer(), wire.answer(), wire.answer()
+        published()
         assert first[0] == 200 and json.loads(first[2])["channel"] == "lp-b"
         assert [event["offset"] for event in json.loads(first[2])["events"]] == [1]
         assert second[0] == 200 and json.loads(second[2])["channel"] == "lp-c"
@@ -140,13 +153,14 @@ def test_polls_then_a_stream_on_the_same_connection(herald):
         wire = Wire(connection)
         wire.send(get("/api/v1/channels/lp-e/events?wait=1"))
         assert wire.answer()[0] == 200
-        publish_soon(herald, "lp-e")
+        published = publish_soon(herald, "lp-e")
         wire.send(get("/api/v1/channels/lp-e/events?format=sse&since=0"))
         status, headers = wire.head()
         assert status == 200 and headers["content-type"].startswith("text/event-stream")
         while b"id: " not in wire.pending:
             wire._fill()
         assert b"data: " in wire.pending
+        published()
 
 
 def test_a_connection_idle_between_polls_is_closed(make_herald):

@@ -116,6 +116,8 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     private var bodyBytes = 0
     private var windowBytes = 0
     private var timer: Scheduled<Void>?
+    /// Its own context, for answers that follow a request ``StreamGate`` answered.
+    private var context: ChannelHandlerContext?
 
     /// Whether a first request reached Hummingbird; settled once.
     private let served: EventLoopPromise<Bool>
@@ -133,6 +135,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         tap.onBytes = { bytes in
             let (shield, context) = loopBound.value
@@ -141,6 +144,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
         tap.onBytes = nil
         cancelTimer()
         settleServed(false)
@@ -215,10 +219,24 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// ``StreamGate`` took a request (a bodiless head and its end) that never reaches the
     /// shield, and answers it itself: the head arrived in time.
+    /// It counts as a request in flight until ``requestAnswered()``: a pipelined head's clock
+    /// and a problem found meanwhile wait for its answer, as for a response the shield sees.
     func requestTaken() {
-        guard phase == .readingHead else { return }
         cancelTimer()
-        phase = .idle
+        if phase == .readingHead { phase = .idle }
+        inFlight += 1
+    }
+
+    /// The answer to a request ``StreamGate`` took was written.
+    func requestAnswered() {
+        guard inFlight > 0, let context else { return }
+        inFlight -= 1
+        guard inFlight == 0 else { return }
+        if let deferred {
+            self.deferred = nil
+            return answer(deferred, context: context)
+        }
+        if phase == .readingHead { arm(context, limits.headTimeout) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

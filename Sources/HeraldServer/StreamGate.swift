@@ -60,6 +60,12 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request went on to Hummingbird: the gate leaves once it has passed on the rest.
     private var isPassing = false
     private var hasPolled = false
+    /// Polls started, so that a late word from one already stopped is ignored.
+    private var polls = 0
+    /// The client half-closed while a poll was held: it still gets its answer, then the
+    /// connection closes (nothing else would read the end; Hummingbird's upgrade handler,
+    /// which has seen no request, would close before the answer).
+    private var isInputClosed = false
     /// A stream took the connection over.
     private var isGone = false
     private var isQuiescing = false
@@ -112,10 +118,12 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     static func candidate(_ head: HTTPRequestHead) -> StreamTakeover.Candidate? {
         guard head.headers["upgrade"].isEmpty else { return nil }
         let length = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+        // Every Accept field, joined as the router reads them.
+        let accept = head.headers["accept"]
         let candidate = StreamTakeover.candidate(
             method: head.method.rawValue,
             uri: head.uri,
-            accept: head.headers.first(name: "accept"),
+            accept: accept.isEmpty ? nil : accept.joined(separator: ", "),
             hasBody: length > 0 || head.headers.contains(name: "transfer-encoding")
         )
         if candidate == .poll, head.version != .http1_1 || !head.isKeepAlive { return nil }
@@ -131,9 +139,11 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         hasPolled = true
         do {
             let request = try HTTPRequest(head, secure: false, splitCookie: false)
+            polls += 1
+            let number = polls
             poll = LoopPoll(request: request, responder: streams.responder, context: context, logger: logger) {
                 [weak self] keepAlive in
-                self?.pollEnded(keepAlive: keepAlive, context)
+                self?.pollEnded(number, keepAlive: keepAlive, context)
             }
         } catch {
             logger.error("cannot serve a long poll on its event loop", metadata: ["error": "\(error)"])
@@ -141,11 +151,13 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// The poll was answered: the next request, if the connection stays.
-    private func pollEnded(keepAlive: Bool, _ context: ChannelHandlerContext) {
+    /// Poll `number` was answered: the next request, if the connection stays.
+    private func pollEnded(_ number: Int, keepAlive: Bool, _ context: ChannelHandlerContext) {
+        guard number == polls, poll != nil else { return }  // a poll stopped before it answered
         poll = nil
+        shield.requestAnswered()
         guard keepAlive else { return }
-        if isQuiescing { return context.close(promise: nil) }
+        if isQuiescing || isInputClosed { return context.close(promise: nil) }
         armIdleTimer(context)
         var parts = pipelined[...]
         pipelined = []
@@ -167,6 +179,10 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if poll != nil, case .inputClosed? = event as? ChannelEvent {
+            isInputClosed = true
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             isQuiescing = true
             // Between polls nothing else closes it; a held poll is answered by the hub's drain.

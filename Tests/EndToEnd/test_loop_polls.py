@@ -188,3 +188,40 @@ def test_a_held_poll_is_answered_and_its_connection_closed_on_shutdown(herald):
         assert wire.closed()
         assert time.monotonic() - started < 20
         assert herald.proc.wait(timeout=30) == 0
+
+
+def test_a_stream_the_head_does_not_show_is_still_a_stream(herald):
+    # A percent-encoded format, and Accept split over two fields: the router sees streams.
+    for request in (get("/api/v1/channels/lp-h/events?format=%73se&wait=30"),
+                    get("/api/v1/channels/lp-h/events?wait=30", "Accept: application/json",
+                        "Accept: text/event-stream")):
+        with connect(herald) as connection:
+            wire = Wire(connection)
+            wire.send(request)
+            status, headers = wire.head()
+            assert status == 200 and headers["content-type"].startswith("text/event-stream")
+
+
+def test_a_pipelined_head_waits_for_a_held_poll_without_a_timeout(make_herald):
+    herald = make_herald(config={"head-timeout": 2})
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        # Held past the head timeout, with a second request behind it that ends past the first
+        # read (512 bytes): its last bytes arrive after the first head was taken.
+        wire.send(get("/api/v1/channels/lp-i/events?wait=4"),
+                  get("/api/v1/channels/lp-j/events?wait=1", "X-Padding: " + "p" * 1000))
+        first, second = wire.answer(), wire.answer()
+        assert first[0] == 200 and json.loads(first[2])["channel"] == "lp-i"
+        assert second[0] == 200 and json.loads(second[2])["channel"] == "lp-j"
+
+
+def test_a_client_that_half_closes_still_gets_its_held_poll_answered(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        published = publish_soon(herald, "lp-k")
+        wire.send(get("/api/v1/channels/lp-k/events?since=0&wait=20"))
+        connection.shutdown(socket.SHUT_WR)
+        status, headers, body = wire.answer()
+        published()
+        assert status == 200 and [event["offset"] for event in json.loads(body)["events"]] == [1]
+        assert wire.closed()

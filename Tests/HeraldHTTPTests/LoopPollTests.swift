@@ -22,7 +22,19 @@ import Testing
     private struct PollResponder: HTTPResponder {
         typealias Context = HeraldRequestContext
         let plan: PollPlan?
+        var openEnded = false
         func respond(to request: Request, context: HeraldRequestContext) async throws -> Response {
+            if openEnded {
+                return Response(
+                    status: .ok,
+                    headers: [.contentType: "text/event-stream"],
+                    body: ResponseBody { writer in
+                        try await writer.write(ByteBuffer(string: "a"))
+                        try await writer.write(ByteBuffer(string: "b"))
+                        try await writer.finish(nil)
+                    }
+                )
+            }
             guard let plan else { return jsonResponse(.ok, #"{"at":"once"}"#) }
             StreamTakeover.current?.poll = plan
             return jsonResponse(.ok, "", callback: plan.callback)
@@ -71,9 +83,9 @@ import Testing
         let channel = NIOAsyncTestingChannel()
         let ending = Ending()
 
-        init(_ plan: PollPlan?) async throws {
+        init(_ plan: PollPlan?, openEnded: Bool = false) async throws {
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
-            let (responder, ending) = (PollResponder(plan: plan), self.ending)
+            let (responder, ending) = (PollResponder(plan: plan, openEnded: openEnded), self.ending)
             try await channel.eventLoop.submit { [channel] in
                 try channel.pipeline.syncOperations.addHandler(Host(responder, ending))
             }.get()
@@ -222,6 +234,31 @@ import Testing
         let answer = try #require(try await poll.answer())
         #expect(answer.body == #"{"at":"once"}"#)
         #expect(poll.ending.keepAlive.withLock { $0 } == true)
+    }
+
+    @Test func anOpenEndedAnswerIsWrittenAsItComesThenTheConnectionCloses() async throws {
+        let poll = try await Poll(nil, openEnded: true)
+        var parts: [HTTPServerResponsePart] = []
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        while parts.count < 4, ContinuousClock.now < deadline {
+            guard let part = try await poll.channel.readOutbound(as: HTTPServerResponsePart.self) else {
+                try await Task.sleep(for: .milliseconds(5))
+                continue
+            }
+            parts.append(part)
+        }
+        guard case .head(let head) = parts.first else {
+            Issue.record("no head first: \(parts)")
+            return
+        }
+        #expect(head.headers["connection"] == ["close"] && head.headers["content-length"].isEmpty)
+        #expect(
+            Array(parts.dropFirst()) == [
+                .body(.byteBuffer(ByteBuffer(string: "a"))), .body(.byteBuffer(ByteBuffer(string: "b"))), .end(nil),
+            ]
+        )
+        try await poll.channel.closeFuture.get()
+        #expect(poll.ending.keepAlive.withLock { $0 } == false)
     }
 
     @Test func aPollStoppedByItsClosedConnectionLeavesTheHub() async throws {

@@ -85,6 +85,11 @@ where Responder.Context == HeraldRequestContext {
                 channel.eventLoop.execute { [head] in poll.value.hold(plan, head: head) }
                 return
             }
+            guard response.body.contentLength != nil else {
+                // Open-ended (a stream the head did not show, say a percent-encoded format):
+                // written as it comes, and the connection closes after it.
+                return await LoopPoll.stream(response.body, head: head, poll: poll, on: channel.eventLoop)
+            }
             let body: ByteBuffer
             do {
                 body = try await response.body.collect()
@@ -93,6 +98,31 @@ where Responder.Context == HeraldRequestContext {
             }
             channel.eventLoop.execute { [head] in poll.value.write(head, body) }
         }
+    }
+
+    /// Writes an open-ended body part by part, each write awaited, then closes.
+    private static func stream(
+        _ body: ResponseBody,
+        head: HTTPResponseHead,
+        poll: NIOLoopBound<LoopPoll>,
+        on loop: any EventLoop
+    ) async {
+        var head = head
+        head.headers.replaceOrAdd(name: "connection", value: "close")
+        head.headers.replaceOrAdd(name: "date", value: HTTPDate.now)
+        do {
+            try await loop.flatSubmit { [head] in poll.value.send(.head(head)) }.get()
+            try await body.write(LoopBodyWriter(poll: poll, loop: loop))
+        } catch {
+            // The client went away.
+        }
+        loop.execute { poll.value.fail(nil) }
+    }
+
+    /// Writes one part of an open-ended answer; fails once the poll stopped.
+    fileprivate func send(_ part: HTTPServerResponsePart) -> EventLoopFuture<Void> {
+        guard !isDone else { return context.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+        return context.writeAndFlush(NIOAny(part))
     }
 
     /// The connection is gone or its handler removed: leaves the hub.
@@ -198,6 +228,7 @@ where Responder.Context == HeraldRequestContext {
     /// Writes the answer with its length; the connection stays open unless `closing` (or the
     /// router said so).
     private func write(_ head: HTTPResponseHead, _ body: ByteBuffer, closing: Bool = false) {
+        guard !isDone else { return }  // stopped while it was routed: the connection is gone
         isDone = true
         unsubscribe()
         var head = head
@@ -220,10 +251,14 @@ where Responder.Context == HeraldRequestContext {
         ended(!closes)
     }
 
-    /// The store could not be read, or the body not made: the connection closes, as a stream's
-    /// does; the client polls again.
-    private func fail(_ error: any Error) {
-        logger.info("long poll ended: its answer could not be made", metadata: ["error": "\(error)"])
+    /// The store could not be read, or the body not made (or an open-ended one ended): the
+    /// connection closes, as a stream's does; the client polls again.
+    private func fail(_ error: (any Error)?) {
+        guard !isDone else {
+            if error == nil { context.close(promise: nil) }  // the end of an open-ended answer
+            return
+        }
+        if let error { logger.info("long poll ended: its answer could not be made", metadata: ["error": "\(error)"]) }
         stop()
         context.close(promise: nil)
         ended(false)
@@ -233,5 +268,20 @@ where Responder.Context == HeraldRequestContext {
         guard isSubscribed, let plan else { return }
         isSubscribed = false
         plan.hub.unsubscribe(self, from: plan.channel, on: context.eventLoop)
+    }
+}
+
+/// Writes an open-ended body through the poll's handler, on its loop, one awaited write a part.
+private struct LoopBodyWriter<Responder: HTTPResponder>: ResponseBodyWriter
+where Responder.Context == HeraldRequestContext {
+    let poll: NIOLoopBound<LoopPoll<Responder>>
+    let loop: any EventLoop
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        try await loop.flatSubmit { [poll] in poll.value.send(.body(.byteBuffer(buffer))) }.get()
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await loop.flatSubmit { [poll] in poll.value.send(.end(nil)) }.get()
     }
 }

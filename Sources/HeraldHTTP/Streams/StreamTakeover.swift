@@ -79,6 +79,8 @@ package final class StreamTakeover: Sendable {
             }
         }
         if let format {
+            // Percent-encoded: the router decodes it; leave such a request to it.
+            if format.contains(UInt8(ascii: "%")) { return nil }
             let streams = ["sse", "ndjson", "html"].contains { format.elementsEqual($0.utf8) }
             return streams ? .stream : waits ? .poll : nil
         }

@@ -59,7 +59,6 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     private var readPending = false
     /// A request went on to Hummingbird: the gate leaves once it has passed on the rest.
     private var isPassing = false
-    private var hasPolled = false
     /// Polls started, so that a late word from one already stopped is ignored.
     private var polls = 0
     /// The client half-closed while a poll was held: it still gets its answer, then the
@@ -136,7 +135,6 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         guard case .head(let head)? = held.first else { return }
         held = []
         taking = nil
-        hasPolled = true
         do {
             let request = try HTTPRequest(head, secure: false, splitCookie: false)
             polls += 1
@@ -186,7 +184,7 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         if event is ChannelShouldQuiesceEvent {
             isQuiescing = true
             // Between polls nothing else closes it; a held poll is answered by the hub's drain.
-            if hasPolled, poll == nil, taking == nil, !isPassing { context.close(promise: nil) }
+            if polls > 0, poll == nil, taking == nil, !isPassing { context.close(promise: nil) }
         }
         context.fireUserInboundEventTriggered(event)
     }

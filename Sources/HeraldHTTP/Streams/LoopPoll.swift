@@ -46,6 +46,8 @@ struct PollPlan: Sendable {
 package final class LoopPoll<Responder: HTTPResponder>: LoopSubscriber
 where Responder.Context == HeraldRequestContext {
     private let context: ChannelHandlerContext
+    /// Runs the poll's tasks (routing, store reads) on its connection's loop.
+    private let executor: LoopExecutor
     private let logger: Logger
     private let ended: (_ keepAlive: Bool) -> Void
     private var plan: PollPlan?
@@ -66,12 +68,13 @@ where Responder.Context == HeraldRequestContext {
         ended: @escaping (_ keepAlive: Bool) -> Void
     ) {
         self.context = context
+        self.executor = LoopExecutor(context.eventLoop)
         self.logger = logger
         self.ended = ended
         let request = Request(head: request, body: RequestBody(buffer: ByteBuffer()))
         let channel = context.channel
         let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
-        Task(executorPreference: LoopExecutor(context.eventLoop)) { [logger] in
+        Task(executorPreference: executor) { [logger] in
             let (response, takeover) = await LoopRouting.respond(
                 to: request,
                 serving: .poll,
@@ -183,7 +186,7 @@ where Responder.Context == HeraldRequestContext {
         isReading = true
         let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        Task(executorPreference: LoopExecutor(loop)) {
+        Task(executorPreference: executor) {
             let result: Result<EventRead, any Error>
             do {
                 result = .success(

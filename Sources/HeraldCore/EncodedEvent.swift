@@ -21,7 +21,8 @@ package final class EncodedEvent: Sendable {
     /// encoder by a stream served on its event loop.
     package let sseChunk: ByteBuffer
     package let ndjsonChunk: ByteBuffer
-    /// The payload of a WebSocket text frame: `{"op": "event", ...the event fields...}`.
+    /// The event as a WebSocket text frame, header included: `{"op": "event", ...the event
+    /// fields...}`.
     package let webSocketFrame: ByteBuffer
 
     package init(_ event: Event) {
@@ -34,11 +35,19 @@ package final class EncodedEvent: Sendable {
         writer.int("next", event.offset)
         writer.raw("events", "[" + json + "]")
         self.pollAnswer = writer.result
-        self.webSocketFrame = ByteBuffer(string: "{\"op\":\"event\"," + json.dropFirst())
+        self.webSocketFrame = WebSocketWire.frame(.text, ByteBuffer(string: "{\"op\":\"event\"," + json.dropFirst()))
         self.sse = ByteBuffer(string: "id: \(event.epoch):\(event.offset)\nevent: \(event.type)\ndata: \(json)\n\n")
         self.ndjson = ByteBuffer(string: json + "\n")
         self.sseChunk = Self.chunk(sse)
         self.ndjsonChunk = Self.chunk(ndjson)
+    }
+
+    /// The payload of ``webSocketFrame``, without its header.
+    package var webSocketPayload: ByteBuffer {
+        let length = webSocketFrame.getInteger(at: webSocketFrame.readerIndex + 1, as: UInt8.self) ?? 0
+        var payload = webSocketFrame
+        payload.moveReaderIndex(forwardBy: length < 126 ? 2 : length == 126 ? 4 : 10)
+        return payload
     }
 
     /// `bytes` as one HTTP/1.1 chunk: its size in hex, CRLF, the bytes, CRLF.

@@ -1,7 +1,8 @@
 package import HeraldCore
 
-/// The channels one WebSocket connection or one gRPC `Subscribe` call follows, each by a
-/// follower task: the bookkeeping both sessions share, kept inside their own lock.
+/// The channels one gRPC `Subscribe` call follows, each by a follower task: the bookkeeping
+/// kept inside the session's lock. (A WebSocket's subscriptions live on its event loop, as
+/// ``LoopFollower``s, and need no lock.)
 ///
 /// A subscription is registered with a fresh generation *before* its task runs, so its own end
 /// finds it, and only the current generation of a channel may answer: after `unsubscribe` (or a

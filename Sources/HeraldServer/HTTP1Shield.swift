@@ -3,7 +3,6 @@ internal import HeraldGRPC
 internal import HeraldHTTP
 internal import HeraldWebSocket
 internal import HummingbirdCore
-internal import HummingbirdWebSocket
 internal import Logging
 internal import NIOCore
 internal import NIOHTTP1
@@ -23,17 +22,17 @@ struct HTTP1ShieldLimits: Sendable {
     var maxHeaderFieldSize: Int
 }
 
-/// Hummingbird's WebSocket-upgradable HTTP/1 channel, with an ``HTTP1Shield`` in front of it,
+/// The WebSocket-upgradable HTTP/1 channel (``WebSocketUpgradeChannel``), with an ``HTTP1Shield`` in front of it,
 /// and a ``StreamGate`` that serves a first request for a stream on the event loop.
 struct ShieldedHTTP1Channel: ServerChildChannel {
     struct Value: ServerChildChannelValue {
-        let inner: HTTP1WebSocketUpgradeChannel.Value
+        let inner: WebSocketUpgradeChannel.Value
         /// False when the shield refused the connection before its first request.
         let served: EventLoopFuture<Bool>
         var channel: any Channel { inner.channel }
     }
 
-    let inner: HTTP1WebSocketUpgradeChannel
+    let inner: WebSocketUpgradeChannel
     let limits: HTTP1ShieldLimits
     /// Serves streams and long polls on the event loop (``StreamGate``).
     let streams: LoopStreams
@@ -266,13 +265,8 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .upgradeComplete = event as? HTTPServerUpgradeEvents {
-            // A WebSocket now: its frames are not HTTP, and its session has its own bounds.
+            // A WebSocket now: its frames are not HTTP, and its connection has its own bounds.
             settleServed(true)
-            do {
-                try WebSocketEndpoint.requireMaskedFrames(context.pipeline.syncOperations)
-            } catch {
-                context.close(promise: nil)  // no frame decoder: not a WebSocket after all
-            }
             context.pipeline.syncOperations.removeHandler(tap, promise: nil)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } else if event is ChannelShouldQuiesceEvent, inFlight == 0, phase != .idle {

@@ -7,7 +7,6 @@ internal import HeraldWebSocket
 internal import Hummingbird
 internal import HummingbirdCore
 internal import HummingbirdHTTP2
-internal import HummingbirdWebSocket
 internal import Logging
 internal import NIOCore
 internal import NIOSSL
@@ -60,43 +59,40 @@ extension HeraldServer {
         let idleTimeout = TimeAmount(configuration.http.idleTimeout)
         let streams = LoopStreams(responder: responder, idleTimeout: idleTimeout)
         let refusedUpgrades = RefusedUpgrades()
-        let webSocketChannel = HTTP1WebSocketUpgradeChannel.Configuration(
-            http1: .init(
-                additionalChannelHandlers: [UpgradeRefusalHandler(refused: refusedUpgrades)],
-                idleTimeout: idleTimeout
-            ),
-            ws: .init(
-                // A frame as large as a message (deflate may grow one a little); larger: 1009.
-                maxFrameSize: configuration.webSocket.maxMessageBytes + 1024,
-                extensions: WebSocketEndpoint.extensions(maxMessageBytes: configuration.webSocket.maxMessageBytes),
-                autoPing: .enabled(timePeriod: configuration.http.heartbeat),
-                validateUTF8: true
-            )
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [UpgradeRefusalHandler(refused: refusedUpgrades)],
+            idleTimeout: idleTimeout
         )
         let shieldLimits = HTTP1ShieldLimits(
             headTimeout: TimeAmount(configuration.http.headTimeout),
             minBodyBytesPerWindow: configuration.http.minBodyRate
                 * Int(configuration.http.headTimeout.components.seconds),
             maxBodyBytes: configuration.http.maxBodyBytes,
-            maxHeaderFieldSize: webSocketChannel.http1.httpDecoder.maxHeaderFieldSize
+            maxHeaderFieldSize: http1.httpDecoder.maxHeaderFieldSize
         )
-        let shouldUpgrade:
-            @Sendable (HTTPRequest, any Channel, Logger) throws -> ShouldUpgradeResult<
-                WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
-            > = { request, channel, _ in
+        let upgrade = WebSocketUpgradeChannel.Upgrade(
+            decide: { request, channel in
                 if let problem = webSocket.refusal(for: request) {
                     refusedUpgrades.record(problem, for: channel)
-                    return .dontUpgrade
+                    return nil
                 }
-                let bearer = WebSocketEndpoint.bearer(of: request)
+                guard let extensions = WebSocketEndpoint.extensionsResponse(to: request) else { return [:] }
+                return [.secWebSocketExtensions: extensions]
+            },
+            handlers: { request, channel in
                 let address = access.limits.addresses.client(
                     peer: channel.remoteAddress?.ipAddress,
                     forwardedFor: request.headerFields[HTTPField.Name("X-Forwarded-For")!]
                 )
-                return .upgrade([:]) { inbound, outbound, _ in
-                    try await webSocket.serve(inbound, outbound, bearer: bearer, address: address)
-                }
-            }
+                return webSocket.handlers(
+                    bearer: WebSocketEndpoint.bearer(of: request),
+                    address: address,
+                    deflates: WebSocketEndpoint.extensionsResponse(to: request) != nil
+                )
+            },
+            // A frame as large as a message (deflate may grow one a little); larger: 1009.
+            maxFrameSize: configuration.webSocket.maxMessageBytes + 1024
+        )
         let server: HTTPServerBuilder
         let scheme: String
         if let certificatePath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
@@ -116,11 +112,7 @@ extension HeraldServer {
                     inner: SecureHTTPChannel(
                         context: context,
                         http1: ShieldedHTTP1Channel(
-                            inner: HTTP1WebSocketUpgradeChannel(
-                                responder: responder,
-                                configuration: webSocketChannel,
-                                shouldUpgrade: shouldUpgrade
-                            ),
+                            inner: WebSocketUpgradeChannel(responder: responder, http1: http1, upgrade: upgrade),
                             limits: shieldLimits,
                             streams: streams
                         ),
@@ -137,11 +129,7 @@ extension HeraldServer {
             server = HTTPServerBuilder { responder in
                 GuardedChildChannel(
                     inner: ShieldedHTTP1Channel(
-                        inner: HTTP1WebSocketUpgradeChannel(
-                            responder: responder,
-                            configuration: webSocketChannel,
-                            shouldUpgrade: shouldUpgrade
-                        ),
+                        inner: WebSocketUpgradeChannel(responder: responder, http1: http1, upgrade: upgrade),
                         limits: shieldLimits,
                         streams: streams
                     ),

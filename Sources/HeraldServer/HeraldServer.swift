@@ -14,8 +14,6 @@ internal import HeraldWebSocket
 internal import Hummingbird
 internal import HummingbirdCore
 internal import HummingbirdHTTP2
-internal import HummingbirdWSCompression
-internal import HummingbirdWebSocket
 package import Logging
 internal import NIOCore
 internal import NIOHTTP1

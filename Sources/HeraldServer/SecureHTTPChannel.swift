@@ -1,6 +1,5 @@
 internal import HummingbirdCore
 internal import HummingbirdHTTP2
-internal import HummingbirdWebSocket
 internal import Logging
 internal import NIOCore
 internal import NIOSSL

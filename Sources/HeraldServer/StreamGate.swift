@@ -2,7 +2,6 @@ internal import HTTPTypes
 internal import HeraldHTTP
 internal import Hummingbird
 internal import HummingbirdCore
-internal import HummingbirdWebSocket
 internal import Logging
 internal import NIOCore
 internal import NIOHTTP1
@@ -225,7 +224,7 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         isGone = true
         do {
             let request = try HTTPRequest(head, secure: false, splitCookie: false)
-            typealias Upgrade = NIOTypedHTTPServerUpgradeHandler<HTTP1WebSocketUpgradeChannel.UpgradeResult>
+            typealias Upgrade = NIOTypedHTTPServerUpgradeHandler<WebSocketUpgradeChannel.UpgradeResult>
             for handler in [
                 try operations.handler(type: Upgrade.self) as any RemovableChannelHandler,
                 try operations.handler(type: ByteTap.self),

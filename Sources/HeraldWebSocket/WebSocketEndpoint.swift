@@ -6,20 +6,19 @@ package import HeraldHub
 package import HeraldRunner
 internal import Hummingbird
 internal import HummingbirdCore
-package import HummingbirdWebSocket
+internal import HummingbirdWebSocket
 package import Logging
-internal import NIOCore
-internal import NIOWebSocket
+package import NIOCore
 internal import ServiceLifecycle
-internal import Synchronization
 
 /// `/api/v1/ws`: many channels per connection, bidirectional, per `docs/protocol.md`.
 ///
-/// Text frames carry one JSON op each. Malformed or unknown ops get an `error` op, never a
-/// disconnect. Server pings every `heartbeat` and a close when pongs stop come from the
-/// WebSocket library (auto-ping); a message over `maxMessageBytes` closes with 1009. On
-/// graceful shutdown every connection closes with 1012 (service restart), after the frames
-/// already queued, so clients reconnect elsewhere and resume from their last offsets.
+/// Each upgraded connection is served on its event loop by a ``WebSocketConnection``. Text
+/// frames carry one JSON op each; malformed or unknown ops get an `error` op, never a
+/// disconnect. The server pings every `heartbeat` and closes a connection that stays silent
+/// (1001); a message over `maxMessageBytes` closes it with 1009. On graceful shutdown every
+/// connection closes with 1012 (service restart), after the frames already queued, so clients
+/// reconnect elsewhere and resume from their last offsets.
 ///
 /// The endpoint is a `Service`: placed after the HTTP server in the `ServiceGroup`, it is told
 /// to shut down first, and closes every live connection with 1012.
@@ -32,7 +31,7 @@ package final class WebSocketEndpoint: Service, Sendable {
     let access: Access
     let configuration: WebSocketConfiguration
     let logger: Logger
-    private let sessions = Mutex<(live: [ObjectIdentifier: WebSocketSession], isDraining: Bool)>(([:], false))
+    let loops: WebSocketLoops
 
     package init(
         follower: ChannelFollower,
@@ -48,16 +47,13 @@ package final class WebSocketEndpoint: Service, Sendable {
         self.access = access
         self.configuration = configuration
         self.logger = logger
+        self.loops = WebSocketLoops(pingInterval: TimeAmount(follower.heartbeat))
     }
 
     /// Waits for graceful shutdown, then closes every connection with 1012 (service restart).
     package func run() async throws {
         try? await gracefulShutdown()
-        let live = sessions.withLock { sessions in
-            sessions.isDraining = true
-            return Array(sessions.live.values)
-        }
-        for session in live { session.finish(.restart) }
+        loops.drain()
     }
 
     /// Why `request` may not upgrade, or nil when it may: the path, and the `Origin`
@@ -87,90 +83,22 @@ package final class WebSocketEndpoint: Service, Sendable {
         return request.path.flatMap { URI($0).queryParameters.get("access_token") }
     }
 
-    /// Serves one upgraded connection until either side closes it.
+    /// The `Sec-WebSocket-Extensions` answer to `request`'s offers: permessage-deflate when one
+    /// can be accepted (``SharedDeflate``), else nil.
+    package static func extensionsResponse(to request: HTTPRequest) -> String? {
+        let offers = WebSocketExtensionHTTPParameters.parseHeaders(request.headerFields).map { offer in
+            (name: offer.name, parameters: offer.parameters.mapValues(\.optional))
+        }
+        return SharedDeflate.accept(offers)
+    }
+
+    /// The handlers that serve an upgraded connection, after NIO's frame decoder: masking is
+    /// checked first (``MaskedFramesOnly``), then the connection is served on its loop.
     /// - Parameters:
     ///   - bearer: the upgrade request's credential (see ``bearer(of:)``).
     ///   - address: the client's address, for rate limits.
-    package func serve(
-        _ inbound: WebSocketInboundStream,
-        _ outbound: WebSocketOutboundWriter,
-        bearer: String? = nil,
-        address: String? = nil
-    ) async throws {
-        let (frames, sink) = AsyncStream<ByteBuffer>.makeStream(
-            bufferingPolicy: .bufferingOldest(configuration.maxQueuedFrames)
-        )
-        let session = WebSocketSession(
-            sink: sink,
-            follower: follower,
-            checks: checks,
-            events: events,
-            access: access,
-            configuration: configuration,
-            logger: logger,
-            address: address
-        )
-        let isDraining = sessions.withLock { sessions in
-            sessions.live[ObjectIdentifier(session)] = session
-            return sessions.isDraining
-        }
-        if isDraining { session.finish(.restart) }
-        await session.start(bearer: bearer)
-        do {
-            try await exchange(inbound, outbound, session: session, frames: frames)
-        } catch {
-            await end(session)
-            throw error
-        }
-        await end(session)
-    }
-
-    /// Forgets `session` and waits for its subscriptions to end.
-    private func end(_ session: WebSocketSession) async {
-        _ = sessions.withLock { $0.live.removeValue(forKey: ObjectIdentifier(session)) }
-        await session.close()
-    }
-
-    /// Reads ops and writes frames until either side closes.
-    private func exchange(
-        _ inbound: WebSocketInboundStream,
-        _ outbound: WebSocketOutboundWriter,
-        session: WebSocketSession,
-        frames: AsyncStream<ByteBuffer>
-    ) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            // The one writer: frames leave in order, and a slow client only fills its own queue.
-            group.addTask {
-                for await frame in frames {
-                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame)))
-                    session.sent(frame.readableBytes)
-                }
-                switch session.closing {
-                case .slowConsumer(let channel, let offset):
-                    let error = OpError("slow_consumer", "the connection fell behind; resume from your last offset")
-                    try await outbound.write(.text(ServerFrame.error(error, channel: channel, offset: offset, id: nil)))
-                    try await outbound.close(.policyViolation, reason: "slow consumer")
-                case .restart:
-                    try await outbound.close(.unknown(1012), reason: "service restart")
-                case .messageTooLarge:
-                    try await outbound.close(.messageTooLarge, reason: "message too large")
-                case .clientClosed, nil:
-                    break
-                }
-            }
-            for try await message in inbound.messages(maxSize: configuration.maxMessageBytes) {
-                guard case .text(let text) = message else {
-                    session.send(ServerFrame.error(OpError("malformed", "only text frames are understood"), id: nil))
-                    continue
-                }
-                guard text.utf8.count <= configuration.maxMessageBytes else {
-                    session.finish(.messageTooLarge)
-                    break
-                }
-                await session.handle(text)
-            }
-            session.finish(.clientClosed)
-            try await group.waitForAll()
-        }
+    ///   - deflates: whether ``extensionsResponse(to:)`` accepted permessage-deflate.
+    package func handlers(bearer: String?, address: String?, deflates: Bool) -> [any ChannelHandler] {
+        [MaskedFramesOnly(), WebSocketConnection(endpoint: self, bearer: bearer, address: address, deflates: deflates)]
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Testing
 
 @testable import HeraldCore
@@ -52,5 +53,34 @@ import Testing
             encoded.pollAnswer
                 == EventRead(epoch: Epoch("e1"), recovered: true, events: [event], next: 4).json(channel: channel)
         )
+    }
+
+    @Test(arguments: [0, 125, 126, 65_535, 65_536])
+    func theWebSocketFrameIsAServerTextFrameWithTheEventOp(_ padding: Int) throws {
+        let event = Event(
+            channel: try #require(ChannelName("c")),
+            offset: 1,
+            epoch: Epoch("e"),
+            type: "t",
+            time: .now(),
+            data: "\"" + String(repeating: "x", count: padding) + "\""
+        )
+        let encoded = EncodedEvent(event)
+        let payload = "{\"op\":\"event\"," + event.json.dropFirst()
+        var frame = encoded.webSocketFrame
+        #expect(frame.readInteger(as: UInt8.self) == 0x81)  // final, text, no RSV, unmasked
+        let marker = frame.readInteger(as: UInt8.self) ?? 0
+        let length: Int
+        switch payload.utf8.count {
+        case ..<126: length = Int(marker)
+        case ...65_535:
+            #expect(marker == 126)
+            length = Int(frame.readInteger(as: UInt16.self) ?? 0)
+        default:
+            #expect(marker == 127)
+            length = Int(frame.readInteger(as: UInt64.self) ?? 0)
+        }
+        #expect(length == payload.utf8.count && frame.readableBytes == length)
+        #expect(String(buffer: frame) == payload && String(buffer: encoded.webSocketPayload) == payload)
     }
 }

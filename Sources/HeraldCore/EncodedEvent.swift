@@ -1,4 +1,5 @@
 package import NIOCore
+internal import Synchronization
 
 /// An event encoded once, shared by every reader it is delivered to.
 ///
@@ -40,6 +41,23 @@ package final class EncodedEvent: Sendable {
         self.ndjson = ByteBuffer(string: json + "\n")
         self.sseChunk = Self.chunk(sse)
         self.ndjsonChunk = Self.chunk(ndjson)
+    }
+
+    /// Built on first use by whoever needs it (a WebSocket connection's permessage-deflate
+    /// frame), then shared: an event is compressed once, however many connections and loops
+    /// send it.
+    private let deflatedFrame = Mutex<ByteBuffer?>(nil)
+
+    /// The compressed WebSocket frame, made by `make` the first time (two loops may both make
+    /// it; the first stored wins). `make` runs outside the lock.
+    package func deflatedWebSocketFrame(_ make: () throws -> ByteBuffer) rethrows -> ByteBuffer {
+        if let frame = deflatedFrame.withLock({ $0 }) { return frame }
+        let frame = try make()
+        return deflatedFrame.withLock { stored in
+            if let stored { return stored }
+            stored = frame
+            return frame
+        }
     }
 
     /// The payload of ``webSocketFrame``, without its header.

@@ -66,7 +66,9 @@ package final class LoopFollower: LoopSubscriber {
     package private(set) var cursor: FollowCursor?
     private var isSubscribed = false
     /// A store read is under way; live events wait in `backlog` meanwhile.
-    private var isReading = false
+    package private(set) var isReading = false
+    /// Called once the store read under way when it stopped has ended (see ``stop()``).
+    package var whenSettled: (() -> Void)?
     private var backlog: [EncodedEvent] = []
     /// The backlog passed its bound and was dropped: the read that ends must be followed by another.
     private var missedLive = false
@@ -109,7 +111,9 @@ package final class LoopFollower: LoopSubscriber {
         return true
     }
 
-    /// Stops following, silently (`unsubscribe`, the connection's end).
+    /// Stops following, silently (`unsubscribe`, the connection's end). A store read under way
+    /// still ends (its result is dropped), then ``whenSettled`` is called: a connection that
+    /// waits for it never has more reads in flight than its subscriptions.
     package func stop() {
         guard !isEnded else { return }
         isEnded = true
@@ -222,8 +226,13 @@ package final class LoopFollower: LoopSubscriber {
     }
 
     private func readEnded(_ result: Result<(EventRead, [EncodedEvent]), any Error>) {
-        guard !isEnded, let output else { return }
         isReading = false
+        guard !isEnded, let output else {
+            let settled = whenSettled
+            whenSettled = nil
+            settled?()
+            return
+        }
         let read: EventRead
         var events: [EncodedEvent]
         switch result {

@@ -27,7 +27,7 @@ extension WebSocketConnection {
 
     /// Answers waiting messages until one needs I/O.
     func answerWaiting() {
-        while !isBusy, !isClosing, !waiting.isEmpty {
+        while isStarted, !isBusy, !isClosing, !waiting.isEmpty {
             handle(waiting.removeFirst())
         }
         if isClosing { waiting = [] }
@@ -172,6 +172,15 @@ extension WebSocketConnection {
             return send(ServerFrame.error(error, channel: channel, id: id))
         }
         subscription.follower.stop()
+        if subscription.follower.isReading {
+            // Its store read still runs: the next ops wait for it, so pipelined subscribes and
+            // unsubscribes cannot pile up reads.
+            isBusy = true
+            subscription.follower.whenSettled = { [weak self] in
+                self?.isBusy = false
+                self?.answerWaiting()
+            }
+        }
         if !subscription.started {
             let canceled = OpError("canceled", "unsubscribed before the subscription to \(channel) started")
             send(ServerFrame.error(canceled, channel: channel, id: subscription.request))

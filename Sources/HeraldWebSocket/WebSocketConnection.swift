@@ -4,6 +4,7 @@ internal import HeraldCore
 internal import HeraldHub
 internal import Logging
 internal import NIOCore
+internal import NIOHTTP1
 internal import NIOWebSocket
 
 /// One `/api/v1/ws` connection, served on its event loop after the upgrade: no task, no
@@ -51,6 +52,8 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     let deflates: Bool
 
     var context: ChannelHandlerContext?
+    /// Whether the upgrade completed and the connection started (see `start`).
+    private(set) var isStarted = false
     /// Where the connection's frames enter the pipeline: below NIO's frame encoder.
     private var wire: ChannelHandlerContext?
     /// The loop's shared state (deflate codec), once registered.
@@ -63,6 +66,8 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private var messageIsCompressed = false
     /// A frame arrived since the last ping.
     private var heard = true
+    /// The payload of the latest ping not answered yet.
+    private var pendingPong: ByteBuffer?
 
     // Ops (see WebSocketConnection+Ops.swift)
     var subscriptions: [ChannelName: Subscription] = [:]
@@ -97,12 +102,23 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         wire = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
-        guard let loop = endpoint.loops.add(self, on: context.eventLoop) else { return finish(.restart) }
+    }
+
+    /// Registers with the loop and takes the upgrade's credential, once the upgrade is complete:
+    /// before that, the HTTP handlers before the frame encoder (the shield) are still in the
+    /// pipeline, and a frame written through them would not be HTTP.
+    private func start() {
+        guard !isStarted, context != nil else { return }
+        isStarted = true
+        guard let context, let loop = endpoint.loops.add(self, on: context.eventLoop) else {
+            return finish(.restart)
+        }
         self.loop = loop
         if let bearer {
             self.bearer = nil
             authenticateUpgrade(bearer)
         }
+        answerWaiting()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -128,7 +144,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
+        if case .upgradeComplete = event as? HTTPServerUpgradeEvents {
+            start()
+        } else if event is ChannelShouldQuiesceEvent {
             finish(.restart)
         } else if case .inputClosed = event as? ChannelEvent {
             context.close(promise: nil)  // the client is gone without a close frame
@@ -140,13 +158,16 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         if context.channel.isWritable {
             unwritableFrames = 0
             unwritableBytes = 0
+            sendPong()
             for subscription in subscriptions.values { subscription.follower.writable() }
         }
         context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A protocol error was answered by NIO's error handler; anything else ends the connection.
+        // NIO's error handler answers a frame error with its close, then closes once that is
+        // written; closing here would drop the close. Anything else ends the connection.
+        if error is NIOWebSocketError { return }
         context.close(promise: nil)
     }
 
@@ -180,11 +201,14 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         switch frame.opcode {
         case .ping:
             guard !frame.rsv1 else { return finish(.protocolError) }
-            write(WebSocketWire.frame(.pong, frame.unmaskedData))
-            context.flush()
+            // A client that does not read gets one pong, for its latest ping, once it reads
+            // again (RFC 6455 section 5.5.3): pings never queue pongs without bound.
+            pendingPong = frame.unmaskedData
+            if context.channel.isWritable { sendPong() }
         case .pong:
             guard !frame.rsv1 else { return finish(.protocolError) }
         case .connectionClose:
+            guard !frame.rsv1 else { return finish(.protocolError) }
             closeAnswered(frame, context)
         case .text, .binary:
             guard message == nil, !frame.rsv1 || deflates else { return finish(.protocolError) }
@@ -237,17 +261,38 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     /// then the connection ends.
     private func closeAnswered(_ frame: WebSocketFrame, _ context: ChannelHandlerContext) {
         var data = frame.unmaskedData
+        let code = data.readInteger(as: UInt16.self)
+        // RFC 6455 sections 5.5.1 and 7.4: a code, if any, that may be sent, and a UTF-8 reason.
+        guard data.readableBytes == 0 || code != nil, code.map(Self.isSendable) ?? true else {
+            return finish(.protocolError)
+        }
+        guard String(validating: data.readableBytesView, as: UTF8.self) != nil else { return finish(.invalidUTF8) }
         isClosing = true
         stopEverything()
         var payload = context.channel.allocator.buffer(capacity: 2)
-        if let code = data.readInteger(as: UInt16.self) { payload.writeInteger(code) }
+        if let code { payload.writeInteger(code) }
         let channel = context.channel
         wire?.writeAndFlush(NIOAny(WebSocketWire.frame(.close, payload))).whenComplete { _ in
             channel.close(promise: nil)
         }
     }
 
+    /// Whether a close frame may carry `code`: 1000-1003, 1007-1014 and 3000-4999.
+    private static func isSendable(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: true
+        default: false
+        }
+    }
+
     // MARK: liveness
+
+    private func sendPong() {
+        guard let payload = pendingPong, let context else { return }
+        pendingPong = nil
+        write(WebSocketWire.frame(.pong, payload))
+        context.flush()
+    }
 
     /// The loop's ping sweep: a connection silent since the last ping is closed.
     func ping() {

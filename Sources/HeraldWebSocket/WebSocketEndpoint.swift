@@ -56,9 +56,18 @@ package final class WebSocketEndpoint: Service, Sendable {
         loops.drain()
     }
 
-    /// Why `request` may not upgrade, or nil when it may: the path, and the `Origin`
-    /// allow-list when one is set.
+    /// Why `request` may not upgrade, or nil when it may: the path, the `Origin` allow-list
+    /// when one is set, and shutdown (every connection is closing with 1012; a client retries
+    /// elsewhere, or here once restarted).
     package func refusal(for request: HTTPRequest) -> Problem? {
+        if loops.isDraining {
+            return Problem(
+                status: .serviceUnavailable,
+                code: "unavailable",
+                detail: "the server is shutting down",
+                headers: [.retryAfter: "1"]
+            )
+        }
         guard request.path?.split(separator: "?").first.map(String.init) == Self.path else {
             return Problem(
                 status: .notFound,

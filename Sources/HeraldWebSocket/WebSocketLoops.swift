@@ -40,6 +40,9 @@ final class WebSocketLoops: Sendable {
     /// Connections sent pings per loop task, so a sweep does not hold up the loop's other work.
     static let slice = 64
 
+    /// Whether the server is closing every connection: new ones are refused.
+    var isDraining: Bool { state.withLock { $0.isDraining } }
+
     /// Registers `connection`; call on `loop`.
     /// - Returns: the loop's shared state, or nil when the server is draining.
     func add(_ connection: WebSocketConnection, on loop: any EventLoop) -> Local? {
@@ -97,8 +100,8 @@ final class WebSocketLoops: Sendable {
 /// Herald answers every offer it accepts with `server_no_context_takeover` and
 /// `client_no_context_takeover` (both allowed unoffered, sections 7.1.1.1 and 7.1.1.2), so each
 /// message is compressed alone: an event's compressed frame is the same for every connection
-/// and is built once per loop, and one inflater per loop, reset after each message, reads every
-/// connection's. An idle connection holds no zlib state at all (a context per connection
+/// and is built once, kept with the event (``EncodedEvent/deflatedWebSocketFrame(_:)``), and one
+/// inflater per loop, reset after each message, reads every connection's. An idle connection holds no zlib state at all (a context per connection
 /// reserves about 256 KiB). Messages under ``minimumSize`` go out uncompressed.
 final class SharedDeflate {
     static let minimumSize = 256
@@ -118,25 +121,21 @@ final class SharedDeflate {
             if let bits = offer.parameters["client_max_window_bits"], let bits {
                 guard let value = Int(bits), (8...15).contains(value) else { continue }
             }
-            return "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            // An offer that names server_max_window_bits is accepted by answering with it (7.1.2.1).
+            let window = offer.parameters["server_max_window_bits"] == nil ? "" : "; server_max_window_bits=15"
+            return "permessage-deflate; server_no_context_takeover; client_no_context_takeover" + window
         }
         return nil
     }
 
     private var compressor: ZlibCompressor?
     private var decompressor: ZlibDecompressor?
-    /// The compressed frames of the events delivered last, with the events (kept alive, so an
-    /// identity is never reused while its entry is here).
-    private var recent: [(event: EncodedEvent, frame: ByteBuffer)] = []
-    private static let recentEvents = 16
 
-    /// The compressed text frame of `event`, built once per loop.
+    /// The compressed text frame of `event`, built once per event (kept with it).
     func frame(of event: EncodedEvent) throws -> ByteBuffer {
-        if let hit = recent.first(where: { $0.event === event }) { return hit.frame }
-        let frame = WebSocketWire.frame(.text, try deflate(event.webSocketPayload), compressed: true)
-        if recent.count == Self.recentEvents { recent.removeFirst() }
-        recent.append((event, frame))
-        return frame
+        try event.deflatedWebSocketFrame {
+            WebSocketWire.frame(.text, try deflate(event.webSocketPayload), compressed: true)
+        }
     }
 
     /// One message compressed alone (the trailing `00 00 ff ff` removed, section 7.2.1).

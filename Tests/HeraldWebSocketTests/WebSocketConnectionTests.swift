@@ -10,7 +10,9 @@ import HeraldStore
 import Logging
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import NIOWebSocket
+import Synchronization
 import Testing
 
 @testable import HeraldWebSocket
@@ -39,7 +41,19 @@ import Testing
         let events: EventLog
         private var unread = ByteBuffer()
 
-        init(deflates: Bool = false, heartbeat: Duration = .seconds(30), maxMessageBytes: Int = 65_536) async throws {
+        /// - Parameters:
+        ///   - readGate: store reads of subscriptions wait until it is open.
+        ///   - before: a handler put before the frame encoder (where the HTTP handlers were).
+        ///   - upgraded: whether NIO's `upgradeComplete` is fired once the handlers are in.
+        init(
+            deflates: Bool = false,
+            heartbeat: Duration = .seconds(30),
+            maxMessageBytes: Int = 65_536,
+            readGate: Gate? = nil,
+            before: (any ChannelHandler & Sendable)? = nil,
+            upgraded: Bool = true,
+            draining: Bool = false
+        ) async throws {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-ws-\(UUID())")
             let store = try SQLiteStore(directory: directory, retention: .init())
             hub = Hub()
@@ -49,8 +63,9 @@ import Testing
                 resolver: TargetResolver(allowPrivateTargets: false),
                 configuration: .init()
             )
+            let log: any ChannelLog = readGate.map { GatedLog(store: store, gate: $0) } ?? store
             endpoint = WebSocketEndpoint(
-                follower: ChannelFollower(store: store, hub: hub, pageSize: 100, heartbeat: heartbeat),
+                follower: ChannelFollower(store: log, hub: hub, pageSize: 100, heartbeat: heartbeat),
                 checks: CheckService(
                     events: events,
                     runner: runner,
@@ -61,12 +76,25 @@ import Testing
                 configuration: WebSocketConfiguration(maxMessageBytes: maxMessageBytes),
                 logger: Logger(label: "test")
             )
+            if draining { endpoint.loops.drain() }
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
             try await channel.eventLoop.submit { [channel, endpoint] in
+                if let before { try channel.pipeline.syncOperations.addHandler(before) }
                 try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
                 // Without MaskedFramesOnly: test frames are not masked.
                 let handlers = endpoint.handlers(bearer: nil, address: nil, deflates: deflates).dropFirst()
                 for handler in handlers { try channel.pipeline.syncOperations.addHandler(handler) }
+            }.get()
+            if upgraded { try await upgrade() }
+        }
+
+        /// What NIO's upgrade handler fires once the HTTP handlers are gone.
+        func upgrade() async throws {
+            let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/api/v1/ws")
+            try await channel.eventLoop.submit { [channel] in
+                channel.pipeline.fireUserInboundEventTriggered(
+                    HTTPServerUpgradeEvents.upgradeComplete(toProtocol: "websocket", upgradeRequest: head)
+                )
             }.get()
         }
 
@@ -251,6 +279,55 @@ import Testing
         #expect(try await connection.nextOp()["op"] as? String == "unsubscribed")
         #expect(!connection.hub.isFollowed(channel))
     }
+
+    @Test func nothingIsWrittenBeforeTheUpgradeCompletes() async throws {
+        // A shutdown under way closes at once; the HTTP handler still before the encoder (the
+        // shield) must not see that frame, which is not HTTP.
+        let seen = HTTPOnly()
+        var connection = try await Connection(before: seen, upgraded: false, draining: true)
+        #expect(seen.frames.withLock { $0 } == 0)
+        try await connection.channel.pipeline.removeHandler(seen).get()
+        try await connection.upgrade()
+        #expect(try await connection.next()?.closeCode == 1012)
+    }
+
+    @Test func aClientThatDoesNotReadGetsOnePongForItsLatestPing() async throws {
+        var connection = try await Connection()
+        connection.channel.isWritable = false
+        for payload in ["a", "b", "c"] { try await connection.send(.ping, payload) }
+        connection.channel.isWritable = true
+        try await connection.channel.eventLoop.submit { [channel = connection.channel] in
+            channel.pipeline.fireChannelWritabilityChanged()
+        }.get()
+        let pong = try #require(try await connection.next())
+        #expect(pong.opcode == 0xA && pong.text == "c")
+        try await connection.send(.text, #"{"op": "ping", "id": 1}"#)
+        #expect(try await connection.nextOp()["op"] as? String == "pong")  // no other pong before it
+    }
+
+    @Test(arguments: [(UInt16(1005), 1002), (999, 1002), (2000, 1002), (1000, 1000), (4000, 4000)])
+    func aClientCloseIsCheckedThenEchoed(_ code: UInt16, _ answer: Int) async throws {
+        var connection = try await Connection()
+        var payload = ByteBuffer()
+        payload.writeInteger(code)
+        try await connection.send(.connectionClose, payload)
+        #expect(try await connection.next()?.closeCode == UInt16(answer))
+    }
+
+    @Test func anUnsubscribeWaitsForItsFollowersStoreReadBeforeTheNextOp() async throws {
+        let gate = Gate()
+        var connection = try await Connection(readGate: gate)
+        try await connection.send(.text, #"{"op": "subscribe", "channel": "c", "id": "s"}"#)
+        try await connection.send(.text, #"{"op": "unsubscribe", "channel": "c", "id": "u"}"#)
+        let canceled = try await connection.nextOp()
+        #expect(canceled["code"] as? String == "canceled" && canceled["id"] as? String == "s")
+        #expect(try await connection.nextOp()["op"] as? String == "unsubscribed")
+        try await connection.send(.text, #"{"op": "ping", "id": "p"}"#)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try await connection.channel.readOutbound(as: ByteBuffer.self) == nil)  // the read still runs
+        gate.open.withLock { $0 = true }
+        #expect(try await connection.nextOp()["op"] as? String == "pong")
+    }
 }
 
 /// permessage-deflate as Herald negotiates it: no context takeover either way, one window.
@@ -258,6 +335,11 @@ import Testing
     @Test func offersAreAcceptedWithoutContextTakeoverOrDeclined() {
         let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         #expect(SharedDeflate.accept([("permessage-deflate", ["client_max_window_bits": nil])]) == answer)
+        // An offer naming the server's window is accepted by naming it back (7.1.2.1).
+        #expect(
+            SharedDeflate.accept([("permessage-deflate", ["server_max_window_bits": "15"])])
+                == answer + "; server_max_window_bits=15"
+        )
         #expect(SharedDeflate.accept([("permessage-deflate", ["server_max_window_bits": "10"])]) == nil)
         #expect(SharedDeflate.accept([("permessage-deflate", ["unknown": nil])]) == nil)
         #expect(SharedDeflate.accept([("x-webkit-deflate-frame", [:])]) == nil)
@@ -265,7 +347,7 @@ import Testing
         #expect(
             SharedDeflate.accept([
                 ("permessage-deflate", ["server_max_window_bits": "9"]),
-                ("permessage-deflate", ["server_max_window_bits": "15"]),
+                ("permessage-deflate", ["client_no_context_takeover": nil]),
             ]) == answer
         )
     }
@@ -292,5 +374,36 @@ import Testing
         payload.moveReaderIndex(forwardBy: 2)
         #expect(try deflate.inflate(payload, maxSize: 10_000) == event.webSocketPayload)
         #expect(throws: CompressNIOError.self) { try deflate.inflate(payload, maxSize: 100) }
+    }
+}
+
+/// Store reads that wait until the gate opens.
+final class Gate: Sendable {
+    let open = Mutex(false)
+}
+
+struct GatedLog: ChannelLog {
+    let store: SQLiteStore
+    let gate: Gate
+
+    func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
+        try await store.append(type: type, data: data, to: channel, at: time)
+    }
+
+    func events(in channel: ChannelName, after offset: Offset?, epoch: Epoch?, limit: Int) async throws -> EventRead {
+        while !gate.open.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+        return try await store.events(in: channel, after: offset, epoch: epoch, limit: limit)
+    }
+}
+
+/// Stands where the HTTP handlers were before the upgrade: counts what reaches it that is not
+/// an HTTP response part.
+final class HTTPOnly: ChannelOutboundHandler, RemovableChannelHandler, Sendable {
+    typealias OutboundIn = Any
+    let frames = Mutex(0)
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        frames.withLock { $0 += 1 }
+        context.write(data, promise: promise)
     }
 }

@@ -6,6 +6,7 @@ internal import HummingbirdCore
 internal import Logging
 internal import NIOCore
 internal import NIOHTTP1
+internal import NIOWebSocket
 
 /// What an HTTP/1 connection may cost before its request reaches a route.
 struct HTTP1ShieldLimits: Sendable {
@@ -266,9 +267,15 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .upgradeComplete = event as? HTTPServerUpgradeEvents {
             // A WebSocket now: its frames are not HTTP, and its connection has its own bounds.
+            // The event goes on once the shield is out (a removed context forwards nothing), so
+            // the connection, which starts on it, never writes a frame through the shield.
             settleServed(true)
-            context.pipeline.syncOperations.removeHandler(tap, promise: nil)
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            let operations = context.pipeline.syncOperations
+            let encoder = try? operations.context(handlerType: WebSocketFrameEncoder.self)
+            operations.removeHandler(tap, promise: nil)
+            operations.removeHandler(context: context, promise: nil)
+            encoder?.fireUserInboundEventTriggered(event)
+            return
         } else if event is ChannelShouldQuiesceEvent, inFlight == 0, phase != .idle {
             // Shutting down mid-request: before a first head nothing else would close it.
             context.close(promise: nil)

@@ -38,15 +38,19 @@ package struct FollowCursor: Sendable {
         var taken: [EncodedEvent] = []
         for encoded in events where encoded.event.offset > last && !isEnded {
             taken.append(encoded)
-            last = encoded.event.offset
-            epoch = encoded.event.epoch
-            if isCheck && encoded.event.type.hasPrefix("check.") && encoded.event.type != "check.created"
-                && encoded.event.type != "check.updated"
-            {
-                isEnded = true
-            }
+            advance(past: encoded.event)
         }
         return taken
+    }
+
+    /// Moves past `event`, which follows `last` (``place(_:)`` said `.next`); a check's terminal
+    /// event ends the cursor.
+    package mutating func advance(past event: Event) {
+        last = event.offset
+        epoch = event.epoch
+        if isCheck && event.type.hasPrefix("check.") && event.type != "check.created" && event.type != "check.updated" {
+            isEnded = true
+        }
     }
 
     /// Concurrent publishers' announcements may come out of order; within one batch (one

@@ -152,18 +152,27 @@ package final class LoopFollower: LoopSubscriber {
             readsWhenWritable = true
             return
         }
-        var out: [EncodedEvent] = []
+        // Usually every event follows the last: the batch itself is written, shared by every
+        // subscriber of the loop, and no array is built per subscriber.
+        let ordered = FollowCursor.ordered(events)
+        var taken = 0
+        var out: [EncodedEvent]?  // built only once an event is skipped
         var hole = false
-        for encoded in FollowCursor.ordered(events) where !cursor.isEnded {
+        for encoded in ordered where !cursor.isEnded {
             switch cursor.place(encoded.event) {
-            case .next: out += cursor.take([encoded])
-            case .duplicate: continue
-            case .beyond: hole = true  // the store has it, and whatever follows it
+            case .next:
+                cursor.advance(past: encoded.event)
+                if out == nil { taken += 1 } else { out?.append(encoded) }
+            case .duplicate:
+                if out == nil { out = Array(ordered[..<taken]) }
+            case .beyond:
+                hole = true  // the store has it, and whatever follows it
             }
             if hole { break }
         }
         self.cursor = cursor
-        if !out.isEmpty { output.write(out, of: self, isWritable: isWritable) }
+        let written = out ?? (taken == ordered.count ? ordered : Array(ordered[..<taken]))
+        if !written.isEmpty { output.write(written, of: self, isWritable: isWritable) }
         output.flush()
         if cursor.isEnded { return end(.checkEnded) }
         if hole { readWhenWritable(output) }

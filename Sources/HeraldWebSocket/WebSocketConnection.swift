@@ -101,6 +101,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        isWritable = context.channel.isWritable
         wire = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
     }
 
@@ -155,7 +156,8 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
+        isWritable = context.channel.isWritable
+        if isWritable {
             unwritableFrames = 0
             unwritableBytes = 0
             sendPong()
@@ -204,7 +206,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
             // A client that does not read gets one pong, for its latest ping, once it reads
             // again (RFC 6455 section 5.5.3): pings never queue pongs without bound.
             pendingPong = frame.unmaskedData
-            if context.channel.isWritable { sendPong() }
+            if isWritable { sendPong() }
         case .pong:
             guard !frame.rsv1 else { return finish(.protocolError) }
         case .connectionClose:
@@ -305,7 +307,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: writing
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    /// The channel's writability, as NIO last announced it (reading it from the channel on every
+    /// delivery showed in profiles: a pipeline lookup and an atomic load per subscriber and event).
+    private(set) var isWritable = true
 
     /// Writes a whole frame below the encoder, counted against the slow-consumer bound while
     /// the connection is unwritable. Call `flush` after.
@@ -337,7 +341,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         guard !isClosing, let context else { return }
         write(opFrame(text))
         context.flush()
-        if !context.channel.isWritable, isOverBound {
+        if !isWritable, isOverBound {
             finish(.slowConsumer(channel: ChannelName("connection")!, offset: 0))
         }
     }

@@ -39,6 +39,7 @@ import Testing
         let endpoint: WebSocketEndpoint
         let hub: Hub
         let events: EventLog
+        let store: SQLiteStore
         private var unread = ByteBuffer()
 
         /// - Parameters:
@@ -56,6 +57,7 @@ import Testing
         ) async throws {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-ws-\(UUID())")
             let store = try SQLiteStore(directory: directory, retention: .init())
+            self.store = store
             hub = Hub()
             events = EventLog(store: store, broker: LocalBroker(hub: hub))
             let runner = CheckRunner(
@@ -280,6 +282,24 @@ import Testing
         #expect(!connection.hub.isFollowed(channel))
     }
 
+    @Test func anEventAnnouncedAgainIsSkippedAndWhatFollowsWritten() async throws {
+        var connection = try await Connection()
+        let channel = ChannelName("orders")!
+        try await connection.send(.text, #"{"op": "subscribe", "channel": "orders"}"#)
+        #expect(try await connection.nextOp()["op"] as? String == "subscribed")
+        let first = try await connection.events.publish(type: "t", data: .int(1), to: channel)
+        #expect(try await connection.nextOp()["offset"] as? Int == 1)
+        let second = try await connection.store.append(type: "t", data: "2", to: channel, at: .now())
+        // One batch: the first again (another node's late announcement), then the next.
+        try await connection.channel.eventLoop.submit { [hub = connection.hub] in
+            hub.publish(first)
+            hub.publish(second)
+        }.get()
+        #expect(try await connection.nextOp()["offset"] as? Int == 2)
+        try await connection.send(.text, #"{"op": "ping", "id": 1}"#)
+        #expect(try await connection.nextOp()["op"] as? String == "pong")  // nothing else came before it
+    }
+
     @Test func nothingIsWrittenBeforeTheUpgradeCompletes() async throws {
         // A shutdown under way closes at once; the HTTP handler still before the encoder (the
         // shield) must not see that frame, which is not HTTP.
@@ -294,6 +314,9 @@ import Testing
     @Test func aClientThatDoesNotReadGetsOnePongForItsLatestPing() async throws {
         var connection = try await Connection()
         connection.channel.isWritable = false
+        try await connection.channel.eventLoop.submit { [channel = connection.channel] in
+            channel.pipeline.fireChannelWritabilityChanged()
+        }.get()
         for payload in ["a", "b", "c"] { try await connection.send(.ping, payload) }
         connection.channel.isWritable = true
         try await connection.channel.eventLoop.submit { [channel = connection.channel] in

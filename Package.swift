@@ -213,7 +213,8 @@ let package = Package(
         .testTarget(
             name: "HeraldWebSocketTests",
             dependencies: [
-                "HeraldWebSocket", "HeraldSQLite", "HeraldRunner", "HeraldNet",
+                "HeraldWebSocket", "HeraldSQLite", "HeraldRunner", "HeraldNet", "HeraldHTTP",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

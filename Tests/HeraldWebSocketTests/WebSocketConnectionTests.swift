@@ -1,8 +1,10 @@
 import CompressNIO
 import Foundation
+import HTTPTypes
 import HeraldAccess
 import HeraldCore
 import HeraldHub
+import HeraldHTTP
 import HeraldNet
 import HeraldRunner
 import HeraldSQLite
@@ -250,6 +252,15 @@ import Testing
         var connection = try await Connection()
         connection.endpoint.loops.drain()
         #expect(try await connection.next()?.closeCode == 1012)
+    }
+
+    @Test func anUpgradeDuringShutdownIsRefusedWith503() async throws {
+        let connection = try await Connection()
+        let request = HTTPRequest(method: .get, scheme: "http", authority: "herald", path: "/api/v1/ws")
+        #expect(connection.endpoint.refusal(for: request) == nil)
+        connection.endpoint.loops.drain()
+        let refusal = try #require(connection.endpoint.refusal(for: request))
+        #expect(refusal.status == .serviceUnavailable && refusal.headers[.retryAfter] == "1")
     }
 
     @Test func opsAreAnsweredInOrderWhileOneWaitsForIO() async throws {

@@ -3,8 +3,8 @@ import Foundation
 import HTTPTypes
 import HeraldAccess
 import HeraldCore
-import HeraldHub
 import HeraldHTTP
+import HeraldHub
 import HeraldNet
 import HeraldRunner
 import HeraldSQLite

@@ -33,10 +33,28 @@ package struct SubscriptionTable<Request: Sendable>: Sendable {
         maximum: Int,
         per unit: String
     ) -> (code: String, message: String)? {
-        if subscriptions[channel] != nil {
+        Self.refusal(
+            channel,
+            isFollowed: subscriptions[channel] != nil,
+            count: subscriptions.count,
+            maximum: maximum,
+            per: unit
+        )
+    }
+
+    /// The same refusal for any holder of subscriptions (a WebSocket keeps its own, on its loop):
+    /// `channel` is followed already, or `count` of `maximum` channels are.
+    package static func refusal(
+        _ channel: ChannelName,
+        isFollowed: Bool,
+        count: Int,
+        maximum: Int,
+        per unit: String
+    ) -> (code: String, message: String)? {
+        if isFollowed {
             return ("already_subscribed", "already subscribed to \(channel); unsubscribe first")
         }
-        if subscriptions.count >= maximum {
+        if count >= maximum {
             return ("too_many_subscriptions", "at most \(maximum) channels per \(unit)")
         }
         return nil

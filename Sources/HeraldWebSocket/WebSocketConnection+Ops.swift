@@ -132,16 +132,14 @@ extension WebSocketConnection {
 
     private func subscribe(_ channel: ChannelName, since: Offset?, epoch: Epoch?, id: JSONValue?) {
         guard let context else { return }
-        if subscriptions[channel] != nil {
-            let error = OpError("already_subscribed", "already subscribed to \(channel); unsubscribe first")
-            return send(ServerFrame.error(error, channel: channel, id: id))
-        }
-        if subscriptions.count >= configuration.maxSubscriptions {
-            let error = OpError(
-                "too_many_subscriptions",
-                "at most \(configuration.maxSubscriptions) channels per connection"
-            )
-            return send(ServerFrame.error(error, channel: channel, id: id))
+        if let refusal = SubscriptionTable<JSONValue?>.refusal(
+            channel,
+            isFollowed: subscriptions[channel] != nil,
+            count: subscriptions.count,
+            maximum: configuration.maxSubscriptions,
+            per: "connection"
+        ) {
+            return send(ServerFrame.error(OpError(refusal.code, refusal.message), channel: channel, id: id))
         }
         do throws(HeraldError) {
             try endpoint.access.authorizeRead(channel, by: principal)
@@ -314,7 +312,7 @@ extension WebSocketConnection: LoopFollowerOutput {
     }
 
     func write(_ events: [EncodedEvent], of follower: LoopFollower, isWritable: Bool) {
-        for event in events { write(frame(of: event), isWritable: isWritable) }
+        for event in events { write(frame(of: event)) }
     }
 
     func isOverBound(_ follower: LoopFollower) -> Bool { isOverBound }

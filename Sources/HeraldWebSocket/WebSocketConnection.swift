@@ -313,9 +313,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Writes a whole frame below the encoder, counted against the slow-consumer bound while
     /// the connection is unwritable. Call `flush` after.
-    func write(_ frame: ByteBuffer, isWritable: Bool? = nil) {
+    func write(_ frame: ByteBuffer) {
         guard !isClosing, let wire else { return }
-        if !(isWritable ?? self.isWritable) {
+        if !isWritable {
             unwritableFrames += 1
             unwritableBytes += frame.readableBytes
         }

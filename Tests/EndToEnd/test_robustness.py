@@ -132,6 +132,27 @@ def test_an_unmasked_client_frame_closes_with_1002(herald, opcode, payload):
     alive(herald)
 
 
+@pytest.mark.parametrize("code, answer", [(1005, 1002), (999, 1002), (1000, 1000), (4000, 4000)])
+def test_a_client_close_is_checked_then_echoed(herald, code, answer):
+    with raw_websocket(herald) as connection:
+        connection.sendall(frame(0x8, struct.pack("!H", code)))
+        assert close_code(connection) == answer
+    alive(herald)
+
+
+def test_an_offer_naming_the_server_window_is_accepted_by_naming_it_back(herald):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    async def scenario():
+        offer = ClientPerMessageDeflateFactory(server_max_window_bits=15, client_max_window_bits=True)
+        async with websockets.connect(ws_url(herald), extensions=[offer]) as ws:
+            assert [extension.name for extension in ws.protocol.extensions] == ["permessage-deflate"]
+            await ws.send(json.dumps({"op": "ping", "id": "y" * 1000}))  # compressed both ways
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            assert answer == {"op": "pong", "id": "y" * 1000}
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_deflated_messages_are_accepted_up_to_the_limit_and_closed_with_1009_beyond(herald):
     async def scenario():
         async with websockets.connect(ws_url(herald), max_size=None) as ws:

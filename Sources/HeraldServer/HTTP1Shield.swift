@@ -202,8 +202,9 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
-    /// What the head alone already refuses.
-    private func refusal(of head: HTTPRequestHead) -> Problem? {
+    /// What the head alone already refuses (``StreamGate`` leaves such a request to the shield).
+    func refusal(of head: HTTPRequestHead) -> Problem? {
+        let declaredLength = head.headers.first(name: "content-length").flatMap { Int($0) }
         let codings = head.headers[canonicalForm: "transfer-encoding"]
         if !codings.isEmpty, codings.count != 1 || codings[0].lowercased() != "chunked" {
             return Self.problem(.badRequest, "malformed-request", "only Transfer-Encoding: chunked is accepted")
@@ -217,7 +218,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         return nil
     }
 
-    /// ``StreamGate`` took a request (a bodiless head and its end) that never reaches the
+    /// ``StreamGate`` took a request (its head, body and end, all arrived) that never reaches the
     /// shield, and answers it itself: the head arrived in time.
     /// It counts as a request in flight until ``requestAnswered()``: a pipelined head's clock
     /// and a problem found meanwhile wait for its answer, as for a response the shield sees.

@@ -7,8 +7,8 @@ internal import NIOCore
 internal import NIOHTTP1
 internal import NIOHTTPTypesHTTP1
 
-/// What serves streams and long polls on the event loop: Herald's router, and how long a
-/// connection may stay idle between polls.
+/// What serves streams and requests on the event loop: Herald's router, and how long a
+/// connection may stay idle between requests.
 struct LoopStreams: Sendable {
     let responder: StreamHeadResponder<RouterResponder<HeraldRequestContext>>
     let idleTimeout: TimeAmount
@@ -19,13 +19,17 @@ struct LoopStreams: Sendable {
 ///
 /// - a stream (``StreamTakeover/Candidate/stream``) is handed to a ``StreamConnection``,
 ///   which owns the connection from then on;
-/// - a long poll (``StreamTakeover/Candidate/poll``) on a keep-alive HTTP/1.1 connection is
-///   served by a ``LoopPoll``, and the gate then waits for the next request;
+/// - any other request of the API (``StreamTakeover/Candidate/request``: a long poll, a
+///   publish, a check's creation) on a keep-alive HTTP/1.1 connection, once its body (if any)
+///   has arrived with its head, is routed and answered by a ``LoopRequest``, and the gate then
+///   waits for the next request;
 /// - anything else passes on, with whatever the client pipelined after it, and the gate steps
 ///   aside for good: Hummingbird serves the connection from there, its first request being the
-///   one passed on.
+///   one passed on. So does a request whose body is still arriving when its head's bytes have
+///   been read: the shield's bounds on slow bodies apply to it there.
 ///
-/// So a connection that only streams, or only polls, never gets a task or a `NIOAsyncChannel`.
+/// So a connection that streams, polls or publishes never gets a `NIOAsyncChannel`, and its
+/// requests are routed in a task on its own event loop (no thread hop but the store's).
 ///
 /// On a stream's takeover the request has fully arrived, so everything that reads requests
 /// leaves the pipeline (the HTTP decoder, the upgrade handler, the ``HTTP1Shield``, which
@@ -34,9 +38,10 @@ struct LoopStreams: Sendable {
 /// No Hummingbird connection state handler either: the connection closes once its answer is
 /// written (its idle timer would close a client that reads slowly before the end).
 ///
-/// Between polls the gate closes a connection idle for `idleTimeout`, as Hummingbird's state
-/// handler would; while a poll is held it reads nothing more (a pipelined request waits its
-/// turn), and the shield, which the poll's head never reaches, is told the head was taken.
+/// Between requests the gate closes a connection idle for `idleTimeout`, as Hummingbird's
+/// state handler would; while a request is answered (a poll held) it reads nothing more (a
+/// pipelined request waits its turn), and the shield, which the request never reaches, is
+/// told it was taken.
 final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -50,17 +55,17 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// What the request being gathered (head to end) is taken for.
     private var taking: StreamTakeover.Candidate?
     private var held: [HTTPServerRequestPart] = []
-    /// The poll being answered.
-    private var poll: LoopPoll<StreamHeadResponder<RouterResponder<HeraldRequestContext>>>?
-    /// What a pipelining client sent while a poll was held: handled once it is answered.
+    /// The request being answered.
+    private var exchange: LoopRequest<StreamHeadResponder<RouterResponder<HeraldRequestContext>>>?
+    /// What a pipelining client sent while a request was answered: handled once it is.
     private var pipelined: [HTTPServerRequestPart] = []
-    /// A read was asked for while a poll was held.
+    /// A read was asked for while a request was answered.
     private var readPending = false
     /// A request went on to Hummingbird: the gate leaves once it has passed on the rest.
     private var isPassing = false
-    /// Polls started, so that a late word from one already stopped is ignored.
-    private var polls = 0
-    /// The client half-closed while a poll was held: it still gets its answer, then the
+    /// Requests started, so that a late word from one already stopped is ignored.
+    private var exchanges = 0
+    /// The client half-closed while a request was answered: it still gets its answer, then the
     /// connection closes (nothing else would read the end; Hummingbird's upgrade handler,
     /// which has seen no request, would close before the answer).
     private var isInputClosed = false
@@ -78,7 +83,7 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
-        if poll != nil {
+        if exchange != nil {
             pipelined.append(part)
         } else {
             handle(part, context)
@@ -86,20 +91,39 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// A request whose body did not come with its head's bytes goes on to Hummingbird.
+    func channelReadComplete(context: ChannelHandlerContext) {
+        let passes = exchange == nil && taking == .request && !held.isEmpty
+        if passes { passOnHeld(context) }
+        context.fireChannelReadComplete()
+        if passes { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
+    }
+
+    /// Hands the request being gathered to Hummingbird, as far as it came.
+    private func passOnHeld(_ context: ChannelHandlerContext) {
+        let parts = held
+        held = []
+        taking = nil
+        cancelIdleTimer()
+        isPassing = true
+        for part in parts { context.fireChannelRead(wrapInboundOut(part)) }
+    }
+
     private func handle(_ part: HTTPServerRequestPart, _ context: ChannelHandlerContext) {
         if isPassing { return context.fireChannelRead(wrapInboundOut(part)) }
         if taking == nil {
             guard case .head(let head) = part else { return passOn(part, context) }
-            guard let candidate = Self.candidate(head) else { return passOn(part, context) }
+            guard let candidate = Self.candidate(head), shield.refusal(of: head) == nil else {
+                return passOn(part, context)
+            }
             taking = candidate
-            if candidate == .poll { shield.requestTaken() }
             cancelIdleTimer()
         }
         held.append(part)
         guard case .end = part else { return }
         switch taking {
         case .stream: takeOver(context)
-        case .poll: startPoll(context)
+        case .request: startRequest(context)
         case nil: break
         }
     }
@@ -111,8 +135,9 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(wrapInboundOut(part))
     }
 
-    /// What the gate may serve of a request, from its head: a poll only on a connection that
-    /// stays open after it (HTTP/1.1 without `Connection: close`).
+    /// What the gate may serve of a request, from its head: a request other than a stream only
+    /// on a connection that stays open after it (HTTP/1.1 without `Connection: close`), and
+    /// with a body of a declared length (not `chunked`, not after `Expect: 100-continue`).
     static func candidate(_ head: HTTPRequestHead) -> StreamTakeover.Candidate? {
         guard head.headers["upgrade"].isEmpty else { return nil }
         let length = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
@@ -124,34 +149,45 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
             accept: accept.isEmpty ? nil : accept.joined(separator: ", "),
             hasBody: length > 0 || head.headers.contains(name: "transfer-encoding")
         )
-        if candidate == .poll, head.version != .http1_1 || !head.isKeepAlive { return nil }
+        guard candidate == .request else { return candidate }
+        guard head.version == .http1_1, head.isKeepAlive, head.headers["expect"].isEmpty,
+            !head.headers.contains(name: "transfer-encoding")
+        else { return nil }
         return candidate
     }
 
-    // MARK: polls
+    // MARK: requests
 
-    private func startPoll(_ context: ChannelHandlerContext) {
+    private func startRequest(_ context: ChannelHandlerContext) {
         guard case .head(let head)? = held.first else { return }
+        var body = ByteBuffer()
+        for case .body(var chunk) in held.dropFirst() { body.writeBuffer(&chunk) }
         held = []
         taking = nil
+        shield.requestTaken()
         do {
             let request = try HTTPRequest(head, secure: false, splitCookie: false)
-            polls += 1
-            let number = polls
-            poll = LoopPoll(request: request, responder: streams.responder, context: context, logger: logger) {
-                [weak self] keepAlive in
-                self?.pollEnded(number, keepAlive: keepAlive, context)
+            exchanges += 1
+            let number = exchanges
+            exchange = LoopRequest(
+                request: request,
+                body: body,
+                responder: streams.responder,
+                context: context,
+                logger: logger
+            ) { [weak self] keepAlive in
+                self?.requestEnded(number, keepAlive: keepAlive, context)
             }
         } catch {
-            logger.error("cannot serve a long poll on its event loop", metadata: ["error": "\(error)"])
+            logger.error("cannot serve a request on its event loop", metadata: ["error": "\(error)"])
             context.close(promise: nil)
         }
     }
 
-    /// Poll `number` was answered: the next request, if the connection stays.
-    private func pollEnded(_ number: Int, keepAlive: Bool, _ context: ChannelHandlerContext) {
-        guard number == polls, poll != nil else { return }  // a poll stopped before it answered
-        poll = nil
+    /// Request `number` was answered: the next request, if the connection stays.
+    private func requestEnded(_ number: Int, keepAlive: Bool, _ context: ChannelHandlerContext) {
+        guard number == exchanges, exchange != nil else { return }  // stopped before it answered
+        exchange = nil
         shield.requestAnswered()
         guard keepAlive else { return }
         if isQuiescing || isInputClosed { return context.close(promise: nil) }
@@ -159,12 +195,14 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         var parts = pipelined[...]
         pipelined = []
         while !isGone, let part = parts.popFirst() {
-            if poll != nil { pipelined.append(part) } else { handle(part, context) }
+            if exchange != nil { pipelined.append(part) } else { handle(part, context) }
         }
         if isGone { return }
-        // The read held back while the poll was held, unless another poll holds it again; then,
-        // once a request went on, the gate leaves (Hummingbird reads from here).
-        if readPending, poll == nil {
+        // A pipelined request whose body had not all come goes on too.
+        if exchange == nil, taking == .request, !held.isEmpty { passOnHeld(context) }
+        // The read held back while the request was answered, unless another one holds it
+        // again; then, once a request went on, the gate leaves (Hummingbird reads from here).
+        if readPending, exchange == nil {
             readPending = false
             context.read()
         }
@@ -172,34 +210,34 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if poll != nil { readPending = true } else { context.read() }
+        if exchange != nil { readPending = true } else { context.read() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if poll != nil, case .inputClosed? = event as? ChannelEvent {
+        if exchange != nil, case .inputClosed? = event as? ChannelEvent {
             isInputClosed = true
             return
         }
         if event is ChannelShouldQuiesceEvent {
             isQuiescing = true
-            // Between polls nothing else closes it; a held poll is answered by the hub's drain.
-            if polls > 0, poll == nil, taking == nil, !isPassing { context.close(promise: nil) }
+            // Between requests nothing else closes it; a held poll is answered by the hub's drain.
+            if exchanges > 0, exchange == nil, taking == nil, !isPassing { context.close(promise: nil) }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        stopPoll()
+        stopRequest()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        stopPoll()
+        stopRequest()
     }
 
-    private func stopPoll() {
-        poll?.stop()
-        poll = nil
+    private func stopRequest() {
+        exchange?.stop()
+        exchange = nil
         cancelIdleTimer()
     }
 

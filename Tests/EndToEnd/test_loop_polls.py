@@ -1,7 +1,8 @@
-"""Issue 18: long polls held on the event loop. A keep-alive connection that only polls is served
-without a task; it polls again and again, pipelines, turns to other requests (which Hummingbird
-then serves, an upgrade included), idles, and is drained on shutdown. The probe speaks raw bytes
-on one socket, so every answer is known to come on the same connection."""
+"""Issue 18: requests of the API served on the event loop. A keep-alive connection that polls or
+publishes is served without a task of its own; it polls again and again, publishes, pipelines,
+sends a body in pieces (Hummingbird then serves it), turns to other requests (an upgrade
+included), idles, and is drained on shutdown. The probe speaks raw bytes on one socket, so every
+answer is known to come on the same connection."""
 
 import json
 import socket
@@ -105,7 +106,7 @@ def test_one_connection_polls_again_and_again_then_asks_for_anything(herald):
         published()
         woken = json.loads(body)
         assert status == 200 and [event["offset"] for event in woken["events"]] == [1]
-        # Not a poll: Hummingbird serves it, on the same connection.
+        # A publish, on the same connection.
         wire.send(post("/api/v1/channels/lp-a/events", {"type": "t", "data": {"n": 2}}))
         status, _, body = wire.answer()
         assert status == 201 and json.loads(body)["offset"] == 2
@@ -225,3 +226,33 @@ def test_a_client_that_half_closes_still_gets_its_held_poll_answered(herald):
         published()
         assert status == 200 and [event["offset"] for event in json.loads(body)["events"]] == [1]
         assert wire.closed()
+
+
+def test_pipelined_publishes_are_answered_in_order_then_a_poll_sees_them(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        wire.send(*(post("/api/v1/channels/lp-l/events", {"type": "t", "data": {"n": n}}) for n in range(3)),
+                  get("/api/v1/channels/lp-l/events?since=0&wait=20"))
+        answers = [wire.answer() for _ in range(4)]
+        assert [(status, json.loads(body)["offset"]) for status, _, body in answers[:3]] == [(201, 1), (201, 2),
+                                                                                           (201, 3)]
+        polled = json.loads(answers[3][2])
+        assert [(event["offset"], event["data"]["n"]) for event in polled["events"]] == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_a_publish_whose_body_comes_later_is_answered_and_the_connection_goes_on(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        request = post("/api/v1/channels/lp-m/events", {"type": "t", "data": {"n": 1}})
+        head, body = request.split(b"\r\n\r\n", 1)
+        wire.send(head + b"\r\n\r\n" + body[:5])
+        time.sleep(0.3)
+        wire.send(body[5:])
+        status, _, answer = wire.answer()
+        assert status == 201 and json.loads(answer)["offset"] == 1
+        # A held poll after it, on the same connection, woken by a publish from elsewhere.
+        published = publish_soon(herald, "lp-m")
+        wire.send(get("/api/v1/channels/lp-m/events?since=1&wait=20"))
+        status, _, answer = wire.answer()
+        published()
+        assert status == 200 and [event["offset"] for event in json.loads(answer)["events"]] == [2]

@@ -82,8 +82,8 @@ extension HeraldAPI {
             let position = since ?? read.next
             // A held poll never outlives the token that opened it.
             let deadline = min(ContinuousClock.now.advanced(by: wait), expiry ?? .now.advanced(by: wait))
-            if request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .poll {
-                // Held on the connection's event loop (LoopPoll), which writes the answer.
+            if request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .request {
+                // Held on the connection's event loop (LoopRequest), which writes the answer.
                 takeover.poll = PollPlan(
                     channel: channel,
                     position: position,

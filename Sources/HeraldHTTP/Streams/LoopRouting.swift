@@ -23,7 +23,7 @@ final class LoopExecutor: TaskExecutor {
 }
 
 /// Routing for the handlers that serve a request on its event loop (``StreamConnection``,
-/// ``LoopPoll``): the router runs in a short task with a ``StreamTakeover`` slot set, so every
+/// ``LoopRequest``): the router runs in a short task with a ``StreamTakeover`` slot set, so every
 /// middleware (CORS, problems, authorization) runs as for any request.
 enum LoopRouting {
     /// The router's answer, and the slot in which its route left a plan, if it did.

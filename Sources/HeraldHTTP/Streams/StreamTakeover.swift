@@ -21,13 +21,15 @@ struct StreamPlan: Sendable {
 
 /// Where a route leaves what the connection's handler serves on the event loop: a stream
 /// route its ``StreamPlan`` (``StreamConnection`` routes a request with one set), a long poll
-/// that has to wait its ``PollPlan`` (``LoopPoll``). Without one the route streams through its
-/// response body, or waits in its task, as on HTTP/2.
+/// that has to wait its ``PollPlan`` (``LoopRequest``, which routes every other request on a
+/// keep-alive HTTP/1.1 connection). Without one the route streams through its response body,
+/// or waits in its task, as on HTTP/2.
 package final class StreamTakeover: Sendable {
     /// What the handler that set the slot serves.
     enum Kind: Sendable {
         case stream
-        case poll
+        /// Any other request: a long poll that waits may leave its plan.
+        case request
     }
 
     @TaskLocal static var current: StreamTakeover?
@@ -46,7 +48,7 @@ package final class StreamTakeover: Sendable {
         set { slot.withLock { $0 = newValue } }
     }
 
-    /// Set by a long poll that waits when ``kind`` is `.poll`.
+    /// Set by a long poll that waits when ``kind`` is `.request`.
     var poll: PollPlan? {
         get { pollSlot.withLock { $0 } }
         set { pollSlot.withLock { $0 = newValue } }
@@ -57,34 +59,34 @@ package final class StreamTakeover: Sendable {
         /// A `GET` of `/api/v1/.../events` without a body, in a stream format (`format=` or
         /// `Accept`): for ``StreamConnection``.
         case stream
-        /// The same as a poll with `wait`: for ``LoopPoll``.
-        case poll
+        /// Any other request of the API but `HEAD` (a poll, a publish, a check's creation):
+        /// for ``LoopRequest``.
+        case request
     }
 
-    /// What `GET /api/v1/.../events` asks for, from its head alone (it runs for every request,
-    /// so it reads bytes, not characters); `nil` for any other request. The router still
-    /// decides: a request that turns out to be something else is answered as usual.
+    /// What a request under `/api/v1/` asks for, from its head alone (it runs for every
+    /// request, so it reads bytes, not characters); `nil` for a `HEAD` or a request outside
+    /// the API. The router still decides: a request that turns out to be something else is
+    /// answered as usual.
     package static func candidate(method: String, uri: String, accept: String?, hasBody: Bool) -> Candidate? {
-        guard method == "GET", !hasBody, uri.utf8.starts(with: "/api/v1/".utf8) else { return nil }
+        guard method != "HEAD", uri.utf8.starts(with: "/api/v1/".utf8) else { return nil }
+        guard method == "GET", !hasBody else { return .request }
         let question = uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.utf8.endIndex
         let path = uri.utf8[..<question]
-        guard path.count > 7, path.suffix(7).elementsEqual("/events".utf8) else { return nil }
+        guard path.count > 7, path.suffix(7).elementsEqual("/events".utf8) else { return .request }
         var format: Substring.UTF8View?
-        var waits = false
-        for pair in uri.utf8[question...].dropFirst().split(separator: UInt8(ascii: "&")) {
-            if format == nil, pair.starts(with: "format=".utf8) {
-                format = Substring(pair.dropFirst(7)).utf8
-            } else if pair.starts(with: "wait=".utf8) {
-                waits = true
-            }
+        for pair in uri.utf8[question...].dropFirst().split(separator: UInt8(ascii: "&"))
+        where pair.starts(with: "format=".utf8) {
+            format = Substring(pair.dropFirst(7)).utf8
+            break
         }
         if let format {
-            // Percent-encoded: the router decodes it; leave such a request to it.
-            if format.contains(UInt8(ascii: "%")) { return nil }
+            // Percent-encoded: the router decodes it (and a stream route then streams through
+            // its response body).
             let streams = ["sse", "ndjson", "html"].contains { format.elementsEqual($0.utf8) }
-            return streams ? .stream : waits ? .poll : nil
+            return streams ? .stream : .request
         }
         if let accept, StreamFormat.acceptsStream(accept) { return .stream }
-        return waits ? .poll : nil
+        return .request
     }
 }

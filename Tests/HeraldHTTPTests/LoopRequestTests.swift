@@ -16,14 +16,19 @@ import Testing
 /// A long poll held on its event loop follows the async path's rules (`pollChannel`): the next
 /// event answers with its shared answer; a hole, events dropped by the loop, or an event that
 /// came between routing and holding are read from the store; its deadline answers with nothing,
-/// shutdown too, closing the connection; an answer the router gave at once is written as it is.
-@Suite(.timeLimit(.minutes(1))) struct LoopPollTests {
+/// shutdown too, closing the connection; an answer the router gave at once is written as it is,
+/// and a request's body reaches its route.
+@Suite(.timeLimit(.minutes(1))) struct LoopRequestTests {
     /// Answers with the poll `plan` to hold, as `pollChannel` does; without one, at once.
     private struct PollResponder: HTTPResponder {
         typealias Context = HeraldRequestContext
         let plan: PollPlan?
         var openEnded = false
         func respond(to request: Request, context: HeraldRequestContext) async throws -> Response {
+            if request.method == .post {
+                let body = try await request.body.collect(upTo: 1024)
+                return jsonResponse(.created, #"{"echo":"\#(String(buffer: body))"}"#)
+            }
             if openEnded {
                 return Response(
                     status: .ok,
@@ -46,29 +51,36 @@ import Testing
         let keepAlive = Mutex<Bool?>(nil)
     }
 
-    /// Holds a ``LoopPoll`` as ``StreamGate`` does: the poll writes through this handler's context.
+    /// Holds a ``LoopRequest`` as ``StreamGate`` does: the poll writes through this handler's context.
     private final class Host: ChannelInboundHandler {
         typealias InboundIn = Never
         let responder: PollResponder
         let ending: Ending
-        var poll: LoopPoll<PollResponder>?
+        /// A `POST` with this body, or without one a `GET`.
+        let body: String?
+        var poll: LoopRequest<PollResponder>?
 
-        init(_ responder: PollResponder, _ ending: Ending) {
+        init(_ responder: PollResponder, _ ending: Ending, body: String?) {
             self.responder = responder
             self.ending = ending
+            self.body = body
         }
 
         func handlerAdded(context: ChannelHandlerContext) {
             let request = HTTPRequest(
-                method: .get,
+                method: body == nil ? .get : .post,
                 scheme: "http",
                 authority: "herald",
                 path: "/api/v1/channels/c/events"
             )
             let ending = self.ending
-            poll = LoopPoll(request: request, responder: responder, context: context, logger: Logger(label: "test")) {
-                keepAlive in ending.keepAlive.withLock { $0 = keepAlive }
-            }
+            poll = LoopRequest(
+                request: request,
+                body: ByteBuffer(string: body ?? ""),
+                responder: responder,
+                context: context,
+                logger: Logger(label: "test")
+            ) { keepAlive in ending.keepAlive.withLock { $0 = keepAlive } }
         }
     }
 
@@ -83,11 +95,11 @@ import Testing
         let channel = NIOAsyncTestingChannel()
         let ending = Ending()
 
-        init(_ plan: PollPlan?, openEnded: Bool = false) async throws {
+        init(_ plan: PollPlan?, openEnded: Bool = false, posting body: String? = nil) async throws {
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
             let (responder, ending) = (PollResponder(plan: plan, openEnded: openEnded), self.ending)
             try await channel.eventLoop.submit { [channel] in
-                try channel.pipeline.syncOperations.addHandler(Host(responder, ending))
+                try channel.pipeline.syncOperations.addHandler(Host(responder, ending, body: body))
             }.get()
         }
 
@@ -234,6 +246,13 @@ import Testing
         let answer = try #require(try await poll.answer())
         #expect(answer.body == #"{"at":"once"}"#)
         #expect(poll.ending.keepAlive.withLock { $0 } == true)
+    }
+
+    @Test func aRequestsBodyReachesItsRoute() async throws {
+        let request = try await Poll(nil, posting: "hello")
+        let answer = try #require(try await request.answer())
+        #expect(answer.head.status == .created && answer.body == #"{"echo":"hello"}"#)
+        #expect(request.ending.keepAlive.withLock { $0 } == true)
     }
 
     @Test func anOpenEndedAnswerIsWrittenAsItComesThenTheConnectionCloses() async throws {

@@ -10,7 +10,7 @@ internal import NIOHTTP1
 internal import NIOHTTPTypesHTTP1
 
 /// A long poll the router prepared (parsed, authorized, caught up) and that has to wait:
-/// everything ``LoopPoll`` needs to hold it on the event loop without a task.
+/// everything ``LoopRequest`` needs to hold it on the event loop without a task.
 struct PollPlan: Sendable {
     let channel: ChannelName
     /// The client's position: the answer holds what follows it.
@@ -28,12 +28,13 @@ struct PollPlan: Sendable {
     let pageSize: Int
 }
 
-/// One request on a keep-alive HTTP/1.1 connection, served on its event loop: a `GET
-/// .../events?wait=` poll. The request goes through the router in a short task with a
-/// ``StreamTakeover`` slot; a poll that has to wait leaves its ``PollPlan`` there, and the
-/// poll is then held as a subscriber of the hub on the loop, with no task, no continuation and
-/// no `NIOAsyncChannel`, until an event, its deadline, or shutdown answers it. Any other answer
-/// (events already there, a problem) is written as the router gave it.
+/// One request on a keep-alive HTTP/1.1 connection, served on its event loop: a poll, a
+/// publish, any request of the API that has fully arrived. The request goes through the router
+/// in a short task that runs on the connection's loop, with a ``StreamTakeover`` slot; a long
+/// poll that has to wait leaves its ``PollPlan`` there, and is then held as a subscriber of
+/// the hub on the loop, with no task, no continuation and no `NIOAsyncChannel`, until an
+/// event, its deadline, or shutdown answers it. Any other answer (a publish's event, events
+/// already there, a problem) is written as the router gave it.
 ///
 /// The rules are the async path's (`HeraldAPI.pollChannel`): the event right after the
 /// client's position answers with its shared ``EncodedEvent/pollAnswer``; anything else (a
@@ -43,10 +44,10 @@ struct PollPlan: Sendable {
 ///
 /// It writes through `context`, the handler's that owns the connection, and calls `ended`
 /// with whether the connection stays open for a next request.
-package final class LoopPoll<Responder: HTTPResponder>: LoopSubscriber
+package final class LoopRequest<Responder: HTTPResponder>: LoopSubscriber
 where Responder.Context == HeraldRequestContext {
     private let context: ChannelHandlerContext
-    /// Runs the poll's tasks (routing, store reads) on its connection's loop.
+    /// Runs the request's tasks (routing, store reads) on its connection's loop.
     private let executor: LoopExecutor
     private let logger: Logger
     private let ended: (_ keepAlive: Bool) -> Void
@@ -59,9 +60,10 @@ where Responder.Context == HeraldRequestContext {
     private var readsAgain = false
     private var isDone = false
 
-    /// Routes `request` (which has fully arrived) and answers it on `context`'s loop.
+    /// Routes `request` (which has fully arrived, with `body`) and answers it on `context`'s loop.
     package init(
         request: HTTPRequest,
+        body: ByteBuffer,
         responder: Responder,
         context: ChannelHandlerContext,
         logger: Logger,
@@ -71,13 +73,13 @@ where Responder.Context == HeraldRequestContext {
         self.executor = LoopExecutor(context.eventLoop)
         self.logger = logger
         self.ended = ended
-        let request = Request(head: request, body: RequestBody(buffer: ByteBuffer()))
+        let request = Request(head: request, body: RequestBody(buffer: body))
         let channel = context.channel
-        let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         Task(executorPreference: executor) { [logger] in
             let (response, takeover) = await LoopRouting.respond(
                 to: request,
-                serving: .poll,
+                serving: .request,
                 responder: responder,
                 channel: channel,
                 logger: logger
@@ -85,21 +87,21 @@ where Responder.Context == HeraldRequestContext {
             var head = HTTPResponseHead(response.head)
             head.version = .http1_1
             if let plan = takeover.poll {
-                channel.eventLoop.execute { [head] in poll.value.hold(plan, head: head) }
+                channel.eventLoop.execute { [head] in bound.value.hold(plan, head: head) }
                 return
             }
             guard response.body.contentLength != nil else {
                 // Open-ended (a stream the head did not show, say a percent-encoded format):
                 // written as it comes, and the connection closes after it.
-                return await LoopPoll.stream(response.body, head: head, poll: poll, on: channel.eventLoop)
+                return await LoopRequest.stream(response.body, head: head, bound: bound, on: channel.eventLoop)
             }
             let body: ByteBuffer
             do {
                 body = try await response.body.collect()
             } catch {
-                return channel.eventLoop.execute { poll.value.fail(error) }
+                return channel.eventLoop.execute { bound.value.fail(error) }
             }
-            channel.eventLoop.execute { [head] in poll.value.write(head, body) }
+            channel.eventLoop.execute { [head] in bound.value.write(head, body) }
         }
     }
 
@@ -107,22 +109,22 @@ where Responder.Context == HeraldRequestContext {
     private static func stream(
         _ body: ResponseBody,
         head: HTTPResponseHead,
-        poll: NIOLoopBound<LoopPoll>,
+        bound: NIOLoopBound<LoopRequest>,
         on loop: any EventLoop
     ) async {
         var head = head
         head.headers.replaceOrAdd(name: "connection", value: "close")
         head.headers.replaceOrAdd(name: "date", value: HTTPDate.now)
         do {
-            try await loop.flatSubmit { [head] in poll.value.send(.head(head)) }.get()
-            try await body.write(LoopBodyWriter(poll: poll, loop: loop))
+            try await loop.flatSubmit { [head] in bound.value.send(.head(head)) }.get()
+            try await body.write(LoopBodyWriter(bound: bound, loop: loop))
         } catch {
             // The client went away.
         }
-        loop.execute { poll.value.fail(nil) }
+        loop.execute { bound.value.fail(nil) }
     }
 
-    /// Writes one part of an open-ended answer; fails once the poll stopped.
+    /// Writes one part of an open-ended answer; fails once the request stopped.
     fileprivate func send(_ part: HTTPServerResponsePart) -> EventLoopFuture<Void> {
         guard !isDone else { return context.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
         return context.writeAndFlush(NIOAny(part))
@@ -184,7 +186,7 @@ where Responder.Context == HeraldRequestContext {
     /// Reads what follows the client's position, off the loop.
     private func read(_ plan: PollPlan) {
         isReading = true
-        let poll = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
         Task(executorPreference: executor) {
             let result: Result<EventRead, any Error>
@@ -200,7 +202,7 @@ where Responder.Context == HeraldRequestContext {
             } catch {
                 result = .failure(error)
             }
-            loop.execute { poll.value.readEnded(result) }
+            loop.execute { bound.value.readEnded(result) }
         }
     }
 
@@ -274,17 +276,17 @@ where Responder.Context == HeraldRequestContext {
     }
 }
 
-/// Writes an open-ended body through the poll's handler, on its loop, one awaited write a part.
+/// Writes an open-ended body through the request's handler, on its loop, one awaited write a part.
 private struct LoopBodyWriter<Responder: HTTPResponder>: ResponseBodyWriter
 where Responder.Context == HeraldRequestContext {
-    let poll: NIOLoopBound<LoopPoll<Responder>>
+    let bound: NIOLoopBound<LoopRequest<Responder>>
     let loop: any EventLoop
 
     mutating func write(_ buffer: ByteBuffer) async throws {
-        try await loop.flatSubmit { [poll] in poll.value.send(.body(.byteBuffer(buffer))) }.get()
+        try await loop.flatSubmit { [bound] in bound.value.send(.body(.byteBuffer(buffer))) }.get()
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
-        try await loop.flatSubmit { [poll] in poll.value.send(.end(nil)) }.get()
+        try await loop.flatSubmit { [bound] in bound.value.send(.end(nil)) }.get()
     }
 }

@@ -79,12 +79,12 @@ extension HeraldServer {
                 guard let extensions = WebSocketEndpoint.extensionsResponse(to: request) else { return [:] }
                 return [.secWebSocketExtensions: extensions]
             },
-            handlers: { request, channel in
+            handler: { request, channel in
                 let address = access.limits.addresses.client(
                     peer: channel.remoteAddress?.ipAddress,
                     forwardedFor: request.headerFields[HTTPField.Name("X-Forwarded-For")!]
                 )
-                return webSocket.handlers(
+                return webSocket.handler(
                     bearer: WebSocketEndpoint.bearer(of: request),
                     address: address,
                     deflates: WebSocketEndpoint.extensionsResponse(to: request) != nil

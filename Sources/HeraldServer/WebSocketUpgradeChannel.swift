@@ -38,8 +38,9 @@ struct WebSocketUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
     struct Upgrade: Sendable {
         /// The headers of the `101` (extensions), or nil to refuse.
         let decide: @Sendable (HTTPRequest, any Channel) -> HTTPFields?
-        /// The handlers that serve the connection once upgraded, added after NIO's frame codec.
-        let handlers: @Sendable (HTTPRequest, any Channel) -> [any ChannelHandler]
+        /// The handler that serves the connection once upgraded, added after NIO's frame codec
+        /// (without NIO's protocol error handler: it answers the decoder's errors itself).
+        let handler: @Sendable (HTTPRequest, any Channel) -> any ChannelHandler
         /// The largest frame the decoder reads; a larger one closes with 1009.
         let maxFrameSize: Int
     }
@@ -60,6 +61,7 @@ struct WebSocketUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
             let upgrade = self.upgrade
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
                 maxFrameSize: upgrade.maxFrameSize,
+                enableAutomaticErrorHandling: false,
                 shouldUpgrade: { channel, head in
                     attempted.value = true
                     guard let request = try? HTTPRequest(head, secure: false, splitCookie: false),
@@ -70,7 +72,7 @@ struct WebSocketUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
                         let request = try HTTPRequest(head, secure: false, splitCookie: false)
-                        try channel.pipeline.syncOperations.addHandlers(upgrade.handlers(request, channel))
+                        try channel.pipeline.syncOperations.addHandler(upgrade.handler(request, channel))
                         return .webSocket
                     }
                 }

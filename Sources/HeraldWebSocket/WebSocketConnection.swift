@@ -10,8 +10,9 @@ internal import NIOWebSocket
 /// One `/api/v1/ws` connection, served on its event loop after the upgrade: no task, no
 /// `NIOAsyncChannel`, no timer of its own while it is idle.
 ///
-/// It reads frames from NIO's decoder (after ``MaskedFramesOnly``) and does what a WebSocket
-/// library would: reassembles fragmented messages up to `maxMessageBytes` (1009 beyond),
+/// It reads frames from NIO's decoder and does what a WebSocket library would: refuses a frame
+/// without a mask (1002; RFC 6455 section 5.1) and answers the decoder's errors (1009 for a frame
+/// over the limit, 1002 otherwise), reassembles fragmented messages up to `maxMessageBytes` (1009 beyond),
 /// inflates permessage-deflate messages with its loop's shared inflater, refuses invalid UTF-8
 /// (1007) and stray reserved bits or continuations (1002), answers pings and closes. Its own
 /// frames are built as bytes (an event's once, for every connection) and written below the
@@ -66,6 +67,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private var messageIsCompressed = false
     /// A frame arrived since the last ping.
     private var heard = true
+    /// NIO's decoder failed: it reads nothing more, so a close the server starts does not wait
+    /// for the client's.
+    private var isDeaf = false
     /// The payload of the latest ping not answered yet.
     private var pendingPong: ByteBuffer?
 
@@ -167,10 +171,12 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // NIO's error handler answers a frame error with its close, then closes once that is
-        // written; closing here would drop the close. Anything else ends the connection.
-        if error is NIOWebSocketError { return }
-        context.close(promise: nil)
+        // NIO's decoder found a frame it cannot read: the close says why (NIO's own error
+        // handler, which would say the same, is left out of the pipeline). Anything else ends
+        // the connection.
+        guard let error = error as? NIOWebSocketError else { return context.close(promise: nil) }
+        isDeaf = true
+        finish(error == .invalidFrameLength ? .messageTooLarge : .protocolError)
     }
 
     /// Reads are held back while an op waits for I/O, so a client cannot queue ops without bound.
@@ -199,7 +205,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
             if frame.opcode == .connectionClose { context.close(promise: nil) }
             return
         }
-        guard !frame.rsv2, !frame.rsv3 else { return finish(.protocolError) }
+        guard frame.maskKey != nil, !frame.rsv2, !frame.rsv3 else { return finish(.protocolError) }
         switch frame.opcode {
         case .ping:
             guard !frame.rsv1 else { return finish(.protocolError) }
@@ -382,8 +388,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         let connection = NIOLoopBound(self, eventLoop: context.eventLoop)
         let channel = context.channel
         guard let wire else { return context.close(promise: nil) }
+        let waits = !isDeaf
         wire.writeAndFlush(NIOAny(WebSocketWire.frame(.close, payload))).whenComplete { result in
-            guard case .success = result, channel.isActive else { return channel.close(promise: nil) }
+            guard case .success = result, channel.isActive, waits else { return channel.close(promise: nil) }
             connection.value.closeTimer = channel.eventLoop.scheduleTask(in: Self.closeTimeout) {
                 channel.close(promise: nil)
             }

@@ -101,13 +101,12 @@ package final class WebSocketEndpoint: Service, Sendable {
         return SharedDeflate.accept(offers)
     }
 
-    /// The handlers that serve an upgraded connection, after NIO's frame decoder: masking is
-    /// checked first (``MaskedFramesOnly``), then the connection is served on its loop.
+    /// The handler that serves an upgraded connection on its loop, after NIO's frame decoder.
     /// - Parameters:
     ///   - bearer: the upgrade request's credential (see ``bearer(of:)``).
     ///   - address: the client's address, for rate limits.
     ///   - deflates: whether ``extensionsResponse(to:)`` accepted permessage-deflate.
-    package func handlers(bearer: String?, address: String?, deflates: Bool) -> [any ChannelHandler] {
-        [MaskedFramesOnly(), WebSocketConnection(endpoint: self, bearer: bearer, address: address, deflates: deflates)]
+    package func handler(bearer: String?, address: String?, deflates: Bool) -> any ChannelHandler {
+        WebSocketConnection(endpoint: self, bearer: bearer, address: address, deflates: deflates)
     }
 }

@@ -85,9 +85,9 @@ import Testing
             try await channel.eventLoop.submit { [channel, endpoint] in
                 if let before { try channel.pipeline.syncOperations.addHandler(before) }
                 try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
-                // Without MaskedFramesOnly: test frames are not masked.
-                let handlers = endpoint.handlers(bearer: nil, address: nil, deflates: deflates).dropFirst()
-                for handler in handlers { try channel.pipeline.syncOperations.addHandler(handler) }
+                try channel.pipeline.syncOperations.addHandler(
+                    endpoint.handler(bearer: nil, address: nil, deflates: deflates)
+                )
             }.get()
             if upgraded { try await upgrade() }
         }
@@ -107,7 +107,22 @@ import Testing
         }
 
         func send(_ opcode: WebSocketOpcode, _ data: ByteBuffer, fin: Bool = true, rsv1: Bool = false) async throws {
-            try await channel.writeInbound(WebSocketFrame(fin: fin, rsv1: rsv1, opcode: opcode, data: data))
+            try await channel.writeInbound(Self.frame(opcode, data, fin: fin, rsv1: rsv1))
+        }
+
+        /// A client's frame: masked, as a client must mask (RFC 6455 section 5.1), unless not.
+        static func frame(
+            _ opcode: WebSocketOpcode,
+            _ data: ByteBuffer,
+            fin: Bool = true,
+            rsv1: Bool = false,
+            rsv2: Bool = false,
+            masked: Bool = true
+        ) -> WebSocketFrame {
+            let key: WebSocketMaskingKey? = masked ? [1, 2, 3, 4] : nil
+            var data = data
+            if let key { data.webSocketMask(key) }
+            return WebSocketFrame(fin: fin, rsv1: rsv1, rsv2: rsv2, opcode: opcode, maskKey: key, data: data)
         }
 
         /// The next frame the server wrote (5 s at most).
@@ -197,6 +212,7 @@ import Testing
         ("invalid UTF-8", 1007),
         ("corrupt compressed data", 1007),
         ("fragments over the limit", 1009),
+        ("an unmasked frame", 1002),
     ])
     func aProtocolErrorClosesWithItsCode(_ error: String, _ code: Int) async throws {
         var connection = try await Connection(deflates: error.hasPrefix("corrupt"), maxMessageBytes: 100)
@@ -204,8 +220,10 @@ import Testing
         case "compressed without deflate": try await connection.send(.text, "{}", rsv1: true)
         case "a continuation with no message": try await connection.send(.continuation, "{}")
         case "a reserved bit":
+            try await connection.channel.writeInbound(Connection.frame(.text, ByteBuffer(string: "{}"), rsv2: true))
+        case "an unmasked frame":
             try await connection.channel.writeInbound(
-                WebSocketFrame(fin: true, rsv2: true, opcode: .text, data: ByteBuffer(string: "{}"))
+                Connection.frame(.text, ByteBuffer(string: #"{"op": "ping"}"#), masked: false)
             )
         case "invalid UTF-8": try await connection.send(.text, ByteBuffer(bytes: [0x22, 0xFF, 0xFE, 0x22]))
         case "corrupt compressed data":
@@ -216,6 +234,23 @@ import Testing
         }
         let frame = try #require(try await connection.next())
         #expect(frame.closeCode == UInt16(code))
+    }
+
+    @Test(arguments: [
+        (NIOWebSocketError.invalidFrameLength, UInt16(1009)), (.multiByteControlFrameLength, 1002),
+        (.fragmentedControlFrame, 1002),
+    ])
+    func aFrameTheDecoderCannotReadClosesWithItsCodeAndWithoutWaiting(
+        _ error: NIOWebSocketError,
+        _ code: UInt16
+    ) async throws {
+        var connection = try await Connection()
+        connection.channel.pipeline.fireErrorCaught(error)
+        let frame = try #require(try await connection.next())
+        #expect(frame.closeCode == code)
+        // The decoder reads nothing more, so no close from the client can come: closed at once.
+        let channel = connection.channel
+        #expect(try await channel.eventLoop.submit { channel.isActive }.get() == false)
     }
 
     @Test func aBinaryMessageIsAnsweredWithAnErrorNotAClose() async throws {
@@ -268,9 +303,7 @@ import Testing
         // `auth` is checked off the loop; the ping read right after it waits for its answer.
         try await connection.channel.eventLoop.submit { [channel = connection.channel] in
             for text in [#"{"op": "auth", "token": "not-a-token", "id": 1}"#, #"{"op": "ping", "id": 2}"#] {
-                channel.pipeline.fireChannelRead(
-                    WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: text))
-                )
+                channel.pipeline.fireChannelRead(Connection.frame(.text, ByteBuffer(string: text)))
             }
         }.get()
         let first = try await connection.nextOp()

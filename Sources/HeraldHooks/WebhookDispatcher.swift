@@ -24,6 +24,8 @@ package final class WebhookDispatcher: Service, Sendable {
     private let breakers: CircuitBreakers
     private let clients: PinnedClients
     private let doorbell = Doorbell()
+    /// The store's ``DeliveryQueue/localQueueings`` when the loop last read the queue.
+    private let readAt = Atomic<Int>(-1)
     /// Attempts started and not yet recorded.
     private let inFlight = Mutex(0)
     private let finished = Mutex(Finished())
@@ -53,8 +55,12 @@ package final class WebhookDispatcher: Service, Sendable {
         self.logger = logger
     }
 
-    /// Says that deliveries may have been queued (after an event's commit).
-    package func wake() { doorbell.ring() }
+    /// Says that deliveries may have been queued (after an event's commit): rings, unless the
+    /// store tells that nothing was queued since the loop last read the queue.
+    package func wake() {
+        if let count = store.localQueueings, count == readAt.load(ordering: .acquiring) { return }
+        doorbell.ring()
+    }
 
     package func run() async throws {
         // Parks were made for attempts in flight and circuits of the process before this one.
@@ -79,6 +85,7 @@ package final class WebhookDispatcher: Service, Sendable {
                 }
                 // A read first: most wake-ups (one per published event) find nothing due, and
                 // a claim is a write that would queue behind the events themselves.
+                if let count = store.localQueueings { readAt.store(count, ordering: .releasing) }
                 let due = try? await store.nextDeliveryDue(now: .now(), window: configuration.fanOutWindow)
                 let free = min(configuration.maxInFlight - inFlight.withLock { $0 }, 256)
                 guard let due, due <= .now(), free > 0 else {

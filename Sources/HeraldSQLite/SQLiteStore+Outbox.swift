@@ -12,7 +12,8 @@ extension SQLiteStore {
     /// `callback_events: all`), and one entry in the webhook event log when any subscription
     /// matches it. A subscription's deliveries are made from the log by ``fanOut(now:window:healthy:limit:_:)``,
     /// so an event costs one row however many subscriptions it matches.
-    static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws {
+    /// - Returns: whether anything was queued (a callback's delivery, or the event logged).
+    static func enqueueDeliveries(for event: Event, of check: Check?, _ db: Database) throws -> Bool {
         // Runs for every event written: the prepared statements are kept, not compiled each time.
         // The log holds only what some active subscription will read.
         let subscribed =
@@ -31,7 +32,7 @@ extension SQLiteStore {
         {
             callback = (check, url, secret)
         }
-        guard subscribed || callback != nil else { return }
+        guard subscribed || callback != nil else { return false }
         let payload = Delivery.payload(of: event)
         if let (check, url, secret) = callback {
             let target = Delivery.target(of: url)
@@ -55,9 +56,10 @@ extension SQLiteStore {
                 db
             )
         }
-        guard subscribed else { return }
+        guard subscribed else { return true }
         try db.cachedStatement(sql: "INSERT INTO webhook_events (check_id, type, time, payload) VALUES (?, ?, ?, ?)")
             .execute(arguments: [check?.id.rawValue, event.type, event.time.millisecondsSince1970, payload])
+        return true
     }
 
     /// `herald_event_matches(pattern, type)`: ``Subscription/pattern(_:matches:)`` in SQL, so the

@@ -2,6 +2,7 @@ package import Foundation
 internal import GRDB
 package import HeraldCore
 package import HeraldStore
+internal import Synchronization
 
 /// The embedded store: one SQLite file in WAL mode under the data directory.
 ///
@@ -13,6 +14,8 @@ package final class SQLiteStore: Store {
     let directory: URL
     let durability: Durability
     private let retention: RetentionConfiguration
+    /// Writes of this process that queued webhook work (see ``localQueueings``).
+    private let queueings = Atomic<Int>(0)
 
     /// Opens (creating if needed) `herald.sqlite` in `directory` and migrates it.
     ///
@@ -62,7 +65,7 @@ package final class SQLiteStore: Store {
 
     package func createCheck(_ check: Check, idempotency: IdempotencyKey?) async throws -> CheckCreation {
         let keyLifetime = retention.idempotencyKeyLifetime.milliseconds
-        return try await pool.write { db in
+        return try await writeQueueing { db, queued in
             if let idempotency,
                 let row = try Row.fetchOne(
                     db,
@@ -108,7 +111,7 @@ package final class SQLiteStore: Store {
                 at: check.createdAt,
                 maxEvents: nil
             )
-            try Self.enqueueDeliveries(for: event, of: check, db)
+            queued = try Self.enqueueDeliveries(for: event, of: check, db)
             return CheckCreation(check: check, event: event)
         }
     }
@@ -150,7 +153,7 @@ package final class SQLiteStore: Store {
         at time: Timestamp,
         requiring condition: FinishCondition
     ) async throws -> CheckFinish {
-        try await pool.write { db in
+        try await writeQueueing { db, queued in
             guard let current = try Self.fetchCheck(db, id: id.rawValue) else { return .notFound }
             if let refusal = CheckFinish.refusal(of: current, requiring: condition) { return refusal }
             let next = current.finished(state, result: result, error: error, at: time)
@@ -172,7 +175,7 @@ package final class SQLiteStore: Store {
                 at: time,
                 maxEvents: nil
             )
-            try Self.enqueueDeliveries(for: event, of: next, db)
+            queued = try Self.enqueueDeliveries(for: event, of: next, db)
             return .finished(next, event)
         }
     }
@@ -181,12 +184,28 @@ package final class SQLiteStore: Store {
 
     package func append(type: String, data: String, to channel: ChannelName, at time: Timestamp) async throws -> Event {
         let maxEvents = retention.maxEventsPerChannel
-        return try await pool.write { db in
+        return try await writeQueueing { db, queued in
             let event = try Self.append(db, type: type, data: data, to: channel, at: time, maxEvents: maxEvents)
-            try Self.enqueueDeliveries(for: event, of: nil, db)
+            queued = try Self.enqueueDeliveries(for: event, of: nil, db)
             return event
         }
     }
+
+    /// A write that may queue webhook work, counted in ``localQueueings`` once it committed (a
+    /// dispatcher that read the queue before the commit must see the count move after it).
+    private func writeQueueing<Value: Sendable>(
+        _ body: @escaping @Sendable (Database, inout Bool) throws -> Value
+    ) async throws -> Value {
+        let (value, queued) = try await pool.write { db in
+            var queued = false
+            let value = try body(db, &queued)
+            return (value, queued)
+        }
+        if queued { queueings.add(1, ordering: .releasing) }
+        return value
+    }
+
+    package var localQueueings: Int? { queueings.load(ordering: .acquiring) }
 
     package func events(
         in channel: ChannelName,

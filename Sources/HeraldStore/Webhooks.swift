@@ -464,6 +464,11 @@ package protocol DeliveryQueue: Sendable {
     /// When the next pending delivery is due, if any: `now` when a claim would make deliveries
     /// from the event log.
     func nextDeliveryDue(now: Timestamp, window: Int) async throws -> Timestamp?
+    /// How many writes of this process queued webhook work (an event logged for a subscription,
+    /// a check's callback), once committed; `nil` when other processes queue work in the same
+    /// store (a cluster). A dispatcher woken by an event reads the queue only when this moved,
+    /// so events no webhook wants cost no read.
+    var localQueueings: Int? { get }
     /// Logs attempts and applies what `policy` makes of each (``AttemptEffect``), then unparks
     /// `targets` (their attempt in flight ended), in one write.
     func recordAttempts(
@@ -501,6 +506,8 @@ package protocol DeliveryQueue: Sendable {
 }
 
 extension DeliveryQueue {
+    package var localQueueings: Int? { nil }
+
     /// Logs one attempt and applies what `policy` makes of it (see ``recordAttempts(_:unparking:policy:at:)``).
     package func recordAttempt(
         _ attempt: DeliveryAttempt,

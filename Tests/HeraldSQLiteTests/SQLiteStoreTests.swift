@@ -258,6 +258,30 @@ private func delayCheck(_ ms: Int64 = 100) -> Check {
         #expect(try await logged() == ["t.x"])
     }
 
+    /// The dispatcher reads the queue after an event only when this count moved.
+    @Test func onlyWritesThatQueueWebhookWorkAreCounted() async throws {
+        let (store, _) = try makeStore()
+        let now = Timestamp.now()
+        let channel = try #require(ChannelName("c"))
+        #expect(store.localQueueings == 0)
+        _ = try await store.append(type: "t.x", data: "1", to: channel, at: now)
+        #expect(store.localQueueings == 0)  // no subscription
+        try await subscribe(store, [("sub_t", "https://t.test/")], event: "t.*", at: now)
+        _ = try await store.append(type: "u", data: "2", to: channel, at: now)
+        #expect(store.localQueueings == 0)  // one no subscription matches
+        _ = try await store.append(type: "t.y", data: "3", to: channel, at: now)
+        #expect(store.localQueueings == 1)
+        // A check's callback is queued work too, whatever subscriptions match.
+        let spec = CheckSpec(
+            parameters: .delay(milliseconds: 1000, outcome: .done, result: nil),
+            callbackURL: "https://cb.test/hook",
+            callbackSecret: "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0",
+            callbackEvents: .all
+        )
+        _ = try await store.createCheck(Check(id: .random(), spec: spec, createdAt: now), idempotency: nil)
+        #expect(store.localQueueings == 2)
+    }
+
     @Test func aSubscriptionPastItsLagCapIsDisabledWithTheReason() async throws {
         let (store, _) = try makeStore()
         let now = Timestamp.now()

@@ -218,8 +218,7 @@ package final class SQLiteStore: Store {
         try await pool.read { db in
             guard
                 let row = try Row.fetchOne(
-                    db,
-                    sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+                    try db.cachedStatement(sql: "SELECT epoch, last_offset FROM channels WHERE name = ?"),
                     arguments: [channel.rawValue]
                 )
             else {
@@ -232,8 +231,7 @@ package final class SQLiteStore: Store {
             guard let offset else { return EventRead(epoch: current, recovered: true, events: [], next: last) }
             let first: Offset =
                 try Offset.fetchOne(
-                    db,
-                    sql: "SELECT MIN(offset) FROM events WHERE channel = ?",
+                    try db.cachedStatement(sql: "SELECT MIN(offset) FROM events WHERE channel = ?"),
                     arguments: [channel.rawValue]
                 ) ?? (last + 1)
             let epochMatches = current.accepts(epoch)
@@ -423,32 +421,31 @@ package final class SQLiteStore: Store {
     ) throws -> Event {
         let epoch: Epoch
         let offset: Offset
+        // Runs for every event: the prepared statements are kept, not compiled each time.
         if let row = try Row.fetchOne(
-            db,
-            sql: "SELECT epoch, last_offset FROM channels WHERE name = ?",
+            try db.cachedStatement(sql: "SELECT epoch, last_offset FROM channels WHERE name = ?"),
             arguments: [channel.rawValue]
         ) {
             epoch = Epoch(row["epoch"])
             offset = (row["last_offset"] as Offset) + 1
-            try db.execute(
-                sql: "UPDATE channels SET last_offset = ?, updated_at = ? WHERE name = ?",
+            try db.cachedStatement(sql: "UPDATE channels SET last_offset = ?, updated_at = ? WHERE name = ?").execute(
                 arguments: [offset, time.millisecondsSince1970, channel.rawValue]
             )
         } else {
             epoch = Epoch.random()
             offset = 1
-            try db.execute(
-                sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES (?, ?, 1, ?)",
+            try db.cachedStatement(
+                sql: "INSERT INTO channels (name, epoch, last_offset, updated_at) VALUES (?, ?, 1, ?)"
+            ).execute(
                 arguments: [channel.rawValue, epoch.rawValue, time.millisecondsSince1970]
             )
         }
-        try db.execute(
-            sql: "INSERT INTO events (channel, offset, type, time, data) VALUES (?, ?, ?, ?, ?)",
-            arguments: [channel.rawValue, offset, type, time.millisecondsSince1970, data]
-        )
+        try db.cachedStatement(sql: "INSERT INTO events (channel, offset, type, time, data) VALUES (?, ?, ?, ?, ?)")
+            .execute(
+                arguments: [channel.rawValue, offset, type, time.millisecondsSince1970, data]
+            )
         if let maxEvents, offset > Offset(maxEvents) {
-            try db.execute(
-                sql: "DELETE FROM events WHERE channel = ? AND offset <= ?",
+            try db.cachedStatement(sql: "DELETE FROM events WHERE channel = ? AND offset <= ?").execute(
                 arguments: [channel.rawValue, offset - Offset(maxEvents)]
             )
         }
@@ -463,8 +460,10 @@ package final class SQLiteStore: Store {
         limit: Int
     ) throws -> [Event] {
         try Row.fetchAll(
-            db,
-            sql: "SELECT offset, type, time, data FROM events WHERE channel = ? AND offset > ? ORDER BY offset LIMIT ?",
+            try db.cachedStatement(
+                sql:
+                    "SELECT offset, type, time, data FROM events WHERE channel = ? AND offset > ? ORDER BY offset LIMIT ?"
+            ),
             arguments: [channel.rawValue, offset, limit]
         ).map { row in
             Event(

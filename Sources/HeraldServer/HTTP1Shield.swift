@@ -55,11 +55,14 @@ struct ShieldedHTTP1Channel: ServerChildChannel {
     }
 
     func handle(value: Value, logger: Logger) async {
-        // A connection refused (or gone) before its first request never reaches Hummingbird,
-        // whose upgrade handler would log the abandoned upgrade as an error; nor does one whose
-        // first request is a stream, served by its handlers alone.
-        guard (try? await value.served.get()) == true else { return }
-        await inner.handle(value: value.inner, logger: logger)
+        // Hummingbird's handling starts only once a request goes on to it: a connection whose
+        // requests the gate serves (polls, publishes, a stream) keeps no task waiting for one.
+        // One refused (or gone) before its first request never reaches Hummingbird, whose
+        // upgrade handler would log the abandoned upgrade as an error.
+        value.served.whenSuccess { [inner] served in
+            guard served else { return }
+            Task { await inner.handle(value: value.inner, logger: logger) }
+        }
     }
 }
 

@@ -69,6 +69,15 @@ final class ConnectionLimit: Sendable {
         return .full
     }
 
+    /// Returns once no connection is open, or when the task is cancelled (past
+    /// `shutdown-timeout`). Shutdown waits here: Hummingbird's server returns once its listener
+    /// closed and the tasks it started ended, and a connection served on its event loop has none.
+    func closed() async {
+        while open.load(ordering: .relaxed) > 0, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     /// Counts a closed connection from `peer` out.
     func release(_ peer: String?, total: Bool = true) {
         if total { open.wrappingSubtract(1, ordering: .relaxed) }

@@ -94,7 +94,12 @@ package struct HeraldServer: Sendable {
             logger: logger.labelled("herald.http")
         )
         var lifecycle = ServiceGroupConfiguration(
-            services: services(parts, storage: storage, app: app, readiness: readiness),
+            services: services(
+                parts,
+                storage: storage,
+                app: DrainedHTTPServer(server: app, connections: connections),
+                readiness: readiness
+            ),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger.labelled("herald.lifecycle")
         )
@@ -324,5 +329,20 @@ extension Logger {
         var logger = Logger(label: label)
         logger.logLevel = logLevel
         return logger
+    }
+}
+
+/// The HTTP server as a service whose run ends once every client connection has closed, so
+/// the services after it (the runner, the store) stop only when every answer was written:
+/// Hummingbird's own run ends when its listener closes and the tasks it started end, and a
+/// connection served on its event loop (a request the gate routed, a stream, a WebSocket) has
+/// none. Past `shutdown-timeout` the service group cancels the wait.
+struct DrainedHTTPServer<Server: Service>: Service {
+    let server: Server
+    let connections: ConnectionLimit
+
+    func run() async throws {
+        try await server.run()
+        await connections.closed()
     }
 }

@@ -174,7 +174,8 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
                 body: body,
                 responder: streams.responder,
                 context: context,
-                logger: logger
+                logger: logger,
+                isLast: { [weak self] in self?.answersLast ?? true }
             ) { [weak self] keepAlive in
                 self?.requestEnded(number, keepAlive: keepAlive, context)
             }
@@ -188,16 +189,22 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     private func requestEnded(_ number: Int, keepAlive: Bool, _ context: ChannelHandlerContext) {
         guard number == exchanges, exchange != nil else { return }  // stopped before it answered
         exchange = nil
-        shield.requestAnswered()
+        // The shield hears of the answer after the pipelined requests have started: one taken
+        // from them keeps it in flight, so a problem the shield found meanwhile (a malformed
+        // head behind them) waits for that request's answer instead of going before it.
+        defer { shield.requestAnswered() }
         guard keepAlive else { return }
-        if isQuiescing || isInputClosed { return context.close(promise: nil) }
         armIdleTimer(context)
         var parts = pipelined[...]
         pipelined = []
         while !isGone, let part = parts.popFirst() {
             if exchange != nil { pipelined.append(part) } else { handle(part, context) }
         }
-        if isGone { return }
+        if isGone {
+            // A pipelined stream took the connection over: the read held back goes to it.
+            if readPending { context.channel.read() }
+            return
+        }
         // A pipelined request whose body had not all come goes on too.
         if exchange == nil, taking == .request, !held.isEmpty { passOnHeld(context) }
         // The read held back while the request was answered, unless another one holds it
@@ -206,8 +213,17 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
             readPending = false
             context.read()
         }
-        if isPassing { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
+        if isPassing {
+            // What went on outside a read reaches Hummingbird's channel only with a read's end.
+            context.fireChannelReadComplete()
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
     }
+
+    /// Whether the request being answered is the connection's last: shutdown began, or the
+    /// client half-closed, while it was answered. Its answer then says `Connection: close`,
+    /// and the connection closes once the answer is written.
+    private var answersLast: Bool { isQuiescing || isInputClosed }
 
     func read(context: ChannelHandlerContext) {
         if exchange != nil { readPending = true } else { context.read() }

@@ -225,7 +225,7 @@ def test_a_client_that_half_closes_still_gets_its_held_poll_answered(herald):
         status, headers, body = wire.answer()
         published()
         assert status == 200 and [event["offset"] for event in json.loads(body)["events"]] == [1]
-        assert wire.closed()
+        assert headers["connection"] == "close" and wire.closed()
 
 
 def test_pipelined_publishes_are_answered_in_order_then_a_poll_sees_them(herald):
@@ -256,3 +256,48 @@ def test_a_publish_whose_body_comes_later_is_answered_and_the_connection_goes_on
         status, _, answer = wire.answer()
         published()
         assert status == 200 and [event["offset"] for event in json.loads(answer)["events"]] == [2]
+
+
+def test_a_request_pipelined_behind_one_the_loop_answered_goes_on_to_hummingbird_and_is_answered(herald):
+    with connect(herald, timeout=10) as connection:
+        wire = Wire(connection)
+        # The second says Connection: close, so the gate passes it on once the first is answered.
+        last = post("/api/v1/channels/lp-n/events", {"type": "t", "data": {}})
+        last = last.replace(b"Host: herald\r\n", b"Host: herald\r\nConnection: close\r\n")
+        wire.send(post("/api/v1/channels/lp-n/events", {"type": "t", "data": {}}), last)
+        first, second = wire.answer(), wire.answer()
+        assert (first[0], json.loads(first[2])["offset"]) == (201, 1)
+        assert (second[0], json.loads(second[2])["offset"]) == (201, 2)
+        assert wire.closed()
+
+
+def test_a_malformed_head_behind_pipelined_requests_is_answered_after_them(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        wire.send(get("/api/v1/channels/lp-o/events?wait=1"),
+                  post("/api/v1/channels/lp-o/events", {"type": "t", "data": {}}),
+                  b"NOT HTTP\r\n\r\n")
+        held, published, refused = wire.answer(), wire.answer(), wire.answer()
+        assert held[0] == 200 and json.loads(held[2])["events"] == []
+        assert (published[0], json.loads(published[2])["offset"]) == (201, 1)
+        assert refused[0] == 501 and refused[1]["connection"] == "close"  # not a method Herald serves
+
+
+def test_shutdown_waits_for_a_request_still_arriving(herald):
+    with connect(herald) as connection:
+        wire = Wire(connection)
+        # A chunked body goes to Hummingbird, and its first chunk only comes now.
+        head = (f"POST /api/v1/channels/lp-p/events HTTP/1.1\r\nHost: herald\r\n"
+                f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        body = json.dumps({"type": "t", "data": {}}).encode()
+        wire.send(head + b"%x\r\n" % 5 + body[:5] + b"\r\n")
+        time.sleep(0.5)
+        herald.proc.send_signal(15)
+        time.sleep(1.0)
+        assert herald.proc.poll() is None, "Herald exited with a request in flight"
+        rest = body[5:]
+        wire.send(b"%x\r\n" % len(rest) + rest + b"\r\n0\r\n\r\n")
+        status, _, answer = wire.answer()
+        assert status == 201 and json.loads(answer)["offset"] == 1
+        assert herald.proc.wait(timeout=30) == 0

@@ -51,6 +51,10 @@ where Responder.Context == HeraldRequestContext {
     private let executor: LoopExecutor
     private let logger: Logger
     private let ended: (_ keepAlive: Bool) -> Void
+    /// Asked when the answer is written: whether it is the connection's last (shutdown, or a
+    /// client that half-closed), so it says `Connection: close` and the connection closes
+    /// once it is written.
+    private let isLast: () -> Bool
     private var plan: PollPlan?
     /// The head of the answer, from the router.
     private var head: HTTPResponseHead?
@@ -67,9 +71,11 @@ where Responder.Context == HeraldRequestContext {
         responder: Responder,
         context: ChannelHandlerContext,
         logger: Logger,
+        isLast: @escaping () -> Bool = { false },
         ended: @escaping (_ keepAlive: Bool) -> Void
     ) {
         self.context = context
+        self.isLast = isLast
         self.executor = LoopExecutor(context.eventLoop)
         self.logger = logger
         self.ended = ended
@@ -239,7 +245,7 @@ where Responder.Context == HeraldRequestContext {
         var head = head
         head.headers.replaceOrAdd(name: "content-length", value: "\(body.readableBytes)")
         head.headers.replaceOrAdd(name: "date", value: HTTPDate.now)
-        let closes = closing || !head.isKeepAlive
+        let closes = closing || !head.isKeepAlive || isLast()
         if closes { head.headers.replaceOrAdd(name: "connection", value: "close") }
         context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
         if body.readableBytes > 0 {

@@ -175,10 +175,9 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
                 responder: streams.responder,
                 context: context,
                 logger: logger,
-                isLast: { [weak self] in self?.answersLast ?? true }
-            ) { [weak self] keepAlive in
-                self?.requestEnded(number, keepAlive: keepAlive, context)
-            }
+                isLast: { [weak self] in self?.answersLast ?? true },
+                ended: { [weak self] keepAlive in self?.requestEnded(number, keepAlive: keepAlive, context) }
+            )
         } catch {
             logger.error("cannot serve a request on its event loop", metadata: ["error": "\(error)"])
             context.close(promise: nil)

@@ -57,7 +57,7 @@ import Testing
         /// Delivers `parts` as the decoder does for one read: each part, then the read's end.
         func read(_ parts: HTTPServerRequestPart...) async throws {
             try await channel.eventLoop.submit { [channel] in
-                for part in parts { channel.pipeline.fireChannelRead(NIOAny(part)) }
+                for part in parts { channel.pipeline.fireChannelRead(part) }
                 channel.pipeline.fireChannelReadComplete()
             }.get()
         }

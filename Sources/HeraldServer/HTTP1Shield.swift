@@ -212,10 +212,12 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         if !codings.isEmpty, codings.count != 1 || codings[0].lowercased() != "chunked" {
             return Self.problem(.badRequest, "malformed-request", "only Transfer-Encoding: chunked is accepted")
         }
+        // Every request the gate serves asks this: the content type is read only for a length.
+        guard let declaredLength else { return nil }
         let isGRPCWeb =
             head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc-web") ?? false
         let limit = isGRPCWeb ? limits.maxGRPCWebBodyBytes : limits.maxBodyBytes
-        if let declaredLength, declaredLength > limit {
+        if declaredLength > limit {
             return Self.problem(.contentTooLarge, "too-large", "the body is larger than \(limit) bytes")
         }
         return nil

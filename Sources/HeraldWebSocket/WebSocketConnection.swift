@@ -67,9 +67,6 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private var messageIsCompressed = false
     /// A frame arrived since the last ping.
     private var heard = true
-    /// NIO's decoder failed: it reads nothing more, so a close the server starts does not wait
-    /// for the client's.
-    private var isDeaf = false
     /// The payload of the latest ping not answered yet.
     private var pendingPong: ByteBuffer?
 
@@ -174,9 +171,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         // NIO's decoder found a frame it cannot read: the close says why (NIO's own error
         // handler, which would say the same, is left out of the pipeline). Anything else ends
         // the connection.
+        // The decoder reads nothing more after its error, so no client close can come.
         guard let error = error as? NIOWebSocketError else { return context.close(promise: nil) }
-        isDeaf = true
-        finish(error == .invalidFrameLength ? .messageTooLarge : .protocolError)
+        finish(error == .invalidFrameLength ? .messageTooLarge : .protocolError, awaitingClose: false)
     }
 
     /// Reads are held back while an op waits for I/O, so a client cannot queue ops without bound.
@@ -362,8 +359,9 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Closes for `reason`: the frames already written go first, then the close frame; the
-    /// connection ends at the client's close, or after ``closeTimeout``.
-    func finish(_ reason: Closing) {
+    /// connection ends at the client's close, or after ``closeTimeout`` (at once, unless
+    /// `awaitingClose`).
+    func finish(_ reason: Closing, awaitingClose: Bool = true) {
         guard !isClosing, let context else { return }
         let (code, text): (UInt16, String)
         switch reason {
@@ -388,9 +386,8 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
         let connection = NIOLoopBound(self, eventLoop: context.eventLoop)
         let channel = context.channel
         guard let wire else { return context.close(promise: nil) }
-        let waits = !isDeaf
         wire.writeAndFlush(NIOAny(WebSocketWire.frame(.close, payload))).whenComplete { result in
-            guard case .success = result, channel.isActive, waits else { return channel.close(promise: nil) }
+            guard case .success = result, channel.isActive, awaitingClose else { return channel.close(promise: nil) }
             connection.value.closeTimer = channel.eventLoop.scheduleTask(in: Self.closeTimeout) {
                 channel.close(promise: nil)
             }

@@ -263,13 +263,18 @@ where Responder.Context == HeraldRequestContext {
     }
 
     /// The store could not be read, or the body not made (or an open-ended one ended): the
-    /// connection closes, as a stream's does; the client polls again.
+    /// connection closes, as a stream's does; a poller polls again.
     private func fail(_ error: (any Error)?) {
         guard !isDone else {
             if error == nil { context.close(promise: nil) }  // the end of an open-ended answer
             return
         }
-        if let error { logger.info("long poll ended: its answer could not be made", metadata: ["error": "\(error)"]) }
+        if let error {
+            logger.info(
+                "a request on the event loop ended: its answer could not be made",
+                metadata: ["error": "\(error)"]
+            )
+        }
         stop()
         context.close(promise: nil)
         ended(false)

@@ -1,6 +1,7 @@
 package import HTTPTypes
 package import HeraldCore
 package import Hummingbird
+package import Logging
 internal import NIOCore
 
 /// An RFC 9457 problem document, the body of every error answer.
@@ -38,6 +39,19 @@ package struct Problem: HTTPResponseError, Sendable {
             detail: error.message,
             headers: headers
         )
+    }
+
+    /// The problem for an error that is neither a ``HeraldError`` nor Hummingbird's: the
+    /// ``HeraldError`` it maps to (a store that cannot be reached: `503`), logged as a warning;
+    /// else a generic 500 that reveals nothing internal, the error logged with its path.
+    package init(other error: any Error, path: String, logger: Logger) {
+        if let mapped = HeraldError(error) {
+            logger.warning("\(mapped.code)", metadata: ["error": "\(error)", "path": "\(path)"])
+            self.init(mapped)
+        } else {
+            logger.error("unexpected error", metadata: ["error": "\(error)", "path": "\(path)"])
+            self.init(status: .internalServerError, code: "internal", detail: "an internal error occurred")
+        }
     }
 
     /// The HTTP status of each error code.

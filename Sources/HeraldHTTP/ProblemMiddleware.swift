@@ -64,12 +64,7 @@ package struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             problem.headers[.connection] = "close"
             response = try problem.response(from: request, context: context)
         } catch {
-            if let mapped = HeraldError(error) {
-                logger.warning("\(mapped.code)", metadata: ["error": "\(error)", "path": "\(request.uri.path)"])
-                return try Problem(mapped).response(from: request, context: context)
-            }
-            logger.error("unexpected error", metadata: ["error": "\(error)", "path": "\(request.uri.path)"])
-            response = try Problem(status: .internalServerError, code: "internal", detail: "an internal error occurred")
+            response = try Problem(other: error, path: request.uri.path, logger: logger)
                 .response(from: request, context: context)
         }
         response.headers[.xContentTypeOptions] = "nosniff"

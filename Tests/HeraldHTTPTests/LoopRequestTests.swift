@@ -141,8 +141,8 @@ import Testing
         let hub: Hub
         let name = ChannelName("orders")!
 
-        init(hub: Hub = Hub()) async throws {
-            log = CountingLog(try makeStore())
+        init(hub: Hub = Hub(), afterRead: @escaping @Sendable (Int) async throws -> Void = { _ in }) async throws {
+            log = CountingLog(try makeStore(), afterRead: afterRead)
             self.hub = hub
             hub.publish(try await append())
         }
@@ -151,15 +151,21 @@ import Testing
             try await log.append(type: "t", data: "1", to: name, at: .now())
         }
 
-        /// A poll of what follows event 1, as the router prepared it; held on its loop unless
-        /// `held` is false.
-        func poll(wait: Duration = .seconds(60), callback: String? = nil, held: Bool = true) async throws -> Poll {
+        /// A poll of what follows event 1, as the router prepared it (having seen the channel
+        /// caught up, unless `caughtUp` is false: then the poll reads the store first); held on
+        /// its loop unless `held` is false.
+        func poll(
+            wait: Duration = .seconds(60),
+            callback: String? = nil,
+            caughtUp: Bool = true,
+            held: Bool = true
+        ) async throws -> Poll {
             let plan = PollPlan(
                 channel: name,
                 position: 1,
                 epoch: nil,
                 deadline: .now.advanced(by: wait),
-                timeoutAnswer: #"{"events":[]}"#,
+                timeoutAnswer: caughtUp ? #"{"events":[]}"# : nil,
                 callback: callback,
                 store: log,
                 hub: hub,
@@ -239,6 +245,58 @@ import Testing
         #expect(answer.head.headers["connection"] == ["close"])
         #expect(poll.ending.keepAlive.withLock { $0 } == false)
         try await poll.channel.closeFuture.get()
+    }
+
+    @Test func aPollTheRouterDidNotReadIsAnsweredAtOnceWithWhatFollowsItsPosition() async throws {
+        let orders = try await Orders()
+        _ = try await orders.append()  // never announced: the hub still shows 1
+        let poll = try await orders.poll(caughtUp: false, held: false)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [2])
+        #expect(answer.json["next"] as? Int == 2)
+        #expect(orders.log.reads.withLock { $0 } == 1)
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+        #expect(!orders.hub.isFollowed(orders.name))
+    }
+
+    @Test func aPollTheRouterDidNotReadWaitsWhenNothingFollowsAndItsDeadlineAnswersWithTheRead() async throws {
+        let orders = try await Orders()
+        let poll = try await orders.poll(wait: .milliseconds(100), caughtUp: false)
+        try await Task.sleep(for: .milliseconds(150))
+        await poll.channel.testingEventLoop.advanceTime(by: .milliseconds(300))  // a tick
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [] && answer.json["next"] as? Int == 1 && answer.json["recovered"] as? Bool == true)
+        #expect(answer.json["channel"] as? String == "orders" && answer.json["epoch"] is String)
+        #expect(orders.log.reads.withLock { $0 } == 1)  // the deadline needs no second read
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+    }
+
+    @Test func shutdownDuringAPollsFirstReadAnswersWithTheReadAndCloses() async throws {
+        let release = Mutex(false)
+        let orders = try await Orders { _ in
+            while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        let poll = try await orders.poll(caughtUp: false)
+        orders.hub.drain()
+        release.withLock { $0 = true }
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [] && answer.json["next"] as? Int == 1)
+        #expect(answer.head.headers["connection"] == ["close"])
+        #expect(poll.ending.keepAlive.withLock { $0 } == false)
+        try await poll.channel.closeFuture.get()
+    }
+
+    @Test func aPollsFailedFirstReadIsAnsweredWithItsProblemAndTheConnectionStays() async throws {
+        let orders = try await Orders { _ in throw HeraldError(.unavailable, "the store is away") }
+        let poll = try await orders.poll(caughtUp: false, held: false)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.head.status == .serviceUnavailable)
+        #expect(answer.head.headers["content-type"] == ["application/problem+json"])
+        #expect(
+            answer.json["code"] as? String == "unavailable" && answer.json["detail"] as? String == "the store is away"
+        )
+        #expect(poll.ending.keepAlive.withLock { $0 } == true)
+        #expect(!orders.hub.isFollowed(orders.name))
     }
 
     @Test func anAnswerGivenAtOnceIsWrittenAsItIs() async throws {

@@ -71,6 +71,38 @@ extension HeraldAPI {
             guard let head = hub.head(of: channel) else { return false }
             return head.offset == position && head.epoch.accepts(epoch)
         }
+        // A held poll never outlives the token that opened it.
+        let deadline = min(ContinuousClock.now.advanced(by: wait), expiry ?? .now.advanced(by: wait))
+        /// Leaves the poll to the connection's event loop (LoopRequest), which holds it and
+        /// writes the answer; `nil` on the async path (HTTP/2, a connection Hummingbird serves).
+        func heldOnLoop(at position: Offset, timeoutAnswer: String?) -> Response? {
+            guard request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .request else {
+                return nil
+            }
+            takeover.poll = PollPlan(
+                channel: channel,
+                position: position,
+                epoch: epoch,
+                deadline: deadline,
+                timeoutAnswer: timeoutAnswer,
+                callback: callback,
+                store: store,
+                hub: hub,
+                pageSize: limit
+            )
+            return jsonResponse(.ok, "", callback: callback)
+        }
+        if wait > .zero, let since {
+            // Unless the hub shows the channel caught up, a poll held on the loop reads the store
+            // there, once it follows the channel: its routing task never waits (10,000 polls
+            // arriving at once would otherwise keep 10,000 routing tasks, and their memory, alive
+            // for their reads).
+            let head = caughtUp(at: since) ? hub.head(of: channel) : nil
+            let caughtUpAnswer = head.map {
+                EventRead(epoch: $0.epoch, recovered: true, events: [], next: since).json(channel: channel)
+            }
+            if let held = heldOnLoop(at: since, timeoutAnswer: caughtUpAnswer) { return held }
+        }
         let read: EventRead
         if wait > .zero, let since, caughtUp(at: since), let head = hub.head(of: channel) {
             read = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
@@ -80,23 +112,7 @@ extension HeraldAPI {
         if wait > .zero && read.recovered && read.events.isEmpty {
             // "From now" becomes a fixed position, so an event published while we wait is not skipped.
             let position = since ?? read.next
-            // A held poll never outlives the token that opened it.
-            let deadline = min(ContinuousClock.now.advanced(by: wait), expiry ?? .now.advanced(by: wait))
-            if request.method == .get, let takeover = StreamTakeover.current, takeover.kind == .request {
-                // Held on the connection's event loop (LoopRequest), which writes the answer.
-                takeover.poll = PollPlan(
-                    channel: channel,
-                    position: position,
-                    epoch: epoch,
-                    deadline: deadline,
-                    timeoutAnswer: read.json(channel: channel),
-                    callback: callback,
-                    store: store,
-                    hub: hub,
-                    pageSize: limit
-                )
-                return jsonResponse(.ok, "", callback: callback)
-            }
+            if let held = heldOnLoop(at: position, timeoutAnswer: read.json(channel: channel)) { return held }
             let answer = try await heldPoll {
                 try await hub.wait(on: channel, until: deadline) { woke -> String? in
                     // The usual case: the event that woke us is the next one; its answer is shared.

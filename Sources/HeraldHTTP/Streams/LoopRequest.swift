@@ -9,8 +9,8 @@ package import NIOCore
 internal import NIOHTTP1
 internal import NIOHTTPTypesHTTP1
 
-/// A long poll the router prepared (parsed, authorized, caught up) and that has to wait:
-/// everything ``LoopRequest`` needs to hold it on the event loop without a task.
+/// A long poll the router prepared (parsed, authorized) to be held: everything ``LoopRequest``
+/// needs to hold it on the event loop without a task.
 struct PollPlan: Sendable {
     let channel: ChannelName
     /// The client's position: the answer holds what follows it.
@@ -19,8 +19,10 @@ struct PollPlan: Sendable {
     let epoch: Epoch?
     /// When the poll answers with nothing (its `wait`, or its token's expiry).
     let deadline: ContinuousClock.Instant
-    /// The answer with no event, at the deadline or on shutdown.
-    let timeoutAnswer: String
+    /// The answer with no event, at the deadline or on shutdown; `nil` when the router did not
+    /// read the store (the hub did not show the channel caught up): the poll reads it first,
+    /// and answers at once with what follows its position, if anything does.
+    let timeoutAnswer: String?
     /// A JSONP callback wrapping the answer.
     let callback: String?
     let store: any ChannelLog
@@ -50,12 +52,18 @@ where Responder.Context == HeraldRequestContext {
     /// Runs the request's tasks (routing, store reads) on its connection's loop.
     private let executor: LoopExecutor
     private let logger: Logger
+    /// The request's path, without its query (which may carry a token), for the log.
+    private let path: Substring
     private let ended: (_ keepAlive: Bool) -> Void
     /// Asked when the answer is written: whether it is the connection's last (shutdown, or a
     /// client that half-closed), so it says `Connection: close` and the connection closes
     /// once it is written.
     private let isLast: () -> Bool
     private var plan: PollPlan?
+    /// The answer with no event: the plan's, or made from the poll's first read.
+    private var timeoutAnswer: String?
+    /// Shutdown came before the first read ended: its answer closes the connection.
+    private var isDraining = false
     /// The head of the answer, from the router.
     private var head: HTTPResponseHead?
     private var isSubscribed = false
@@ -78,6 +86,7 @@ where Responder.Context == HeraldRequestContext {
         self.isLast = isLast
         self.executor = LoopExecutor(context.eventLoop)
         self.logger = logger
+        self.path = request.path?.prefix { $0 != "?" } ?? ""
         self.ended = ended
         let request = Request(head: request, body: RequestBody(buffer: body))
         let channel = context.channel
@@ -144,16 +153,18 @@ where Responder.Context == HeraldRequestContext {
 
     // MARK: holding
 
-    /// Subscribes, then checks the channel did not move meanwhile (the router saw it caught up).
+    /// Subscribes, then reads the store unless the router saw the channel caught up and it did
+    /// not move meanwhile.
     private func hold(_ plan: PollPlan, head: HTTPResponseHead) {
         guard !isDone else { return }
         self.plan = plan
         self.head = head
+        timeoutAnswer = plan.timeoutAnswer
         guard plan.hub.subscribe(self, to: plan.channel, on: context.eventLoop) else {
-            return answer(plan.timeoutAnswer, closing: true)  // shutting down
+            return drain()  // shutting down
         }
         isSubscribed = true
-        if !isCaughtUp(plan) { read(plan) }
+        if timeoutAnswer == nil || !isCaughtUp(plan) { read(plan) }
     }
 
     package func receive(_ events: [EncodedEvent]) {
@@ -171,7 +182,7 @@ where Responder.Context == HeraldRequestContext {
 
     package func tick(_ now: ContinuousClock.Instant) {
         guard let plan, !isDone, !isReading, now >= plan.deadline else { return }
-        if isCaughtUp(plan) { answer(plan.timeoutAnswer) } else { read(plan) }
+        if let timeoutAnswer, isCaughtUp(plan) { answer(timeoutAnswer) } else { read(plan) }
     }
 
     package func resync() {
@@ -180,8 +191,8 @@ where Responder.Context == HeraldRequestContext {
     }
 
     package func drain() {
-        guard let plan, !isDone else { return }
-        answer(plan.timeoutAnswer, closing: true)
+        guard plan != nil, !isDone else { return }
+        if let timeoutAnswer { answer(timeoutAnswer, closing: true) } else { isDraining = true }
     }
 
     private func isCaughtUp(_ plan: PollPlan) -> Bool {
@@ -216,12 +227,16 @@ where Responder.Context == HeraldRequestContext {
         isReading = false
         guard let plan, !isDone else { return }
         switch result {
+        case .failure(let error) where timeoutAnswer == nil:
+            answer(problem: error)  // the first read: answered as the router would have
         case .failure(let error):
             fail(error)
-        case .success(let read) where !read.events.isEmpty || !read.recovered || ContinuousClock.now >= plan.deadline:
-            answer(read.json(channel: plan.channel))
-        case .success:
+        case .success(let read)
+        where !read.events.isEmpty || !read.recovered || isDraining || ContinuousClock.now >= plan.deadline:
+            answer(read.json(channel: plan.channel), closing: isDraining)
+        case .success(let read):
             // Nothing after the position yet: keep waiting, unless events came meanwhile.
+            if timeoutAnswer == nil { timeoutAnswer = read.json(channel: plan.channel) }
             if readsAgain {
                 readsAgain = false
                 self.read(plan)
@@ -234,6 +249,18 @@ where Responder.Context == HeraldRequestContext {
     private func answer(_ json: String, closing: Bool = false) {
         guard let head, let plan, !isDone else { return }
         write(head, answerBody(json, callback: plan.callback), closing: closing)
+    }
+
+    /// Answers with the problem `error` maps to (a store that cannot be read: `503`), in the
+    /// router's head, so its CORS headers stay; the connection stays open.
+    private func answer(problem error: any Error) {
+        guard var head else { return }
+        let problem = Problem(other: error, path: String(path), logger: logger)
+        head.status = HTTPResponseStatus(statusCode: problem.status.code)
+        head.headers.replaceOrAdd(name: "content-type", value: "application/problem+json")
+        head.headers.replaceOrAdd(name: "cache-control", value: "no-store")
+        for field in problem.headers { head.headers.replaceOrAdd(name: field.name.canonicalName, value: field.value) }
+        write(head, ByteBuffer(string: problem.json))
     }
 
     /// Writes the answer with its length; the connection stays open unless `closing` (or the

@@ -39,8 +39,8 @@ struct LoopStreams: Sendable {
 /// written (its idle timer would close a client that reads slowly before the end).
 ///
 /// Between requests the gate closes a connection idle for `idleTimeout`, as Hummingbird's
-/// state handler would; while a request is answered (a poll held) it reads nothing more (a
-/// pipelined request waits its turn), and the shield, which the request never reaches, is
+/// state handler would; while a request is answered (a poll held) a pipelined request waits
+/// its turn (see ``read(context:)``), and the shield, which the request never reaches, is
 /// told it was taken.
 final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
@@ -73,6 +73,8 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     private var isGone = false
     private var isQuiescing = false
     private var idleTimer: Scheduled<Void>?
+    /// When the connection last fell idle between requests; `nil` while one is taken.
+    private var idleSince: NIODeadline?
 
     init(streams: LoopStreams, shield: HTTP1Shield, idleTimeout: TimeAmount, logger: Logger) {
         self.streams = streams
@@ -117,7 +119,7 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
                 return passOn(part, context)
             }
             taking = candidate
-            cancelIdleTimer()
+            idleSince = nil
         }
         held.append(part)
         guard case .end = part else { return }
@@ -224,8 +226,12 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// and the connection closes once the answer is written.
     private var answersLast: Bool { isQuiescing || isInputClosed }
 
+    /// While a request is answered the gate reads on until something of a next request came
+    /// (so a client that leaves a held poll is seen, and a poll costs no change of the socket's
+    /// interest in reading), then holds the read back: what is pipelined waits its turn, at
+    /// most two reads' worth of it.
     func read(context: ChannelHandlerContext) {
-        if exchange != nil { readPending = true } else { context.read() }
+        if exchange != nil, !pipelined.isEmpty { readPending = true } else { context.read() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -256,15 +262,28 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         cancelIdleTimer()
     }
 
+    /// The connection is idle from now: it closes once idle for `idleTimeout`. A timer already
+    /// set stays, and looks again when it fires: a poll's answer and its next request do not
+    /// each add and cancel a timer (a cancel searches the loop's timers).
     private func armIdleTimer(_ context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        let channel = context.channel
-        idleTimer = context.eventLoop.scheduleTask(in: idleTimeout) { channel.close(promise: nil) }
+        let now = context.eventLoop.now
+        idleSince = now
+        if idleTimer == nil { scheduleIdleCheck(at: now + idleTimeout, context) }
+    }
+
+    private func scheduleIdleCheck(at deadline: NIODeadline, _ context: ChannelHandlerContext) {
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            idleTimer = nil
+            guard let idleSince else { return }  // a request is taken: its end sets the timer again
+            let due = idleSince + idleTimeout
+            if due <= context.eventLoop.now { context.close(promise: nil) } else { scheduleIdleCheck(at: due, context) }
+        }
     }
 
     private func cancelIdleTimer() {
         idleTimer?.cancel()
         idleTimer = nil
+        idleSince = nil
     }
 
     // MARK: streams

@@ -23,15 +23,41 @@ import Testing
         }
     }
 
+    /// Counts the reads the gate lets through to the socket.
+    private final class Reads: ChannelOutboundHandler, @unchecked Sendable {
+        typealias OutboundIn = Never
+        var count = 0
+
+        func read(context: ChannelHandlerContext) {
+            count += 1
+            context.read()
+        }
+    }
+
+    /// Holds the answers of `GET /api/v1/slow` until opened.
+    private final class Latch: Sendable {
+        private let stream: AsyncStream<Void>
+        private let continuation: AsyncStream<Void>.Continuation
+        init() { (stream, continuation) = AsyncStream.makeStream() }
+        func open() { continuation.finish() }
+        func wait() async { for await _ in stream {} }
+    }
+
     private struct Connection {
         let channel = NIOAsyncTestingChannel()
         let downstream = Downstream()
+        let reads = Reads()
+        let slow = Latch()
 
         init() async throws {
             let router = Router(context: HeraldRequestContext.self)
             router.post("/api/v1/echo") { request, _ -> Response in
                 let body = try await request.body.collect(upTo: 1024)
                 return Response(status: .created, body: .init(byteBuffer: body))
+            }
+            router.get("/api/v1/slow") { [slow] _, _ -> Response in
+                await slow.wait()
+                return Response(status: .ok)
             }
             let streams = LoopStreams(
                 responder: StreamHeadResponder(router.buildResponder()),
@@ -44,9 +70,10 @@ import Testing
                 maxHeaderFieldSize: 8192
             )
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
-            try await channel.eventLoop.submit { [channel, downstream] in
+            try await channel.eventLoop.submit { [channel, downstream, reads] in
                 let shield = HTTP1Shield(limits: limits, served: channel.eventLoop.makePromise())
                 try channel.pipeline.syncOperations.addHandlers(
+                    reads,
                     StreamGate(streams: streams, shield: shield, idleTimeout: .seconds(30), logger: Logger(label: "t")),
                     downstream,
                     shield
@@ -59,6 +86,14 @@ import Testing
             try await channel.eventLoop.submit { [channel] in
                 for part in parts { channel.pipeline.fireChannelRead(part) }
                 channel.pipeline.fireChannelReadComplete()
+            }.get()
+        }
+
+        /// Asks for a read, as NIO does after each; how many reached the socket so far.
+        func askToRead() async throws -> Int {
+            try await channel.eventLoop.submit { [channel, reads] in
+                channel.read()
+                return reads.count
             }.get()
         }
 
@@ -131,5 +166,44 @@ import Testing
         let connection = try await Connection()
         try await connection.read(Self.head(.GET, "/healthz"), .end(nil))
         #expect(try await connection.passedOn == [Self.head(.GET, "/healthz"), .end(nil)])
+    }
+
+    @Test func whileARequestIsAnsweredTheGateReadsOnUntilANextRequestCame() async throws {
+        let connection = try await Connection()
+        try await connection.read(Self.head(.GET, "/api/v1/slow"), .end(nil))
+        let before = try await connection.askToRead()
+        // Nothing pipelined yet: the read goes through (a client that leaves is seen).
+        #expect(try await connection.askToRead() == before + 1)
+        try await connection.read(
+            Self.head(.POST, "/api/v1/echo", length: 2),
+            .body(ByteBuffer(string: "hi")),
+            .end(nil)
+        )
+        // A next request came: it waits its turn, and reading stops until then.
+        #expect(try await connection.askToRead() == before + 1)
+        connection.slow.open()
+        let first = try #require(try await connection.answer())
+        #expect(first.0 == .ok)
+        let next = try #require(try await connection.answer())
+        #expect(next.0 == .created && next.1 == "hi")
+        #expect(try await connection.askToRead() >= before + 2)  // the read held back went on
+    }
+
+    @Test func aConnectionClosesOnceIdleForTheTimeoutSinceItsLastAnswer() async throws {
+        let connection = try await Connection()
+        let loop = connection.channel.testingEventLoop
+        for _ in 1...2 {
+            try await connection.read(
+                Self.head(.POST, "/api/v1/echo", length: 2),
+                .body(ByteBuffer(string: "hi")),
+                .end(nil)
+            )
+            _ = try #require(try await connection.answer())
+            await loop.advanceTime(by: .seconds(20))
+        }
+        // 40 s since the first answer, 20 since the last: still open.
+        #expect(try await connection.channel.eventLoop.submit { connection.channel.isActive }.get())
+        await loop.advanceTime(by: .seconds(11))
+        try await connection.channel.closeFuture.get()
     }
 }

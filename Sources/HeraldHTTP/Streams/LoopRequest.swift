@@ -41,8 +41,9 @@ struct PollPlan: Sendable {
 /// The rules are the async path's (`HeraldAPI.pollChannel`): the event right after the
 /// client's position answers with its shared ``EncodedEvent/pollAnswer``; anything else (a
 /// hole, a new epoch, events dropped by a loop that fell behind) is read from the store; a
-/// read that finds nothing keeps waiting. Like the async path, a held poll does not watch its
-/// client: one that left is bounded by its deadline.
+/// read that finds nothing keeps waiting. The connection's handler reads on while the poll is
+/// held, so a client that left stops it (``stop()``); on the async path one is bounded by
+/// its deadline.
 ///
 /// It writes through `context`, the handler's that owns the connection, and calls `ended`
 /// with whether the connection stays open for a next request.
@@ -181,7 +182,8 @@ where Responder.Context == HeraldRequestContext {
     }
 
     package func tick(_ now: ContinuousClock.Instant) {
-        guard let plan, !isDone, !isReading, now >= plan.deadline else { return }
+        // Every subscriber of the loop ticks 4 times a second: the plan is not copied until due.
+        guard !isDone, !isReading, let deadline = plan?.deadline, now >= deadline, let plan else { return }
         if let timeoutAnswer, isCaughtUp(plan) { answer(timeoutAnswer) } else { read(plan) }
     }
 

@@ -35,6 +35,9 @@ struct GuardedChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
             refuse(channel, answer: answersRefusals ? Self.answer(to: refusal, maximum: limit.maximum) : nil)
             return channel.eventLoop.makeSucceededFuture(Value(inner: nil, channel: channel))
         }
+        // Kept until the connection closes: it captures the limit alone (naming `limit` in the
+        // closure would capture this whole struct, some 290 bytes a connection).
+        let limit = self.limit
         channel.closeFuture.whenComplete { _ in limit.release(address) }
         do {
             // NIO keeps each connection's receive buffer between reads: 512 B rather than 2 KiB

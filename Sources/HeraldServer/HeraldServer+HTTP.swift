@@ -79,7 +79,7 @@ extension HeraldServer {
                 guard let extensions = WebSocketEndpoint.extensionsResponse(to: request) else { return [:] }
                 return [.secWebSocketExtensions: extensions]
             },
-            handler: { request, channel in
+            handler: { request, channel, writeTimeout in
                 let address = access.limits.addresses.client(
                     peer: channel.remoteAddress?.ipAddress,
                     forwardedFor: request.headerFields[HTTPField.Name("X-Forwarded-For")!]
@@ -87,7 +87,8 @@ extension HeraldServer {
                 return webSocket.handler(
                     bearer: WebSocketEndpoint.bearer(of: request),
                     address: address,
-                    deflates: WebSocketEndpoint.extensionsResponse(to: request) != nil
+                    deflates: WebSocketEndpoint.extensionsResponse(to: request) != nil,
+                    writeTimeout: writeTimeout
                 )
             },
             // A frame as large as a message (deflate may grow one a little); larger: 1009.

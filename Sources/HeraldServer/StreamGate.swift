@@ -305,10 +305,14 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
             ] {
                 operations.removeHandler(handler, promise: nil)
             }
-            try operations.addHandler(
-                StreamConnection(request: request, version: head.version, responder: streams.responder, logger: logger),
-                position: .after(self)
+            let stream = StreamConnection(
+                request: request,
+                version: head.version,
+                responder: streams.responder,
+                writeTimeout: WriteDeadline.handOver(operations),
+                logger: logger
             )
+            try operations.addHandler(stream, position: .after(self))
         } catch {
             logger.error("cannot serve a stream on its event loop", metadata: ["error": "\(error)"])
             return context.close(promise: nil)

@@ -39,8 +39,10 @@ struct WebSocketUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
         /// The headers of the `101` (extensions), or nil to refuse.
         let decide: @Sendable (HTTPRequest, any Channel) -> HTTPFields?
         /// The handler that serves the connection once upgraded, added after NIO's frame codec
-        /// (without NIO's protocol error handler: it answers the decoder's errors itself).
-        let handler: @Sendable (HTTPRequest, any Channel) -> any ChannelHandler
+        /// (without NIO's protocol error handler: it answers the decoder's errors itself), and
+        /// closes it once unwritable for the `write-timeout` given, taken over from the
+        /// pipeline's `WriteDeadline`.
+        let handler: @Sendable (HTTPRequest, any Channel, _ writeTimeout: TimeAmount?) -> any ChannelHandler
         /// The largest frame the decoder reads; a larger one closes with 1009.
         let maxFrameSize: Int
     }
@@ -72,7 +74,9 @@ struct WebSocketUpgradeChannel: ServerChildChannel, HTTPChannelHandler {
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
                         let request = try HTTPRequest(head, secure: false, splitCookie: false)
-                        try channel.pipeline.syncOperations.addHandler(upgrade.handler(request, channel))
+                        let operations = channel.pipeline.syncOperations
+                        let writeTimeout = WriteDeadline.handOver(operations)
+                        try operations.addHandler(upgrade.handler(request, channel, writeTimeout))
                         return .webSocket
                     }
                 }

@@ -87,9 +87,12 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     /// The server's close frame is written: nothing more goes out.
     private(set) var isClosing = false
     private var closeTimer: Scheduled<Void>?
+    /// `write-timeout`, when taken over from the pipeline's `WriteDeadline`.
+    private var writeDeadline: UnwritableDeadline?
 
-    init(endpoint: WebSocketEndpoint, bearer: String?, address: String?, deflates: Bool) {
+    init(endpoint: WebSocketEndpoint, bearer: String?, address: String?, deflates: Bool, writeTimeout: TimeAmount?) {
         self.endpoint = endpoint
+        self.writeDeadline = writeTimeout.map(UnwritableDeadline.init(timeout:))
         self.bearer = bearer
         self.address = address
         self.deflates = deflates
@@ -103,6 +106,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         isWritable = context.channel.isWritable
+        if !isWritable { writeDeadline?.writabilityChanged(of: context.channel) }
         wire = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
     }
 
@@ -138,6 +142,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private func end() {
         closeTimer?.cancel()
         closeTimer = nil
+        writeDeadline?.cancel()
         stopEverything()
         if let context, loop != nil {
             endpoint.loops.remove(self, on: context.eventLoop)
@@ -157,6 +162,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writeDeadline?.writabilityChanged(of: context.channel)
         isWritable = context.channel.isWritable
         if isWritable {
             unwritableFrames = 0

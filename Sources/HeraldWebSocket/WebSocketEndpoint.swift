@@ -106,7 +106,20 @@ package final class WebSocketEndpoint: Service, Sendable {
     ///   - bearer: the upgrade request's credential (see ``bearer(of:)``).
     ///   - address: the client's address, for rate limits.
     ///   - deflates: whether ``extensionsResponse(to:)`` accepted permessage-deflate.
-    package func handler(bearer: String?, address: String?, deflates: Bool) -> any ChannelHandler {
-        WebSocketConnection(endpoint: self, bearer: bearer, address: address, deflates: deflates)
+    ///   - writeTimeout: how long the connection may stay unwritable (`write-timeout`), when the
+    ///     handler takes the bound over from the pipeline.
+    package func handler(
+        bearer: String?,
+        address: String?,
+        deflates: Bool,
+        writeTimeout: TimeAmount? = nil
+    ) -> any ChannelHandler {
+        WebSocketConnection(
+            endpoint: self,
+            bearer: bearer,
+            address: address,
+            deflates: deflates,
+            writeTimeout: writeTimeout
+        )
     }
 }

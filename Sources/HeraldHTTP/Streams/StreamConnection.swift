@@ -41,13 +41,23 @@ where Responder.Context == HeraldRequestContext {
     var follow: Follow?
     /// The HTTP/1 encoder's context: a stream's chunks are written below it, framed already.
     var encoder: ChannelHandlerContext?
+    /// `write-timeout`, taken over from the pipeline's `WriteDeadline`.
+    private var writeDeadline: UnwritableDeadline?
 
     /// Whether NIO's encoder frames the open-ended body as chunks: an HTTP/1.1 answer.
     var isChunked: Bool { version == .http1_1 }
 
-    /// Serves `request`, which has fully arrived, as soon as the handler is in an active pipeline.
-    package init(request: HTTPRequest, version: HTTPVersion, responder: Responder, logger: Logger) {
+    /// Serves `request`, which has fully arrived, as soon as the handler is in an active
+    /// pipeline; closes the connection once unwritable for `writeTimeout`.
+    package init(
+        request: HTTPRequest,
+        version: HTTPVersion,
+        responder: Responder,
+        writeTimeout: TimeAmount? = nil,
+        logger: Logger
+    ) {
         self.request = request
+        self.writeDeadline = writeTimeout.map(UnwritableDeadline.init(timeout:))
         // The answer's version: 1.0 to a 1.0 client (its body ends with the connection), else 1.1.
         self.version = version == .http1_0 ? .http1_0 : .http1_1
         self.responder = responder
@@ -56,6 +66,7 @@ where Responder.Context == HeraldRequestContext {
 
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if !context.channel.isWritable { writeDeadline?.writabilityChanged(of: context.channel) }
         if context.channel.isActive { route(context) }
     }
 
@@ -66,6 +77,7 @@ where Responder.Context == HeraldRequestContext {
 
     package func handlerRemoved(context: ChannelHandlerContext) {
         stop()
+        writeDeadline?.cancel()
         self.context = nil
         encoder = nil
     }
@@ -88,6 +100,7 @@ where Responder.Context == HeraldRequestContext {
     }
 
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writeDeadline?.writabilityChanged(of: context.channel)
         if context.channel.isWritable { writable() }
         context.fireChannelWritabilityChanged()
     }

@@ -71,7 +71,7 @@ final class WebSocketConnection: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingPong: ByteBuffer?
 
     // Ops (see WebSocketConnection+Ops.swift)
-    var subscriptions: [ChannelName: Subscription] = [:]
+    var subscriptions = Subscriptions()
     var principal = Principal.anonymous
     var expiryTimer: Scheduled<Void>?
     /// Text messages read and not answered yet, in order.

@@ -227,9 +227,9 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     private var answersLast: Bool { isQuiescing || isInputClosed }
 
     /// While a request is answered the gate reads on until something of a next request came
-    /// (so a client that leaves a held poll is seen, and a poll costs no change of the socket's
-    /// interest in reading), then holds the read back: what is pipelined waits its turn, at
-    /// most two reads' worth of it.
+    /// (so a connection reset under a held poll is seen, and a poll costs no change of the
+    /// socket's interest in reading), then holds the read back: what is pipelined waits its
+    /// turn, at most two reads' worth of it.
     func read(context: ChannelHandlerContext) {
         if exchange != nil, !pipelined.isEmpty { readPending = true } else { context.read() }
     }

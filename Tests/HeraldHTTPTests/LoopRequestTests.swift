@@ -286,6 +286,16 @@ import Testing
         try await poll.channel.closeFuture.get()
     }
 
+    @Test func aPollHeldAfterShutdownBeganAnswersWithItsFirstReadAndCloses() async throws {
+        let orders = try await Orders()
+        orders.hub.drain()
+        let poll = try await orders.poll(caughtUp: false, held: false)
+        let answer = try #require(try await poll.answer())
+        #expect(answer.offsets == [] && answer.json["next"] as? Int == 1)
+        #expect(answer.head.headers["connection"] == ["close"])
+        try await poll.channel.closeFuture.get()
+    }
+
     @Test func aPollsFailedFirstReadIsAnsweredWithItsProblemAndTheConnectionStays() async throws {
         let orders = try await Orders { _ in throw HeraldError(.unavailable, "the store is away") }
         let poll = try await orders.poll(caughtUp: false, held: false)

@@ -42,8 +42,8 @@ struct PollPlan: Sendable {
 /// client's position answers with its shared ``EncodedEvent/pollAnswer``; anything else (a
 /// hole, a new epoch, events dropped by a loop that fell behind) is read from the store; a
 /// read that finds nothing keeps waiting. The connection's handler reads on while the poll is
-/// held, so a client that left stops it (``stop()``); on the async path one is bounded by
-/// its deadline.
+/// held, so a connection its client reset stops it (``stop()``); a client that half-closed
+/// still gets its answer, and on the async path a client that left is bounded by the deadline.
 ///
 /// It writes through `context`, the handler's that owns the connection, and calls `ended`
 /// with whether the connection stays open for a next request.
@@ -162,7 +162,10 @@ where Responder.Context == HeraldRequestContext {
         self.head = head
         timeoutAnswer = plan.timeoutAnswer
         guard plan.hub.subscribe(self, to: plan.channel, on: context.eventLoop) else {
-            return drain()  // shutting down
+            // Shutting down: the answer with nothing, or what the first read finds, closing.
+            drain()
+            if timeoutAnswer == nil { read(plan) }
+            return
         }
         isSubscribed = true
         if timeoutAnswer == nil || !isCaughtUp(plan) { read(plan) }

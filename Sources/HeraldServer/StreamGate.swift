@@ -227,9 +227,8 @@ final class StreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     private var answersLast: Bool { isQuiescing || isInputClosed }
 
     /// While a request is answered the gate reads on until something of a next request came
-    /// (so a connection reset under a held poll is seen, and a poll costs no change of the
-    /// socket's interest in reading), then holds the read back: what is pipelined waits its
-    /// turn, at most two reads' worth of it.
+    /// (a poll then costs no change of the socket's interest in reading, two `epoll_ctl` calls),
+    /// then holds the read back: what is pipelined waits its turn, at most two reads' worth.
     func read(context: ChannelHandlerContext) {
         if exchange != nil, !pipelined.isEmpty { readPending = true } else { context.read() }
     }

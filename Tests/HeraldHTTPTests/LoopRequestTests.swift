@@ -263,6 +263,9 @@ import Testing
         let orders = try await Orders()
         let poll = try await orders.poll(wait: .milliseconds(100), caughtUp: false)
         try await Task.sleep(for: .milliseconds(150))
+        // The read found nothing: nothing is written before the deadline's tick.
+        #expect(try await poll.channel.readOutbound(as: HTTPServerResponsePart.self) == nil)
+        #expect(orders.log.reads.withLock { $0 } == 1)
         await poll.channel.testingEventLoop.advanceTime(by: .milliseconds(300))  // a tick
         let answer = try #require(try await poll.answer())
         #expect(answer.offsets == [] && answer.json["next"] as? Int == 1 && answer.json["recovered"] as? Bool == true)
@@ -283,6 +286,21 @@ import Testing
         #expect(answer.offsets == [] && answer.json["next"] as? Int == 1)
         #expect(answer.head.headers["connection"] == ["close"])
         #expect(poll.ending.keepAlive.withLock { $0 } == false)
+        try await poll.channel.closeFuture.get()
+    }
+
+    @Test func aFirstReadThatFailsDuringShutdownAnswersWithItsProblemAndCloses() async throws {
+        let release = Mutex(false)
+        let orders = try await Orders { _ in
+            while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+            throw HeraldError(.unavailable, "the store is away")
+        }
+        let poll = try await orders.poll(caughtUp: false)
+        orders.hub.drain()
+        release.withLock { $0 = true }
+        let answer = try #require(try await poll.answer())
+        #expect(answer.head.status == .serviceUnavailable)
+        #expect(answer.head.headers["connection"] == ["close"])
         try await poll.channel.closeFuture.get()
     }
 

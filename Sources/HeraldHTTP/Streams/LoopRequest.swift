@@ -41,9 +41,8 @@ struct PollPlan: Sendable {
 /// The rules are the async path's (`HeraldAPI.pollChannel`): the event right after the
 /// client's position answers with its shared ``EncodedEvent/pollAnswer``; anything else (a
 /// hole, a new epoch, events dropped by a loop that fell behind) is read from the store; a
-/// read that finds nothing keeps waiting. The connection's handler reads on while the poll is
-/// held, so a connection its client reset stops it (``stop()``); a client that half-closed
-/// still gets its answer, and on the async path a client that left is bounded by the deadline.
+/// read that finds nothing keeps waiting. A connection its client reset stops it (``stop()``);
+/// a client that half-closed still gets its answer.
 ///
 /// It writes through `context`, the handler's that owns the connection, and calls `ended`
 /// with whether the connection stays open for a next request.
@@ -257,7 +256,7 @@ where Responder.Context == HeraldRequestContext {
     }
 
     /// Answers with the problem `error` maps to (a store that cannot be read: `503`), in the
-    /// router's head, so its CORS headers stay; the connection stays open.
+    /// router's head, so its CORS headers stay; the connection stays open unless shutdown began.
     private func answer(problem error: any Error) {
         guard var head else { return }
         let problem = Problem(other: error, path: String(path), logger: logger)
@@ -265,7 +264,7 @@ where Responder.Context == HeraldRequestContext {
         head.headers.replaceOrAdd(name: "content-type", value: "application/problem+json")
         head.headers.replaceOrAdd(name: "cache-control", value: "no-store")
         for field in problem.headers { head.headers.replaceOrAdd(name: field.name.canonicalName, value: field.value) }
-        write(head, ByteBuffer(string: problem.json))
+        write(head, ByteBuffer(string: problem.json), closing: isDraining)
     }
 
     /// Writes the answer with its length; the connection stays open unless `closing` (or the

@@ -110,6 +110,12 @@ import Testing
             #expect(hub.isFollowed(name))
         }
 
+        /// Drains `hub`, and waits until the drain reached the poll's loop (the hub posts it there).
+        func drain(_ hub: Hub) async throws {
+            hub.drain()
+            try await channel.eventLoop.submit {}.get()
+        }
+
         /// The answer written (5 s at most), head to end.
         func answer() async throws -> Answer? {
             let deadline = ContinuousClock.now.advanced(by: .seconds(5))
@@ -280,7 +286,7 @@ import Testing
             while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
         }
         let poll = try await orders.poll(caughtUp: false)
-        orders.hub.drain()
+        try await poll.drain(orders.hub)
         release.withLock { $0 = true }
         let answer = try #require(try await poll.answer())
         #expect(answer.offsets == [] && answer.json["next"] as? Int == 1)
@@ -296,7 +302,7 @@ import Testing
             throw HeraldError(.unavailable, "the store is away")
         }
         let poll = try await orders.poll(caughtUp: false)
-        orders.hub.drain()
+        try await poll.drain(orders.hub)
         release.withLock { $0 = true }
         let answer = try #require(try await poll.answer())
         #expect(answer.head.status == .serviceUnavailable)

@@ -43,13 +43,15 @@ package struct Problem: HTTPResponseError, Sendable {
 
     /// The problem for an error that is neither a ``HeraldError`` nor Hummingbird's: the
     /// ``HeraldError`` it maps to (a store that cannot be reached: `503`), logged as a warning;
-    /// else a generic 500 that reveals nothing internal, the error logged with its path.
-    package init(other error: any Error, path: String, logger: Logger) {
+    /// else a generic 500 that reveals nothing internal, the error logged with `about` (what
+    /// was asked: a path, a channel).
+    package init(other error: any Error, about: Logger.Metadata, logger: Logger) {
+        let metadata = about.merging(["error": "\(error)"]) { $1 }
         if let mapped = HeraldError(error) {
-            logger.warning("\(mapped.code)", metadata: ["error": "\(error)", "path": "\(path)"])
+            logger.warning("\(mapped.code)", metadata: metadata)
             self.init(mapped)
         } else {
-            logger.error("unexpected error", metadata: ["error": "\(error)", "path": "\(path)"])
+            logger.error("unexpected error", metadata: metadata)
             self.init(status: .internalServerError, code: "internal", detail: "an internal error occurred")
         }
     }
@@ -82,10 +84,15 @@ package struct Problem: HTTPResponseError, Sendable {
         return writer.result
     }
 
-    package func response(from request: Request, context: some RequestContext) throws -> Response {
+    /// The answer's headers: the problem's own, its content type, and no caching.
+    package var responseHeaders: HTTPFields {
         var headers = self.headers
         headers[.contentType] = "application/problem+json"
         headers[.cacheControl] = "no-store"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
+        return headers
+    }
+
+    package func response(from request: Request, context: some RequestContext) throws -> Response {
+        Response(status: status, headers: responseHeaders, body: .init(byteBuffer: ByteBuffer(string: json)))
     }
 }

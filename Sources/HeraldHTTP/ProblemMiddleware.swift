@@ -64,7 +64,7 @@ package struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             problem.headers[.connection] = "close"
             response = try problem.response(from: request, context: context)
         } catch {
-            response = try Problem(other: error, path: request.uri.path, logger: logger)
+            response = try Problem(other: error, about: ["path": "\(request.uri.path)"], logger: logger)
                 .response(from: request, context: context)
         }
         response.headers[.xContentTypeOptions] = "nosniff"

@@ -69,8 +69,8 @@ extension WebSocketConnection {
         while isStarted, !isBusy, !isClosing, !waiting.isEmpty {
             handle(waiting.removeFirst())
         }
-        if waiting.isEmpty { waiting = [] }  // an idle connection keeps no buffer for messages
-        if isClosing { waiting = [] }
+        // An idle connection keeps no buffer for messages; a closing one answers no more.
+        if waiting.isEmpty || isClosing { waiting = [] }
         resumeReading()
     }
 

@@ -92,20 +92,23 @@ extension HeraldAPI {
             )
             return jsonResponse(.ok, "", callback: callback)
         }
-        if wait > .zero, let since {
-            // Unless the hub shows the channel caught up, a poll held on the loop reads the store
-            // there, once it follows the channel: its routing task never waits (10,000 polls
-            // arriving at once would otherwise keep 10,000 routing tasks, and their memory, alive
-            // for their reads).
-            let head = caughtUp(at: since) ? hub.head(of: channel) : nil
-            let caughtUpAnswer = head.map {
-                EventRead(epoch: $0.epoch, recovered: true, events: [], next: since).json(channel: channel)
-            }
-            if let held = heldOnLoop(at: since, timeoutAnswer: caughtUpAnswer) { return held }
+        // What a long poll at the channel's head would read, from the hub.
+        var caughtUpRead: EventRead?
+        if wait > .zero, let since, let head = hub.head(of: channel), head.offset == since, head.epoch.accepts(epoch) {
+            caughtUpRead = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
+        }
+        // Unless the hub shows the channel caught up, a poll held on the loop reads the store
+        // there, once it follows the channel: its routing task never waits (10,000 polls arriving
+        // at once would otherwise keep 10,000 routing tasks, and their memory, alive for their
+        // reads).
+        if wait > .zero, let since,
+            let held = heldOnLoop(at: since, timeoutAnswer: caughtUpRead?.json(channel: channel))
+        {
+            return held
         }
         let read: EventRead
-        if wait > .zero, let since, caughtUp(at: since), let head = hub.head(of: channel) {
-            read = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
+        if let caughtUpRead {
+            read = caughtUpRead
         } else {
             read = try await store.events(in: channel, after: since, epoch: epoch, limit: limit)
         }

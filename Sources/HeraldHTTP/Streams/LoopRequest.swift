@@ -52,8 +52,6 @@ where Responder.Context == HeraldRequestContext {
     /// Runs the request's tasks (routing, store reads) on its connection's loop.
     private let executor: LoopExecutor
     private let logger: Logger
-    /// The request's path, without its query (which may carry a token), for the log.
-    private let path: Substring
     private let ended: (_ keepAlive: Bool) -> Void
     /// Asked when the answer is written: whether it is the connection's last (shutdown, or a
     /// client that half-closed), so it says `Connection: close` and the connection closes
@@ -86,7 +84,6 @@ where Responder.Context == HeraldRequestContext {
         self.isLast = isLast
         self.executor = LoopExecutor(context.eventLoop)
         self.logger = logger
-        self.path = request.path?.prefix { $0 != "?" } ?? ""
         self.ended = ended
         let request = Request(head: request, body: RequestBody(buffer: body))
         let channel = context.channel
@@ -232,7 +229,7 @@ where Responder.Context == HeraldRequestContext {
         guard let plan, !isDone else { return }
         switch result {
         case .failure(let error) where timeoutAnswer == nil:
-            answer(problem: error)  // the first read: answered as the router would have
+            answer(problem: error, plan)  // the first read: answered as the router would have
         case .failure(let error):
             fail(error)
         case .success(let read)
@@ -257,13 +254,13 @@ where Responder.Context == HeraldRequestContext {
 
     /// Answers with the problem `error` maps to (a store that cannot be read: `503`), in the
     /// router's head, so its CORS headers stay; the connection stays open unless shutdown began.
-    private func answer(problem error: any Error) {
+    private func answer(problem error: any Error, _ plan: PollPlan) {
         guard var head else { return }
-        let problem = Problem(other: error, path: String(path), logger: logger)
+        let problem = Problem(other: error, about: ["channel": "\(plan.channel)"], logger: logger)
         head.status = HTTPResponseStatus(statusCode: problem.status.code)
-        head.headers.replaceOrAdd(name: "content-type", value: "application/problem+json")
-        head.headers.replaceOrAdd(name: "cache-control", value: "no-store")
-        for field in problem.headers { head.headers.replaceOrAdd(name: field.name.canonicalName, value: field.value) }
+        for field in problem.responseHeaders {
+            head.headers.replaceOrAdd(name: field.name.canonicalName, value: field.value)
+        }
         write(head, ByteBuffer(string: problem.json), closing: isDraining)
     }
 

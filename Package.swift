@@ -137,7 +137,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "HeraldHubTests", dependencies: ["HeraldHub", "HeraldSQLite"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "HeraldHubTests",
+            dependencies: ["HeraldHub", "HeraldSQLite", .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
 
         // Reaching targets safely: the SSRF guard's resolver and HTTP clients pinned to the
         // address it checked, for checks (HeraldRunner) and webhooks (HeraldHooks).

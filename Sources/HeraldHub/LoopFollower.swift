@@ -133,6 +133,8 @@ package final class LoopFollower: LoopSubscriber {
 
     // MARK: LoopSubscriber
 
+    package var answersOnce: Bool { false }
+
     package func receive(_ events: [EncodedEvent]) {
         guard !isEnded, let output else { return }
         guard !isReading, var cursor else {

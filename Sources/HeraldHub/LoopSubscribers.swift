@@ -17,6 +17,10 @@ package protocol LoopSubscriber: AnyObject {
     func resync()
     /// The server is shutting down: end.
     func drain()
+    /// Whether it is a held poll: its first answer ends it, and its client asks again at once.
+    /// A round hands these their events before the loop reads its sockets again (see
+    /// ``LoopSubscribers``).
+    var answersOnce: Bool { get }
 }
 
 /// Streaming subscribers grouped by event loop, so that an event costs one hop per loop that
@@ -25,10 +29,17 @@ package protocol LoopSubscriber: AnyObject {
 /// Publishing appends the shared ``EncodedEvent`` to the inbox of each loop following the
 /// channel, under that loop's lock, and schedules the loop only when no round is scheduled or
 /// under way there: a burst of events reaches a loop as one batch. On the loop, a round hands
-/// the batch to each subscriber of each channel in it, 64 subscribers per loop task, so that
-/// the loop's other work (a publisher's answer) is not held up by a large fan-out; events
+/// the batch to each subscriber of each channel in it, 64 subscribers per loop task; events
 /// announced meanwhile wait for the next round, and reach each subscriber together, in one
 /// write. The subscribers write and flush. A loop's subscribers are touched only on that loop.
+///
+/// Between two slices of streaming subscribers (and of a tick, and between rounds) the loop
+/// reads its sockets (`executeAfterPolling`; a slice queued with `execute` would keep the loop
+/// deaf for the whole round): a publisher's next event is read, committed and joins the next
+/// round while this one writes (several events per write, not one), and a probe or a new
+/// connection waits one slice at most. Held polls are handed their events first and back to
+/// back: each answer ends its poll and its client polls again at once, and reading those polls
+/// in between would put them ahead of the answers still owed.
 final class LoopSubscribers: Sendable {
     /// How often each loop ticks its subscribers (heartbeats, expiries).
     static let tick = TimeAmount.milliseconds(250)
@@ -102,10 +113,7 @@ final class LoopSubscribers: Sendable {
                     for subscriber in subscribers.values { subscriber.resync() }
                 }
             }
-            guard !events.isEmpty else {
-                if overflowed { loop.execute { self.round() } }
-                return
-            }
+            guard !events.isEmpty else { return roundEnded() }
             var batches: [ChannelName: [EncodedEvent]] = [:]
             var order: [ChannelName] = []
             for event in events {
@@ -113,33 +121,53 @@ final class LoopSubscribers: Sendable {
                 batches[event.event.channel, default: []].append(event)
             }
             let local = local.value
-            var work: [(any LoopSubscriber, [EncodedEvent])] = []
+            var polls: [(any LoopSubscriber, [EncodedEvent])] = []
+            var streams: [(any LoopSubscriber, [EncodedEvent])] = []
             for channel in order {
                 guard let subscribers = local.subscribers[channel], let batch = batches[channel] else { continue }
-                for subscriber in subscribers.values { work.append((subscriber, batch)) }
+                for subscriber in subscribers.values {
+                    if subscriber.answersOnce {
+                        polls.append((subscriber, batch))
+                    } else {
+                        streams.append((subscriber, batch))
+                    }
+                }
             }
-            hand(NIOLoopBound(work, eventLoop: loop), from: 0)
+            hand(NIOLoopBound(polls + streams, eventLoop: loop), from: 0)
         }
 
-        /// Hands a slice of a round's work to its subscribers, then lets the loop run other
-        /// tasks (a publisher's answer, a new connection) before the next slice. Events posted
+        /// Hands a slice of a round's work to its subscribers, then the next slice: at once if
+        /// it starts with a held poll, else once the loop has polled its sockets. Events posted
         /// meanwhile wait for the next round, so every subscriber gets them after this round's.
         private func hand(_ work: NIOLoopBound<[(any LoopSubscriber, [EncodedEvent])]>, from start: Int) {
             let items = work.value
             let end = min(start + Self.slice, items.count)
             for index in start..<end { items[index].0.receive(items[index].1) }
-            if end < items.count {
+            if end == items.count {
+                roundEnded()
+            } else if items[end].0.answersOnce {
                 loop.execute { self.hand(work, from: end) }
             } else {
-                loop.execute { self.round() }
+                loop.executeAfterPolling { self.hand(work, from: end) }
             }
+        }
+
+        /// The next round, once the loop has polled its sockets, if events came meanwhile.
+        private func roundEnded() {
+            let hasMore = inbox.withLock { inbox in
+                let hasMore = !inbox.events.isEmpty || inbox.overflowed
+                if !hasMore { inbox.isScheduled = false }
+                return hasMore
+            }
+            if hasMore { loop.executeAfterPolling { self.round() } }
         }
 
         /// Subscribers handed a round's events per loop task.
         static let slice = 64
 
-        /// Ticks every subscriber, a slice per loop task: heartbeats fall due together for
-        /// streams that opened together, and the loop's other work must not wait for them all.
+        /// Ticks every subscriber, a slice per loop task, polling the sockets in between:
+        /// heartbeats fall due together for streams that opened together, and the loop's other
+        /// work must not wait for them all.
         func tick() {
             let now = ContinuousClock.now
             var all: [any LoopSubscriber] = []
@@ -155,7 +183,9 @@ final class LoopSubscribers: Sendable {
             let all = subscribers.value
             let end = min(start + Self.slice, all.count)
             for index in start..<end { all[index].tick(now) }
-            if end < all.count { loop.execute { self.tick(subscribers, now, from: end) } }
+            if end < all.count {
+                loop.executeAfterPolling { self.tick(subscribers, now, from: end) }
+            }
         }
 
         func drain() {

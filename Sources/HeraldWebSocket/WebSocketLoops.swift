@@ -37,7 +37,8 @@ final class WebSocketLoops: Sendable {
         self.pingInterval = pingInterval
     }
 
-    /// Connections sent pings per loop task, so a sweep does not hold up the loop's other work.
+    /// Connections sent pings per loop task; the loop reads its sockets between two, so a sweep
+    /// does not hold up the loop's other work.
     static let slice = 64
 
     /// Whether the server is closing every connection: new ones are refused.
@@ -91,7 +92,7 @@ final class WebSocketLoops: Sendable {
         let all = connections.value
         let end = min(start + Self.slice, all.count)
         for index in start..<end { all[index].ping() }
-        if end < all.count { loop.execute { self.sweep(connections, on: loop, from: end) } }
+        if end < all.count { loop.executeAfterPolling { self.sweep(connections, on: loop, from: end) } }
     }
 }
 

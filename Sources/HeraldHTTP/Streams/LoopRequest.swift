@@ -167,6 +167,8 @@ where Responder.Context == HeraldRequestContext {
         if timeoutAnswer == nil || !isCaughtUp(plan) { read(plan) }
     }
 
+    package var answersOnce: Bool { true }
+
     package func receive(_ events: [EncodedEvent]) {
         guard let plan, !isDone else { return }
         if isReading {

@@ -35,11 +35,13 @@ package protocol LoopSubscriber: AnyObject {
 ///
 /// Between two slices of streaming subscribers (and of a tick, and between rounds) the loop
 /// reads its sockets (`executeAfterPolling`; a slice queued with `execute` would keep the loop
-/// deaf for the whole round): a publisher's next event is read, committed and joins the next
-/// round while this one writes (several events per write, not one), and a probe or a new
-/// connection waits one slice at most. Held polls are handed their events first and back to
-/// back: each answer ends its poll and its client polls again at once, and reading those polls
-/// in between would put them ahead of the answers still owed.
+/// deaf for the whole round): a publisher's next event is read and committed while a round
+/// writes, and joins the next round (several events per write, not one), and a probe or a new
+/// connection no longer waits for a whole round or tick of streams (as a rule: a slice that
+/// comes due while the loop is busy with other tasks runs before the poll). Held polls are
+/// handed their events first and back to back: each answer ends its poll and its client polls
+/// again at once, and reading those polls in between would put them ahead of the answers
+/// still owed.
 final class LoopSubscribers: Sendable {
     /// How often each loop ticks its subscribers (heartbeats, expiries).
     static let tick = TimeAmount.milliseconds(250)
@@ -58,7 +60,8 @@ final class LoopSubscribers: Sendable {
         /// What only the loop touches.
         final class Local {
             var subscribers: [ChannelName: [ObjectIdentifier: any LoopSubscriber]] = [:]
-            var isDraining = false
+            /// A tick's slices are under way: the next tick is skipped rather than overlap it.
+            var isTicking = false
         }
 
         /// Events announced and not yet handed to the loop's subscribers, and whether a round
@@ -97,14 +100,15 @@ final class LoopSubscribers: Sendable {
         }
 
         /// One round: everything in the inbox, grouped by channel in announcement order, handed
-        /// to each subscriber of each channel, a slice of subscribers per loop task.
+        /// to each subscriber of each channel, a slice of subscribers per loop task. Scheduled
+        /// only by `post` and `roundEnded`, with something in the inbox; `roundEnded` alone
+        /// clears `isScheduled`, so one chain of rounds runs per loop.
         func round() {
             let (events, overflowed) = inbox.withLock { inbox in
                 defer {
                     inbox.events.removeAll(keepingCapacity: true)
                     inbox.overflowed = false
                 }
-                if inbox.events.isEmpty && !inbox.overflowed { inbox.isScheduled = false }
                 return (inbox.events, inbox.overflowed)
             }
             if overflowed {
@@ -169,9 +173,12 @@ final class LoopSubscribers: Sendable {
         /// heartbeats fall due together for streams that opened together, and the loop's other
         /// work must not wait for them all.
         func tick() {
+            let local = local.value
+            guard !local.isTicking else { return }
+            local.isTicking = true
             let now = ContinuousClock.now
             var all: [any LoopSubscriber] = []
-            for subscribers in local.value.subscribers.values { all += subscribers.values }
+            for subscribers in local.subscribers.values { all += subscribers.values }
             tick(NIOLoopBound(all, eventLoop: loop), now, from: 0)
         }
 
@@ -185,13 +192,13 @@ final class LoopSubscribers: Sendable {
             for index in start..<end { all[index].tick(now) }
             if end < all.count {
                 loop.executeAfterPolling { self.tick(subscribers, now, from: end) }
+            } else {
+                local.value.isTicking = false
             }
         }
 
         func drain() {
-            let local = local.value
-            local.isDraining = true
-            for subscribers in local.subscribers.values {
+            for subscribers in local.value.subscribers.values {
                 for subscriber in subscribers.values { subscriber.drain() }
             }
         }

@@ -15,19 +15,51 @@ import Testing
 
     @Test func aFanOutToStreamsLetsTheLoopReadBetweenSlices() async throws {
         let log = try await fanOut(toPolls: false)
-        #expect(log.firstIndex(of: "read")! < log.lastIndex(of: "receive")!, "the read waited for the whole round")
+        let read = try #require(log.firstIndex(of: "read"))
+        #expect(read < log.lastIndex(of: "receive")!, "the read waited for the whole round")
     }
 
     @Test func heldPollsAreAnsweredBeforeTheLoopReads() async throws {
         let log = try await fanOut(toPolls: true)
-        #expect(log.firstIndex(of: "read")! > log.lastIndex(of: "receive")!, "a read came between the polls' answers")
+        let read = try #require(log.firstIndex(of: "read"))
+        #expect(read > log.lastIndex(of: "receive")!, "a read came between the polls' answers")
     }
 
     @Test func aTickLetsTheLoopReadBetweenSlices() async throws {
         try await withSubscribers(answersOnce: false, writingOn: "tick") { _, log in
             // The first tick comes 250 ms after the first subscription.
             try await waitFor(log) { $0.filter { $0 == "tick" }.count >= Self.count && $0.contains("read") }
-            #expect(log.all.firstIndex(of: "read")! < Self.count, "the read waited for the whole tick")
+            let read = try #require(log.all.firstIndex(of: "read"))
+            #expect(read < Self.count, "the read waited for the whole tick")
+        }
+    }
+
+    /// A tick that takes longer than the tick's period (here 640 subscribers at 0.5 ms each)
+    /// ends before the next begins: the one due meanwhile is skipped, not interleaved.
+    @Test func aSlowTickIsNotOverlappedByTheNext() async throws {
+        try await withSubscribers(answersOnce: false, writingOn: "none", tickCost: 0.000_5) { _, log in
+            try await waitFor(log) { $0.filter { $0 == "tick" }.count >= 2 * Self.count }
+            let instants = log.tickInstants
+            #expect(zip(instants, instants.dropFirst()).allSatisfy { $0 <= $1 }, "two ticks' slices interleaved")
+        }
+    }
+
+    /// An event announced during a round (here by its first subscriber) reaches every
+    /// subscriber in the round after, in order: the round's end finds it in the inbox.
+    @Test func anEventAnnouncedDuringARoundFollowsInTheNext() async throws {
+        let second = Event(channel: channel, offset: 2, epoch: Epoch("e"), type: "t", time: .now(), data: "null")
+        let hub = Hub()
+        let publisher = Trigger(kind: "receive") { hub.publish(second) }
+        try await withSubscribers(answersOnce: false, writingOn: "none", hub: hub, also: publisher) { hub, log in
+            hub.publish(Event(channel: channel, offset: 1, epoch: Epoch("e"), type: "t", time: .now(), data: "null"))
+            try await waitFor(log) { $0.filter { $0 == "receive" }.count == 2 * Self.count }
+            let offsets = log.all.filter { $0.hasPrefix("offsets") }
+            #expect(offsets.count == 2 * Self.count)
+            #expect(
+                offsets.prefix(Self.count).allSatisfy { $0 == "offsets 1" },
+                "the first round carried the second event"
+            )
+            #expect(offsets.suffix(Self.count).allSatisfy { $0 == "offsets 2" })
         }
     }
 
@@ -40,7 +72,7 @@ import Testing
         try await withSubscribers(answersOnce: toPolls, writingOn: "receive") { hub, log in
             hub.publish(Event(channel: channel, offset: 1, epoch: Epoch("e"), type: "t", time: .now(), data: "null"))
             try await waitFor(log) { $0.filter { $0 == "receive" }.count == Self.count && $0.contains("read") }
-            return log.all.filter { $0 != "tick" }
+            return log.all.filter { $0 == "receive" || $0 == "read" }
         }
     }
 
@@ -51,6 +83,9 @@ import Testing
     private func withSubscribers<Value>(
         answersOnce: Bool,
         writingOn kind: String,
+        hub: Hub = Hub(),
+        also other: Trigger? = nil,
+        tickCost: TimeInterval = 0,
         _ body: (Hub, Log) async throws -> Value
     ) async throws -> Value {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -68,11 +103,21 @@ import Testing
         let client = try await ClientBootstrap(group: clientGroup).connect(to: server.localAddress!).get()
         try await accepted.futureResult.get()
         let trigger = Trigger(kind: kind) {
-            client.writeAndFlush(ByteBuffer(string: "x"), promise: nil)
-            Thread.sleep(forTimeInterval: 0.02)  // the byte crosses loopback meanwhile
+            // Blocks this loop until the other has written the byte, then lets loopback deliver
+            // it (the kernel may defer that to its softirq thread under load).
+            let written = DispatchSemaphore(value: 0)
+            client.writeAndFlush(ByteBuffer(string: "x")).whenComplete { _ in written.signal() }
+            written.wait()
+            Thread.sleep(forTimeInterval: 0.01)
         }
-        let hub = Hub()
-        let recorders = (0..<Self.count).map { _ in Recorder(log: log, answersOnce: answersOnce, trigger: trigger) }
+        let recorders = (0..<Self.count).map { _ in
+            Recorder(
+                log: log,
+                answersOnce: answersOnce,
+                triggers: [trigger] + (other.map { [$0] } ?? []),
+                tickCost: tickCost
+            )
+        }
         let result: Result<Value, any Error>
         do {
             try await loop.submit { for recorder in recorders { _ = hub.subscribe(recorder, to: channel, on: loop) } }
@@ -101,8 +146,13 @@ import Testing
 private final class Log: Sendable {
     private let entries = Mutex<[String]>([])
 
+    private let instants = Mutex<[ContinuousClock.Instant]>([])
+
     func append(_ entry: String) { entries.withLock { $0.append(entry) } }
     var all: [String] { entries.withLock { $0 } }
+    /// The instant of each tick call, in call order.
+    func tick(at now: ContinuousClock.Instant) { instants.withLock { $0.append(now) } }
+    var tickInstants: [ContinuousClock.Instant] { instants.withLock { $0 } }
 }
 
 /// Runs its action once, at the first call of its kind to any recorder.
@@ -130,22 +180,32 @@ private final class Trigger: Sendable {
 private final class Recorder: LoopSubscriber, Sendable {
     let log: Log
     let answersOnce: Bool
-    let trigger: Trigger
+    let triggers: [Trigger]
+    /// Seconds each tick takes.
+    let tickCost: TimeInterval
 
-    init(log: Log, answersOnce: Bool, trigger: Trigger) {
+    init(log: Log, answersOnce: Bool, triggers: [Trigger], tickCost: TimeInterval) {
         self.log = log
         self.answersOnce = answersOnce
-        self.trigger = trigger
+        self.triggers = triggers
+        self.tickCost = tickCost
     }
 
-    func receive(_ events: [EncodedEvent]) { record("receive") }
-    func tick(_ now: ContinuousClock.Instant) { record("tick") }
+    func receive(_ events: [EncodedEvent]) {
+        log.append("offsets " + events.map { "\($0.event.offset)" }.joined(separator: ","))
+        record("receive")
+    }
+    func tick(_ now: ContinuousClock.Instant) {
+        if tickCost > 0 { Thread.sleep(forTimeInterval: tickCost) }
+        log.tick(at: now)
+        record("tick")
+    }
     func resync() {}
     func drain() {}
 
     private func record(_ kind: String) {
         log.append(kind)
-        trigger.called(kind)
+        for trigger in triggers { trigger.called(kind) }
     }
 }
 

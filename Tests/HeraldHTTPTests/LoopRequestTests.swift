@@ -232,8 +232,8 @@ import Testing
 
     @Test func theDeadlineAnswersWithNothing() async throws {
         let orders = try await Orders()
-        let poll = try await orders.poll(wait: .milliseconds(100), callback: "cb")
-        try await Task.sleep(for: .milliseconds(150))
+        let poll = try await orders.poll(wait: .seconds(2), callback: "cb")  // as below
+        try await Task.sleep(for: .milliseconds(2_100))
         await poll.channel.testingEventLoop.advanceTime(by: .milliseconds(300))  // a tick
         let answer = try #require(try await poll.answer())
         #expect(answer.body == #"/**/cb({"events":[]});"#)
@@ -267,8 +267,10 @@ import Testing
 
     @Test func aPollTheRouterDidNotReadWaitsWhenNothingFollowsAndItsDeadlineAnswersWithTheRead() async throws {
         let orders = try await Orders()
-        let poll = try await orders.poll(wait: .milliseconds(100), caughtUp: false)
-        try await Task.sleep(for: .milliseconds(150))
+        // Long enough for the first read to end before it under CI's load (a read that ends
+        // after the deadline answers at once, and the poll is never seen held).
+        let poll = try await orders.poll(wait: .seconds(2), caughtUp: false)
+        try await Task.sleep(for: .milliseconds(2_100))
         // The read found nothing: nothing is written before the deadline's tick.
         #expect(try await poll.channel.readOutbound(as: HTTPServerResponsePart.self) == nil)
         #expect(orders.log.reads.withLock { $0 } == 1)

@@ -43,7 +43,6 @@ class Herald:
         self.grpc_port = None
         self.lines = queue.Queue()
         self.output = []
-        self.stopped_by_test = False
 
     def command(self):
         store = ["--store", postgres_store(self.data_dir)] if ON_POSTGRES and "--store" not in self.args else []
@@ -82,12 +81,10 @@ class Herald:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def kill9(self):
-        self.stopped_by_test = True
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def terminate(self, timeout=30):
-        self.stopped_by_test = True
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
@@ -95,9 +92,10 @@ class Herald:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        elif self.proc and self.proc.returncode < 0 and not self.stopped_by_test:
-            # Died of a signal nobody sent: shown with the test's report if it failed.
-            print(f"herald died of signal {-self.proc.returncode}; its output:\n" + "".join(self.output))
+        elif self.proc and self.proc.returncode < 0:
+            # Ended by a signal before the test's end (sent by the test, or a crash): the output
+            # shows with the test's report if the test failed.
+            print(f"herald had ended by signal {-self.proc.returncode}; its output:\n" + "".join(self.output))
 
 
 @pytest.fixture

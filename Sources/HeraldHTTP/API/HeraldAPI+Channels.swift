@@ -94,17 +94,15 @@ extension HeraldAPI {
         }
         // What a long poll at the channel's head would read, from the hub.
         var caughtUpRead: EventRead?
-        if wait > .zero, let since, let head = hub.head(of: channel), head.offset == since, head.epoch.accepts(epoch) {
-            caughtUpRead = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
-        }
-        // Unless the hub shows the channel caught up, a poll held on the loop reads the store
-        // there, once it follows the channel: its routing task never waits (10,000 polls arriving
-        // at once would otherwise keep 10,000 routing tasks, and their memory, alive for their
-        // reads).
-        if wait > .zero, let since,
-            let held = heldOnLoop(at: since, timeoutAnswer: caughtUpRead?.json(channel: channel))
-        {
-            return held
+        if wait > .zero, let since {
+            if let head = hub.head(of: channel), head.offset == since, head.epoch.accepts(epoch) {
+                caughtUpRead = EventRead(epoch: head.epoch, recovered: true, events: [], next: since)
+            }
+            // Unless the hub shows the channel caught up, a poll held on the loop reads the store
+            // there, once it follows the channel: its routing task never waits (10,000 polls
+            // arriving at once would otherwise keep 10,000 routing tasks, and their memory, alive
+            // for their reads).
+            if let held = heldOnLoop(at: since, timeoutAnswer: caughtUpRead?.json(channel: channel)) { return held }
         }
         let read: EventRead
         if let caughtUpRead {

@@ -29,7 +29,7 @@ package protocol LoopSubscriber: AnyObject {
 /// Publishing appends the shared ``EncodedEvent`` to the inbox of each loop following the
 /// channel, under that loop's lock, and schedules the loop only when no round is scheduled or
 /// under way there: a burst of events reaches a loop as one batch. On the loop, a round hands
-/// the batch to each subscriber of each channel in it, 64 subscribers per loop task; events
+/// the batch to each subscriber of each channel in it, 32 subscribers per loop task; events
 /// announced meanwhile wait for the next round, and reach each subscriber together, in one
 /// write. The subscribers write and flush. A loop's subscribers are touched only on that loop.
 ///
@@ -167,7 +167,14 @@ final class LoopSubscribers: Sendable {
         }
 
         /// Subscribers handed a round's events per loop task.
-        static let slice = 64
+        ///
+        /// Smaller slices let the loop read more often during a round, so a publisher's next
+        /// events are read and committed sooner and the next round carries more of them per
+        /// write: more throughput, and each event waits longer for the round that carries it.
+        /// Measured with 1,000 subscribers and a publisher as fast as it can (docs/benchmarks.md,
+        /// 2026-12-08): SSE 817,000 msg/s at 8 (p99 43 ms), 557,000 at 16, 480,000 at 32 (p99
+        /// 22 ms), 374,000 at 64 (p99 18 ms), 199,000 at 256.
+        static let slice = 32
 
         /// Ticks every subscriber, a slice per loop task, polling the sockets in between:
         /// heartbeats fall due together for streams that opened together, and the loop's other

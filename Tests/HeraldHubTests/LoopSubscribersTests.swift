@@ -63,7 +63,7 @@ import Testing
         }
     }
 
-    /// Ten slices' worth of subscribers.
+    /// Twenty slices' worth of subscribers (32 each).
     static let count = 640
 
     /// Publishes one event to `count` recorders. Returns the log once every recorder received it

@@ -119,6 +119,11 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     private var bodyBytes = 0
     private var windowBytes = 0
     private var timer: Scheduled<Void>?
+    /// When the head whose first bytes came in the read under way is due: its timer is set only
+    /// if the read ends without it (``readEnded(context:)``). A head that comes in one read, as
+    /// nearly every one does, sets and cancels no timer (a cancel searches all of the loop's
+    /// timers: NIO removes a cancelled one by a linear search).
+    private var headDue: NIODeadline?
     /// Its own context, for answers that follow a request ``StreamGate`` answered.
     private var context: ChannelHandlerContext?
 
@@ -144,11 +149,16 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
             let (shield, context) = loopBound.value
             shield.bytesArrived(bytes, context: context)
         }
+        tap.onReadEnd = {
+            let (shield, context) = loopBound.value
+            shield.readEnded(context: context)
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         tap.onBytes = nil
+        tap.onReadEnd = nil
         cancelTimer()
         settleServed(false)
     }
@@ -161,7 +171,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
             phase = .readingHead
             headBytes = 0
             requestLineBytes = nil
-            arm(context, limits.headTimeout)
+            headDue = context.eventLoop.now + limits.headTimeout
             fallthrough
         case .readingHead:
             if requestLineBytes == nil, let lineFeed = bytes.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
@@ -171,6 +181,13 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
         case .body, .closing:
             break
         }
+    }
+
+    /// The read under way ended: a head still arriving gets its timer.
+    private func readEnded(context: ChannelHandlerContext) {
+        guard let due = headDue else { return }
+        headDue = nil
+        if phase == .readingHead { arm(context, at: due) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -361,9 +378,14 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     static let lingerTime = TimeAmount.seconds(2)
 
     private func arm(_ context: ChannelHandlerContext, _ delay: TimeAmount) {
+        arm(context, at: context.eventLoop.now + delay)
+    }
+
+    private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
         timer?.cancel()
+        headDue = nil
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: delay) {
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
             let (shield, context) = loopBound.value
             shield.deadlinePassed(context: context)
         }
@@ -372,6 +394,7 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
     private func cancelTimer() {
         timer?.cancel()
         timer = nil
+        headDue = nil
     }
 
     private func deadlinePassed(context: ChannelHandlerContext) {
@@ -439,9 +462,16 @@ final class HTTP1Shield: ChannelDuplexHandler, RemovableChannelHandler {
 final class ByteTap: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     var onBytes: ((ByteBuffer) -> Void)?
+    /// Called once a read's bytes went through the decoder.
+    var onReadEnd: (() -> Void)?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         onBytes?(unwrapInboundIn(data))
         context.fireChannelRead(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        onReadEnd?()
     }
 }
